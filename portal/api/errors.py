@@ -1,0 +1,38 @@
+"""Every API error is JSON with a machine-readable code and a human message."""
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "The request conflicts with the current state."
+
+
+def _first(detail, *, name_field: bool) -> str:
+    """The first leaf of a DRF error structure (of messages or of codes)."""
+    if isinstance(detail, dict):
+        field, value = next(iter(detail.items()))
+        leaf = _first(value, name_field=name_field)
+        if not name_field or field in ("non_field_errors", "detail"):
+            return leaf
+        return f"{field}: {leaf}"
+    if isinstance(detail, list):
+        return _first(detail[0], name_field=name_field) if detail else ""
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # not an API error: Django's handler answers (and logs) it
+    if isinstance(exc, exceptions.APIException):
+        detail, code = exc.detail, _first(exc.get_codes(), name_field=False)
+    else:  # Django's Http404 and PermissionDenied, translated by DRF
+        detail, code = response.data, "not_found" if response.status_code == 404 else "error"
+    body = {"code": code, "message": _first(detail, name_field=True)}
+    if isinstance(detail, dict | list):
+        body["errors"] = response.data
+    return Response(body, status=response.status_code, headers=response.headers)

@@ -1,0 +1,16 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from portal.api import views
+
+router = DefaultRouter()
+router.register("hosts", views.HostViewSet, basename="host")
+router.register("stacks", views.DriverStackViewSet, basename="stack")
+router.register("ssh-keys", views.SSHKeyViewSet, basename="ssh-key")
+
+app_name = "api"
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("", include(router.urls)),
+]

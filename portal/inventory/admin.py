@@ -1,0 +1,30 @@
+from django.contrib import admin
+
+from portal.inventory.models import Accelerator, DriverStack, Host
+
+
+class AcceleratorInline(admin.TabularInline):
+    model = Accelerator
+    extra = 0
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = ["name", "fqdn", "state", "access", "architecture"]
+    list_filter = ["state", "access", "architecture", "stacks"]
+    search_fields = ["name", "fqdn"]
+    filter_horizontal = ["stacks"]
+    inlines = [AcceleratorInline]
+
+
+@admin.register(DriverStack)
+class DriverStackAdmin(admin.ModelAdmin):
+    list_display = ["name", "hwspecs", "chroot", "suite", "area"]
+    list_filter = ["area", "suite"]
+
+
+@admin.register(Accelerator)
+class AcceleratorAdmin(admin.ModelAdmin):
+    list_display = ["host", "index", "vendor", "model", "memory_mib", "arch", "retired"]
+    list_filter = ["vendor", "retired", "host"]
+    search_fields = ["model", "uuid", "host__name"]

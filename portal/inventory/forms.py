@@ -1,0 +1,47 @@
+from django import forms
+
+from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.inventory.models import Accelerator, DriverStack
+
+
+class HostFilterForm(forms.Form):
+    vendor = forms.ChoiceField(
+        choices=[("", "any vendor"), *Accelerator.Vendor.choices], required=False
+    )
+    hwspec = forms.CharField(
+        label="Hardware spec",
+        required=False,
+        max_length=64,
+        help_text="cuda, cuda:sm_90, rocm:gfx1030, sycl, opencl, fpga or cpu",
+    )
+    min_memory_gb = forms.IntegerField(
+        label="Minimum device memory (GB)", required=False, min_value=0, max_value=4096
+    )
+    stack = forms.ChoiceField(label="Driver stack", required=False)
+    free_only = forms.BooleanField(label="Free stacks only (main)", required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = DriverStack.objects.values_list("name", flat=True)
+        self.fields["stack"].choices = [("", "any stack"), *((n, n) for n in names)]
+
+    def clean_hwspec(self):
+        value = self.cleaned_data["hwspec"]
+        if not value.strip():
+            return None
+        try:
+            return Hwspec.parse(value)
+        except InvalidHwspec as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def selector_kwargs(self) -> dict:
+        data = self.cleaned_data
+        gb = data.get("min_memory_gb")
+        return {
+            "vendor": data.get("vendor") or "",
+            "hwspec": data.get("hwspec"),
+            # Vendors quote memory in decimal GB; devices report MiB.
+            "min_memory_mib": gb * 1000**3 // 1024**2 if gb else None,
+            "stack": data.get("stack") or "",
+            "free_only": data.get("free_only") or False,
+        }

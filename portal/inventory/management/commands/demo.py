@@ -1,0 +1,112 @@
+"""Fill the database with a believable demo inventory and a few users of each role.
+
+Idempotent: rows are found by their natural keys and only created when missing, so a second
+run changes nothing (and never resets what an admin edited in between).
+"""
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from portal.accounts.models import PartnerMembership, PartnerProject, User
+from portal.inventory.models import Accelerator, DriverStack, Host
+
+STACKS = [
+    # name, hwspecs, chroot, area, description
+    ("cuda-12", ["cuda"], "trixie-cuda-12", "non-free",
+     "NVIDIA driver and CUDA 12 toolkit (nvidia-cuda-toolkit)."),
+    ("rocm-6", ["rocm"], "trixie-rocm-6", "main",
+     "Debian's ROCm 6 packages: hipcc, libamdhip64, rocm-smi."),
+    ("oneapi", ["sycl"], "trixie-oneapi", "non-free",
+     "Intel oneAPI DPC++ compiler and runtime for SYCL on Intel GPUs."),
+    ("opencl", ["opencl"], "trixie-opencl", "main",
+     "OpenCL ICD loader with Mesa rusticl, intel-opencl-icd and pocl."),
+    ("xrt", ["fpga", "opencl"], "trixie-xrt", "contrib",
+     "Xilinx Runtime (XRT) for Alveo cards; vendor shells installed on the host."),
+]  # fmt: skip
+
+GIB = 1024
+
+HOSTS = [
+    # name, state, access, stacks, notes, [(vendor, model, memory MiB, arch)] per device
+    ("nv-h100-01", "active", "approval", ["cuda-12", "opencl"],
+     "Donated for the Debian deep-learning team; ask staff for access.",
+     [("nvidia", "NVIDIA H100 80GB HBM3", 81559, "sm_90")] * 4),
+    ("nv-a100-01", "active", "open", ["cuda-12", "opencl"], "",
+     [("nvidia", "NVIDIA A100-SXM4-40GB", 40960, "sm_80")] * 8),
+    ("nv-t4-01", "maintenance", "open", ["cuda-12"], "Fan replacement this week.",
+     [("nvidia", "Tesla T4", 15360, "sm_75")] * 2),
+    ("amd-mi210-01", "active", "open", ["rocm-6", "opencl"], "",
+     [("amd", "AMD Instinct MI210", 64 * GIB, "gfx90a")] * 2),
+    ("amd-rx6700xt-01", "active", "open", ["rocm-6", "opencl"],
+     "A consumer card, for testing ROCm packages on RDNA2.",
+     [("amd", "AMD Radeon RX 6700 XT", 12 * GIB, "gfx1031")]),
+    ("intel-flex170-01", "active", "open", ["oneapi", "opencl"], "",
+     [("intel", "Intel Data Center GPU Flex 170", 16 * GIB, "dg2")] * 2),
+    ("fpga-u280-01", "offline", "approval", ["xrt"], "Waiting for a new shell image.",
+     [("fpga", "AMD Alveo U280", 8 * GIB, "xilinx_u280")]),
+]  # fmt: skip
+
+USERS = [
+    # username, e-mail, Debian member source, staff
+    ("alice", "alice@debian.org", "salsa", False),
+    ("bob", "bob@debian.org", "staff", False),
+    ("carol", "carol@example.org", "", False),
+    ("dave", "dave@debian.org", "staff", True),
+]
+
+
+class Command(BaseCommand):
+    help = "Load a demo inventory (hosts, accelerators, stacks) and demo users; idempotent."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        created = 0
+        stacks = {}
+        for name, hwspecs, chroot, area, description in STACKS:
+            stacks[name], new = DriverStack.objects.get_or_create(
+                name=name,
+                defaults={"hwspecs": hwspecs, "chroot": chroot, "area": area,
+                          "description": description},
+            )  # fmt: skip
+            created += new
+        for name, state, access, stack_names, notes, devices in HOSTS:
+            host, new = Host.objects.get_or_create(
+                name=name,
+                defaults={"fqdn": f"{name}.porterbox.debian.net", "state": state,
+                          "access": access, "notes": notes},
+            )  # fmt: skip
+            created += new
+            if new:
+                host.stacks.set([stacks[s] for s in stack_names])
+            for index, (vendor, model, memory, arch) in enumerate(devices):
+                _, new = Accelerator.objects.get_or_create(
+                    host=host,
+                    index=index,
+                    defaults={"vendor": vendor, "model": model, "memory_mib": memory,
+                              "arch": arch, "pci_bus_id": f"0000:{0x17 + index * 0x10:02x}:00.0"},
+                )  # fmt: skip
+                created += new
+        users = {}
+        for username, email, member, staff in USERS:
+            users[username], new = User.objects.get_or_create(
+                username=username,
+                defaults={"email": email, "debian_member_source": member, "is_staff": staff,
+                          "time_zone": "Europe/Berlin" if username == "bob" else "UTC"},
+            )  # fmt: skip
+            if new:
+                users[username].set_unusable_password()
+                users[username].save(update_fields=["password"])
+            created += new
+        project, new = PartnerProject.objects.get_or_create(
+            slug="open-speech",
+            defaults={"name": "Open Speech Collective", "url": "https://example.org/open-speech",
+                      "description": "Free speech recognition models trained on free data.",
+                      "state": PartnerProject.State.APPROVED},
+        )  # fmt: skip
+        created += new
+        _, new = PartnerMembership.objects.get_or_create(
+            project=project, user=users["carol"],
+            defaults={"role": PartnerMembership.Role.MANAGER},
+        )  # fmt: skip
+        created += new
+        self.stdout.write(f"demo: {created} object(s) created, the rest already there.")

@@ -1,0 +1,162 @@
+"""Hosts, their accelerators, and the driver stacks they offer.
+
+The unit of booking is one accelerator (docs/architecture.md, "The booking invariant").
+"""
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from portal.inventory.hwspec import KINDS, NATIVE_KIND, VENDORS_FOR_KIND, Hwspec
+
+
+def validate_stack_hwspecs(value) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValidationError('List the hardware spec kinds this stack serves, e.g. ["cuda"].')
+    unknown = [v for v in value if v not in KINDS]
+    if unknown:
+        raise ValidationError(f"Unknown kinds {unknown!r}; known: {', '.join(KINDS)}.")
+
+
+class DriverStack(models.Model):
+    """A chroot with a driver and compute stack (cuda-12, rocm-6, oneapi, opencl, ...)."""
+
+    class Area(models.TextChoices):
+        MAIN = "main", "main (free)"
+        CONTRIB = "contrib", "contrib"
+        NON_FREE = "non-free", "non-free"
+
+    name = models.SlugField(max_length=40, unique=True)
+    hwspecs = models.JSONField(default=list, validators=[validate_stack_hwspecs])
+    chroot = models.CharField(
+        max_length=64,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9.+_-]*$", "A schroot chroot name.")],
+    )
+    suite = models.CharField(max_length=32, default="trixie")
+    area = models.CharField(max_length=8, choices=Area.choices, default=Area.MAIN)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_free(self) -> bool:
+        return self.area == self.Area.MAIN
+
+
+class Host(models.Model):
+    class Architecture(models.TextChoices):
+        AMD64 = "amd64", "amd64"
+        ARM64 = "arm64", "arm64"
+        PPC64EL = "ppc64el", "ppc64el"
+        RISCV64 = "riscv64", "riscv64"
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "active"
+        MAINTENANCE = "maintenance", "in maintenance"
+        OFFLINE = "offline", "offline"
+        RETIRED = "retired", "retired"
+
+    class Access(models.TextChoices):
+        OPEN = "open", "open to Debian members"
+        APPROVAL = "approval", "by staff approval"
+
+    name = models.SlugField(max_length=63, unique=True)
+    fqdn = models.CharField(
+        "FQDN",
+        max_length=253,
+        validators=[
+            RegexValidator(
+                r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+                "A lower-case DNS name such as gpu1.debian.net.",
+            )
+        ],
+    )
+    ssh_port = models.PositiveIntegerField(
+        "SSH port", default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    # Pinned host keys, one "type base64" line each, recorded when the host is registered;
+    # the transport refuses any other key (issue 4).
+    host_keys = models.TextField(blank=True)
+    architecture = models.CharField(
+        max_length=8, choices=Architecture.choices, default=Architecture.AMD64
+    )
+    state = models.CharField(max_length=12, choices=State.choices, default=State.ACTIVE)
+    access = models.CharField(max_length=8, choices=Access.choices, default=Access.OPEN)
+    notes = models.TextField(blank=True)
+    stacks = models.ManyToManyField(DriverStack, blank=True, related_name="hosts")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        from django.urls import reverse
+
+        return reverse("inventory:host_detail", args=[self.name])
+
+    def hwspecs(self) -> list[Hwspec]:
+        """What this host can serve: a kind needs a stack for it and a device able to run it."""
+        served = {kind for stack in self.stacks.all() for kind in stack.hwspecs}
+        specs = {Hwspec("cpu")}
+        for acc in self.accelerators.all():
+            if acc.retired:
+                continue
+            for spec in acc.hwspecs():
+                if spec.kind in served:
+                    specs.add(spec)
+        return sorted(specs)
+
+
+class Accelerator(models.Model):
+    class Vendor(models.TextChoices):
+        NVIDIA = "nvidia", "NVIDIA"
+        AMD = "amd", "AMD"
+        INTEL = "intel", "Intel"
+        FPGA = "fpga", "FPGA"
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="accelerators")
+    index = models.PositiveSmallIntegerField()
+    vendor = models.CharField(max_length=8, choices=Vendor.choices)
+    model = models.CharField(max_length=100)
+    memory_mib = models.PositiveIntegerField("memory (MiB)")
+    uuid = models.CharField("UUID", max_length=64, blank=True)
+    pci_bus_id = models.CharField("PCI bus id", max_length=32, blank=True)
+    # The architecture qualifier of hwspecs: sm_90, gfx90a, dg2, ...
+    arch = models.CharField(
+        "architecture",
+        max_length=32,
+        blank=True,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9_.+-]*$", "Such as sm_90 or gfx1030.")],
+    )
+    retired = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["host", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "index"], name="one_accelerator_per_index"),
+            models.UniqueConstraint(
+                fields=["uuid"], condition=~models.Q(uuid=""), name="accelerator_uuid_unique"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.host.name}#{self.index} {self.model}"
+
+    @property
+    def memory_gib(self) -> float:
+        return round(self.memory_mib / 1024, 1)
+
+    def hwspecs(self) -> list[Hwspec]:
+        kinds = [k for k, vendors in VENDORS_FOR_KIND.items() if self.vendor in vendors]
+        specs = [Hwspec(k) for k in kinds]
+        if self.arch:
+            specs.append(Hwspec(NATIVE_KIND[self.vendor], self.arch))
+        return specs

@@ -1,0 +1,70 @@
+import factory
+from allauth.account.models import EmailAddress
+
+from portal.accounts.models import PartnerMembership, PartnerProject, User
+from portal.inventory.models import Accelerator, DriverStack, Host
+
+PASSWORD = "correct horse battery staple 42"
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.org")
+    password = factory.django.Password(PASSWORD)
+
+    @factory.post_generation
+    def verified_email(self, create, extracted, **kwargs):
+        if create:
+            EmailAddress.objects.create(user=self, email=self.email, verified=True, primary=True)
+
+
+class PartnerProjectFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = PartnerProject
+
+    name = factory.Sequence(lambda n: f"Project {n}")
+    slug = factory.Sequence(lambda n: f"project-{n}")
+    state = PartnerProject.State.APPROVED
+
+
+class PartnerMembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = PartnerMembership
+
+    project = factory.SubFactory(PartnerProjectFactory)
+    user = factory.SubFactory(UserFactory)
+
+
+class DriverStackFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DriverStack
+        django_get_or_create = ["name"]
+
+    name = "cuda-12"
+    hwspecs = ["cuda"]
+    chroot = factory.LazyAttribute(lambda s: f"trixie-{s.name}")
+    area = DriverStack.Area.NON_FREE
+
+
+class HostFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Host
+
+    name = factory.Sequence(lambda n: f"host{n}")
+    fqdn = factory.LazyAttribute(lambda h: f"{h.name}.example.org")
+
+
+class AcceleratorFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Accelerator
+
+    host = factory.SubFactory(HostFactory)
+    index = factory.Sequence(lambda n: n)
+    vendor = Accelerator.Vendor.NVIDIA
+    model = "NVIDIA H100 80GB HBM3"
+    memory_mib = 81559
+    arch = "sm_90"

@@ -1,0 +1,44 @@
+import json
+from io import StringIO
+
+from django.core.management import call_command
+
+from portal.accounts.models import User
+from portal.inventory.models import Accelerator, Host
+
+
+def dump() -> str:
+    out = StringIO()
+    call_command("dumpdata", "inventory", "accounts", indent=0, stdout=out)
+    return out.getvalue()
+
+
+def test_it_loads_a_believable_inventory_of_every_vendor(db):
+    call_command("demo", stdout=StringIO())
+    assert set(Accelerator.objects.values_list("vendor", flat=True)) == {
+        "nvidia",
+        "amd",
+        "intel",
+        "fpga",
+    }
+    assert Accelerator.objects.filter(model="NVIDIA H100 80GB HBM3", memory_mib=81559).count() == 4
+    assert Host.objects.filter(state=Host.State.MAINTENANCE).exists()
+    roles = {tuple(u.roles) for u in User.objects.all()}
+    assert {("Debian member",), ("partner member",), ("Debian member", "staff")} <= roles
+
+
+def test_it_changes_nothing_when_run_twice(db):
+    call_command("demo", stdout=StringIO())
+    first = dump()
+    out = StringIO()
+    call_command("demo", stdout=out)
+    assert dump() == first
+    assert "0 object(s) created" in out.getvalue()
+    assert json.loads(first)
+
+
+def test_it_keeps_what_an_admin_edited_between_runs(db):
+    call_command("demo", stdout=StringIO())
+    Host.objects.filter(name="nv-t4-01").update(state=Host.State.ACTIVE)
+    call_command("demo", stdout=StringIO())
+    assert Host.objects.get(name="nv-t4-01").state == Host.State.ACTIVE
