@@ -23,9 +23,10 @@ run: $(VENV)/.installed
 	$(PY) manage.py demo
 	@$(PY) manage.py ensure_admin
 	@echo "Portal: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
-	@trap 'kill 0' INT TERM EXIT; \
+	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
 	  $(VENV)/bin/celery -A portal worker --beat --loglevel=INFO --concurrency=2 & \
-	  $(PY) manage.py runserver $(HOST):$(PORT)
+	  $(PY) manage.py runserver $(HOST):$(PORT) & \
+	  wait
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,111 @@
+"""Reservations, and the allocations through which they (and later jobs) hold accelerators.
+
+The booking invariant (docs/architecture.md): no accelerator is ever allocated twice for
+overlapping time. On PostgreSQL an exclusion constraint (migration 0002) is the last word;
+on SQLite the booking service runs inside BEGIN IMMEDIATE, which serializes writers.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from portal.inventory.models import Accelerator, DriverStack, Host
+
+
+class BookingPolicy(models.Model):
+    """Site-wide booking rules, editable by staff; one row (pk=1), created with defaults."""
+
+    granularity_minutes = models.PositiveIntegerField(default=15)
+    min_minutes = models.PositiveIntegerField(default=15)
+    max_hours = models.PositiveIntegerField(default=72)
+    max_days_ahead = models.PositiveIntegerField(default=30)
+    max_concurrent_reservations = models.PositiveIntegerField(default=3)
+    max_device_hours_per_week = models.PositiveIntegerField(default=336)
+
+    class Meta:
+        verbose_name_plural = "booking policy"
+
+    def __str__(self):
+        return "Booking policy"
+
+    @classmethod
+    def current(cls) -> "BookingPolicy":
+        return cls.objects.get_or_create(pk=1)[0]
+
+    @property
+    def granularity(self) -> timedelta:
+        return timedelta(minutes=self.granularity_minutes)
+
+
+class Reservation(models.Model):
+    class State(models.TextChoices):
+        PENDING_APPROVAL = "pending", "waiting for staff approval"
+        SCHEDULED = "scheduled", "scheduled"
+        PROVISIONING = "provisioning", "provisioning"
+        ACTIVE = "active", "active"
+        ENDING = "ending", "ending"
+        ENDED = "ended", "ended"
+        CANCELLED = "cancelled", "cancelled"
+        FAILED = "failed", "failed"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reservations"
+    )
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="reservations")
+    stack = models.ForeignKey(DriverStack, on_delete=models.PROTECT)
+    whole_host = models.BooleanField(default=False)
+    purpose = models.CharField(max_length=200, blank=True)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    state = models.CharField(max_length=12, choices=State.choices, default=State.SCHEDULED)
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(end__gt=models.F("start")), name="reservation_ends_after_start"
+            ),
+        ]
+        indexes = [models.Index(fields=["user", "end"]), models.Index(fields=["state", "start"])]
+
+    def __str__(self):
+        return f"{self.user} on {self.host} {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M}"
+
+
+class Allocation(models.Model):
+    """One accelerator held for [start, end) by a reservation (or, later, a training job)."""
+
+    accelerator = models.ForeignKey(
+        Accelerator, on_delete=models.PROTECT, related_name="allocations"
+    )
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.CASCADE, related_name="allocations", null=True
+    )
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(end__gt=models.F("start")), name="allocation_ends_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(reservation__isnull=False), name="allocation_has_owner"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["accelerator", "start", "end"],
+                condition=Q(active=True),
+                name="allocation_active_idx",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.accelerator} {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M}"
