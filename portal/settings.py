@@ -280,7 +280,10 @@ CELERY_BEAT_SCHEDULE: dict = {}  # one place for the periodic tasks (docs/archit
 
 # Production hardening; every line here is something `check --deploy` looks for.
 # Trust X-Forwarded-Proto only when a TLS-terminating proxy that sets it stands in front.
-if envbool("BEHIND_PROXY", False):
+# Then the client's address for the audit log is the last X-Forwarded-For hop, the one our
+# proxy appended (earlier hops are whatever the client claimed).
+BEHIND_PROXY = envbool("BEHIND_PROXY", False)
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
 SESSION_COOKIE_SECURE = not DEBUG

@@ -1,6 +1,8 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from portal.booking.models import Allocation, BookingPolicy, Reservation
+from portal.booking import services
+from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
+from portal.views import client_ip
 
 
 @admin.register(BookingPolicy)
@@ -27,5 +29,47 @@ class ReservationAdmin(admin.ModelAdmin):
     list_display = ["id", "user", "host", "start", "end", "state"]
     list_filter = ["state", "host"]
     search_fields = ["user__username", "host__name", "purpose"]
-    readonly_fields = ["user", "host", "stack", "whole_host", "start", "end", "created"]
+    readonly_fields = ["user", "host", "stack", "whole_host", "start", "end", "state", "created"]
     inlines = [AllocationInline]
+    actions = ["approve", "reject"]
+
+    def has_add_permission(self, request):
+        return False  # through the booking service only
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # history is kept; cancel instead
+
+    def _decide(self, request, queryset, approve: bool):
+        for reservation in queryset:
+            try:
+                services.reservation_decide(
+                    reservation=reservation, approve=approve, actor=request.user,
+                    ip=client_ip(request),
+                )  # fmt: skip
+            except services.BookingError as exc:
+                self.message_user(request, f"#{reservation.pk}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Approve the selected reservations")
+    def approve(self, request, queryset):
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Reject the selected reservations")
+    def reject(self, request, queryset):
+        self._decide(request, queryset, approve=False)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor", "ip", "action", "reservation"]
+    list_filter = ["action"]
+    search_fields = ["actor__username", "ip", "reservation__id"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

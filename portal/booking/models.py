@@ -109,3 +109,25 @@ class Allocation(models.Model):
 
     def __str__(self):
         return f"{self.accelerator} {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M}"
+
+
+class AuditEntry(models.Model):
+    """Who changed what in bookings, when, and from which address; read by staff only."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    ip = models.GenericIPAddressField("address", null=True, blank=True)
+    action = models.CharField(max_length=32)
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit"
+    )
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"

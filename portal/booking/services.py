@@ -8,19 +8,28 @@ that cannot be had in time becomes a retry, and exhausted retries a clear "busy"
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
+from typing import TypeVar
 
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from portal.accounts.models import User
-from portal.booking.models import Allocation, BookingPolicy, Reservation
+from portal.booking.availability import (
+    EPOCH,
+    Need,
+    floor_to,
+    free_accelerators,
+    maintenance_overlaps,
+)
+from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
 from portal.inventory.models import Accelerator, DriverStack, Host
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
+
 RETRIES = 4
 OPEN_STATES = [
     Reservation.State.PENDING_APPROVAL,
@@ -48,6 +57,12 @@ class Conflict(BookingError):
         self.blockers = list(blockers)
 
 
+class Blocked(BookingError):
+    """Maintenance or another hard stop that is not someone else's booking."""
+
+    status = 409
+
+
 class Busy(BookingError):
     status = 503
 
@@ -55,8 +70,12 @@ class Busy(BookingError):
         super().__init__("busy", "The booking system is busy; please try again in a moment.")
 
 
-def floor_to(moment: datetime, step: timedelta) -> datetime:
-    return moment - (moment - EPOCH) % step
+def _check_on_grid(policy: BookingPolicy, name: str, moment: datetime) -> None:
+    if (moment - EPOCH) % policy.granularity:
+        raise BookingError(
+            "granularity",
+            f"The {name} must fall on a multiple of {policy.granularity_minutes} minutes.",
+        )
 
 
 def check_times(policy: BookingPolicy, start: datetime, end: datetime, now: datetime) -> None:
@@ -65,12 +84,8 @@ def check_times(policy: BookingPolicy, start: datetime, end: datetime, now: date
     if end <= start:
         raise BookingError("end_before_start", "The end must be after the start.")
     step = policy.granularity
-    for name, moment in (("start", start), ("end", end)):
-        if (moment - EPOCH) % step:
-            raise BookingError(
-                "granularity",
-                f"The {name} must fall on a multiple of {policy.granularity_minutes} minutes.",
-            )
+    _check_on_grid(policy, "start", start)
+    _check_on_grid(policy, "end", end)
     if start < floor_to(now, step):
         raise BookingError("in_past", "The start is in the past; history cannot be booked.")
     if end - start < timedelta(minutes=policy.min_minutes):
@@ -103,6 +118,29 @@ def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host:
     return sorted(accelerators, key=lambda a: a.pk)
 
 
+def _week_booked(user_id: int, start: datetime) -> tuple[datetime, timedelta]:
+    """The UTC week (from Monday) of `start`, and the device-time the user holds in it."""
+    day = start.astimezone(UTC).date()
+    week_start = datetime.combine(day - timedelta(days=day.weekday()), dt_time(0), UTC)
+    booked = Allocation.objects.filter(
+        reservation__user=user_id,
+        active=True,
+        start__gte=week_start,
+        start__lt=week_start + timedelta(days=7),
+    ).aggregate(total=Sum(F("end") - F("start")))["total"]
+    return week_start, booked or timedelta()
+
+
+def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) -> None:
+    week_start, booked = _week_booked(user_id, start)
+    if booked + wanted > timedelta(hours=policy.max_device_hours_per_week):
+        raise BookingError(
+            "quota_hours",
+            f"This would make {(booked + wanted) / timedelta(hours=1):g} device-hours in the "
+            f"week of {week_start:%Y-%m-%d} (at most {policy.max_device_hours_per_week}).",
+        )
+
+
 def _check_quotas(policy: BookingPolicy, user: User, devices, start, end, now) -> None:
     open_count = user.reservations.filter(state__in=OPEN_STATES, end__gt=now).count()
     if open_count >= policy.max_concurrent_reservations:
@@ -111,23 +149,7 @@ def _check_quotas(policy: BookingPolicy, user: User, devices, start, end, now) -
             f"You already have {open_count} upcoming or active reservations "
             f"(at most {policy.max_concurrent_reservations}).",
         )
-    week = timedelta(days=7)
-    day = start.astimezone(UTC).date()
-    week_start = datetime.combine(day - timedelta(days=day.weekday()), dt_time(0), UTC)
-    booked = (
-        Allocation.objects.filter(
-            reservation__user=user, active=True, start__gte=week_start, start__lt=week_start + week
-        ).aggregate(total=Sum(F("end") - F("start")))["total"]
-        or timedelta()
-    )
-    wanted = (end - start) * len(devices)
-    limit = timedelta(hours=policy.max_device_hours_per_week)
-    if booked + wanted > limit:
-        raise BookingError(
-            "quota_hours",
-            f"This would make {(booked + wanted) / timedelta(hours=1):g} device-hours in the "
-            f"week of {week_start:%Y-%m-%d} (at most {policy.max_device_hours_per_week}).",
-        )
+    _check_week_hours(policy, user.pk, start, (end - start) * len(devices))
 
 
 def _describe(blockers: Sequence[Allocation], user: User) -> str:
@@ -143,6 +165,52 @@ def _describe(blockers: Sequence[Allocation], user: User) -> str:
     return "Not free: " + "; ".join(parts) + "."
 
 
+def _blockers(ids, start, end, *, exclude: Reservation | None = None) -> list[Allocation]:
+    found = Allocation.objects.filter(
+        accelerator__in=ids, active=True, start__lt=end, end__gt=start
+    )
+    if exclude is not None:
+        found = found.exclude(reservation=exclude)
+    return list(
+        found.select_related("accelerator__host", "reservation").order_by(
+            "start", "accelerator__index"
+        )
+    )
+
+
+def _check_maintenance(host: Host, start: datetime, end: datetime) -> None:
+    window = maintenance_overlaps(host, start, end).first()
+    if window:
+        raise Blocked(
+            "maintenance",
+            f"{host.name} is in maintenance from {window.start:%Y-%m-%d %H:%M} to "
+            f"{window.end:%Y-%m-%d %H:%M} UTC ({window.reason}).",
+        )
+
+
+def audit(actor, ip, action: str, reservation: Reservation | None = None, **detail) -> None:
+    AuditEntry.objects.create(
+        actor=actor, ip=ip or None, action=action, reservation=reservation, detail=detail
+    )
+
+
+def _write(work: Callable[[], T]) -> T:
+    """Run `work` in one short durable transaction; a lock not had in time is retried."""
+    for attempt in range(RETRIES):
+        try:
+            with transaction.atomic(durable=True):
+                return work()
+        except IntegrityError as exc:
+            if "allocation_no_overlap" in str(exc):
+                raise Conflict("Someone booked these accelerators a moment ago.") from None
+            raise
+        except OperationalError:
+            # A lock not had in time (SQLite "database is locked", a PostgreSQL lock timeout
+            # or deadlock): nothing was written; back off and try again.
+            time.sleep(0.05 * 2**attempt)
+    raise Busy()
+
+
 def reservation_create(
     *,
     user: User,
@@ -153,6 +221,7 @@ def reservation_create(
     accelerators: Sequence[Accelerator] | None = None,
     whole_host: bool = False,
     purpose: str = "",
+    ip: str | None = None,
     now: datetime | None = None,
 ) -> Reservation:
     """Book accelerators of one host for [start, end); raise BookingError (or Conflict)."""
@@ -173,36 +242,265 @@ def reservation_create(
         else Reservation.State.SCHEDULED
     )
 
-    for attempt in range(RETRIES):
+    def work() -> Reservation:
+        User.objects.select_for_update().filter(pk=user.pk).first()  # quota race
+        locked = list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+        if any(a.retired for a in locked):  # retired while we were validating
+            raise BookingError("retired_device", "An accelerator was retired a moment ago.")
+        _check_maintenance(host, start, end)
+        blockers = _blockers(ids, start, end)
+        if blockers:
+            raise Conflict(_describe(blockers, user), blockers)
+        _check_quotas(policy, user, devices, start, end, now)
+        reservation = Reservation.objects.create(
+            user=user, host=host, stack=stack, whole_host=whole_host,
+            purpose=purpose, start=start, end=end, state=state,
+        )  # fmt: skip
+        Allocation.objects.bulk_create(
+            Allocation(accelerator_id=i, reservation=reservation, start=start, end=end) for i in ids
+        )
+        audit(
+            user, ip, "create", reservation, host=host.name, start=start.isoformat(),
+            end=end.isoformat(), devices=sorted(d.index for d in devices), state=state,
+        )  # fmt: skip
+        return reservation
+
+    return _write(work)
+
+
+def reservation_create_for_need(
+    *,
+    user: User,
+    need: Need,
+    start: datetime,
+    end: datetime,
+    host: Host | None = None,
+    purpose: str = "",
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """Book `need.count` matching accelerators on one host (the service picks them)."""
+    if need.stack is None:
+        raise BookingError("stack_required", "Choose the driver stack for the session.")
+    check_times(BookingPolicy.current(), start, end, now or timezone.now())
+    candidates = free_accelerators(need, start, end, host=host)
+    if not candidates:
+        where = f"on {host.name} " if host else ""
+        raise Conflict(
+            f"No host {where}has {need.describe()} free from {start:%Y-%m-%d %H:%M} "
+            f"to {end:%Y-%m-%d %H:%M} UTC; the availability search shows the next free slots."
+        )
+    last: Conflict | None = None
+    for found_host, free in candidates:
         try:
-            with transaction.atomic(durable=True):
-                User.objects.select_for_update().filter(pk=user.pk).first()  # quota race
-                list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
-                blockers = list(
-                    Allocation.objects.filter(
-                        accelerator__in=ids, active=True, start__lt=end, end__gt=start
-                    )
-                    .select_related("accelerator__host", "reservation")
-                    .order_by("start", "accelerator__index")
-                )
-                if blockers:
-                    raise Conflict(_describe(blockers, user), blockers)
-                _check_quotas(policy, user, devices, start, end, now)
-                reservation = Reservation.objects.create(
-                    user=user, host=host, stack=stack, whole_host=whole_host,
-                    purpose=purpose, start=start, end=end, state=state,
-                )  # fmt: skip
-                Allocation.objects.bulk_create(
-                    Allocation(accelerator_id=i, reservation=reservation, start=start, end=end)
-                    for i in ids
-                )
-                return reservation
-        except IntegrityError as exc:
-            if "allocation_no_overlap" in str(exc):
-                raise Conflict("Someone booked these accelerators a moment ago.") from None
-            raise
-        except OperationalError:
-            # A lock not had in time (SQLite "database is locked", a PostgreSQL lock timeout
-            # or deadlock): nothing was written; back off and try again.
-            time.sleep(0.05 * 2**attempt)
-    raise Busy()
+            return reservation_create(
+                user=user, host=found_host, stack=need.stack, start=start, end=end,
+                accelerators=free[: need.count], purpose=purpose, ip=ip, now=now,
+            )  # fmt: skip
+        except Conflict as exc:  # taken between our search and our lock: try the next host
+            last = exc
+    raise last or Conflict("The matching accelerators were taken a moment ago.")
+
+
+# -- Changes to a reservation -------------------------------------------------------------------
+
+CHANGEABLE = [
+    Reservation.State.PENDING_APPROVAL,
+    Reservation.State.SCHEDULED,
+    Reservation.State.PROVISIONING,
+    Reservation.State.ACTIVE,
+]
+
+
+def _locked(reservation: Reservation, now: datetime) -> Reservation:
+    """The reservation's row, locked; refused if it is history (history is immutable)."""
+    current = Reservation.objects.select_for_update().select_related("host").get(pk=reservation.pk)
+    if current.state not in CHANGEABLE or current.end <= now:
+        raise BookingError(
+            "immutable",
+            f"This reservation is {current.get_state_display()}"
+            + (" and over" if current.end <= now else "")
+            + "; past reservations cannot be changed.",
+        )
+    return current
+
+
+def _may_change(reservation: Reservation, actor: User) -> None:
+    if reservation.user_id != actor.pk and not actor.is_staff:
+        raise BookingError("not_yours", "This is someone else's reservation.")
+
+
+def extension_limit(
+    reservation: Reservation, now: datetime | None = None
+) -> tuple[datetime, str, list[Allocation]]:
+    """How far the reservation's end can move, what stops it there, and the blocking bookings."""
+    now = now or timezone.now()
+    policy = BookingPolicy.current()
+    step = policy.granularity
+    ids = list(reservation.allocations.filter(active=True).values_list("accelerator", flat=True))
+    limits = [
+        (reservation.start + timedelta(hours=policy.max_hours), "the longest allowed booking"),
+        (floor_to(now + timedelta(days=policy.max_days_ahead), step), "how far ahead one books"),
+    ]
+    horizon = min(moment for moment, _ in limits)
+    blockers = _blockers(ids, reservation.end, horizon, exclude=reservation)
+    if blockers:
+        limits.append((floor_to(blockers[0].start, step), "the next booking of its devices"))
+    window = maintenance_overlaps(reservation.host, reservation.end, horizon).first()
+    if window:
+        limits.append((floor_to(window.start, step), f"maintenance ({window.reason})"))
+    latest, reason = min(limits, key=lambda item: item[0])
+    latest = max(latest, reservation.end)
+    first = [b for b in blockers if b.start < latest + step] or blockers[:1]
+    return latest, reason, first
+
+
+def reservation_extend(
+    *,
+    reservation: Reservation,
+    end: datetime,
+    actor: User,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """Move the end later; a refusal says how far it could go and what blocks it."""
+    now = now or timezone.now()
+    policy = BookingPolicy.current()
+    _may_change(reservation, actor)
+
+    def work() -> Reservation:
+        current = _locked(reservation, now)
+        if end <= current.end:
+            raise BookingError("not_later", "An extension must end later than the reservation.")
+        _check_on_grid(policy, "end", end)
+        ids = list(
+            Accelerator.objects.select_for_update()
+            .filter(allocations__reservation=current, allocations__active=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        latest, reason, blockers = extension_limit(current, now)
+        if end > latest:
+            message = (
+                f"It can be extended to {latest:%Y-%m-%d %H:%M} UTC at most; {reason} stops it."
+            )
+            if blockers:
+                raise Conflict(message + " " + _describe(blockers, current.user), blockers)
+            raise Blocked("extension_limit", message)
+        _check_week_hours(policy, current.user_id, current.start, (end - current.end) * len(ids))
+        old = current.end
+        Allocation.objects.filter(reservation=current, active=True).update(end=end)
+        current.end = end
+        current.save(update_fields=["end", "updated"])
+        audit(actor, ip, "extend", current, old_end=old.isoformat(), end=end.isoformat())
+        return current
+
+    return _write(work)
+
+
+def reservation_shorten(
+    *,
+    reservation: Reservation,
+    end: datetime,
+    actor: User,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    now = now or timezone.now()
+    policy = BookingPolicy.current()
+    _may_change(reservation, actor)
+
+    def work() -> Reservation:
+        current = _locked(reservation, now)
+        if end >= current.end:
+            raise BookingError("not_earlier", "Shortening must move the end earlier.")
+        _check_on_grid(policy, "end", end)
+        if end <= now:
+            raise BookingError("in_past", "The new end has passed; use “end now” instead.")
+        if end - current.start < timedelta(minutes=policy.min_minutes):
+            raise BookingError(
+                "too_short", f"A booking lasts at least {policy.min_minutes} minutes."
+            )
+        old = current.end
+        Allocation.objects.filter(reservation=current, active=True).update(end=end)
+        current.end = end
+        current.save(update_fields=["end", "updated"])
+        audit(actor, ip, "shorten", current, old_end=old.isoformat(), end=end.isoformat())
+        return current
+
+    return _write(work)
+
+
+def reservation_end_now(
+    *, reservation: Reservation, actor: User, ip: str | None = None, now: datetime | None = None
+) -> Reservation:
+    """End a running reservation now: the devices are free at once, the loop revokes access."""
+    now = now or timezone.now()
+    _may_change(reservation, actor)
+
+    def work() -> Reservation:
+        current = _locked(reservation, now)
+        if current.start >= now:
+            raise BookingError("not_started", "It has not started; cancel it instead.")
+        old = current.end
+        current.state = (
+            Reservation.State.ENDING
+            if current.state in (Reservation.State.PROVISIONING, Reservation.State.ACTIVE)
+            else Reservation.State.ENDED
+        )
+        current.end = now
+        Allocation.objects.filter(reservation=current, active=True).update(end=now)
+        current.save(update_fields=["end", "state", "updated"])
+        audit(actor, ip, "end", current, old_end=old.isoformat(), end=now.isoformat())
+        return current
+
+    return _write(work)
+
+
+def reservation_cancel(
+    *, reservation: Reservation, actor: User, ip: str | None = None, now: datetime | None = None
+) -> Reservation:
+    """Give a reservation back before it starts; its devices are free at once."""
+    now = now or timezone.now()
+    _may_change(reservation, actor)
+
+    def work() -> Reservation:
+        current = _locked(reservation, now)
+        if current.start <= now:
+            raise BookingError("started", "It has started; end it now instead of cancelling.")
+        current.state = Reservation.State.CANCELLED
+        current.save(update_fields=["state", "updated"])
+        Allocation.objects.filter(reservation=current).update(active=False)
+        audit(actor, ip, "cancel", current)
+        return current
+
+    return _write(work)
+
+
+def reservation_decide(
+    *,
+    reservation: Reservation,
+    approve: bool,
+    actor: User,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """Staff approve or reject a reservation that waits for approval."""
+    now = now or timezone.now()
+    if not actor.is_staff:
+        raise BookingError("not_staff", "Only staff approve reservations.")
+
+    def work() -> Reservation:
+        current = _locked(reservation, now)
+        if current.state != Reservation.State.PENDING_APPROVAL:
+            raise BookingError("not_pending", "This reservation does not wait for approval.")
+        if approve:
+            current.state = Reservation.State.SCHEDULED
+        else:
+            current.state = Reservation.State.CANCELLED
+            Allocation.objects.filter(reservation=current).update(active=False)
+        current.save(update_fields=["state", "updated"])
+        audit(actor, ip, "approve" if approve else "reject", current)
+        return current
+
+    return _write(work)

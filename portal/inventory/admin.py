@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 
 
 class AcceleratorInline(admin.TabularInline):
@@ -28,3 +28,16 @@ class AcceleratorAdmin(admin.ModelAdmin):
     list_display = ["host", "index", "vendor", "model", "memory_mib", "arch", "retired"]
     list_filter = ["vendor", "retired", "host"]
     search_fields = ["model", "uuid", "host__name"]
+
+
+@admin.register(MaintenanceWindow)
+class MaintenanceWindowAdmin(admin.ModelAdmin):
+    list_display = ["host", "start", "end", "reason", "created_by"]
+    list_filter = ["host"]
+    date_hierarchy = "start"
+    readonly_fields = ["created_by", "created"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

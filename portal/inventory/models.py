@@ -3,6 +3,7 @@
 The unit of booking is one accelerator (docs/architecture.md, "The booking invariant").
 """
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -160,3 +161,28 @@ class Accelerator(models.Model):
         if self.arch:
             specs.append(Hwspec(NATIVE_KIND[self.vendor], self.arch))
         return specs
+
+
+class MaintenanceWindow(models.Model):
+    """A time when staff work on a host: nothing may be booked inside it."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="maintenance_windows")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    reason = models.CharField(max_length=200)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["start"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(end__gt=models.F("start")), name="maintenance_ends_after_start"
+            ),
+        ]
+        indexes = [models.Index(fields=["host", "start", "end"])]
+
+    def __str__(self):
+        return f"{self.host.name} maintenance {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M} UTC"

@@ -1,0 +1,149 @@
+"""Booking by need and the availability search, computed in the database."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from portal.booking.availability import Need, availability
+from portal.booking.models import Reservation
+from portal.booking.services import Conflict, reservation_create, reservation_create_for_need
+from portal.inventory.hwspec import Hwspec
+from portal.inventory.models import Host, MaintenanceWindow
+from tests.booking.conftest import NOW
+from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
+
+H = timedelta(hours=1)
+STEP = timedelta(minutes=15)
+START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def cuda(db):
+    return DriverStackFactory(name="cuda-12", hwspecs=["cuda", "opencl"])
+
+
+@pytest.fixture
+def fleet(cuda):
+    """h100: 2 × 80 GB sm_90; a100: 4 × 40 GB sm_80; mi: 2 AMD (no cuda stack)."""
+    h100 = HostFactory(name="h100")
+    a100 = HostFactory(name="a100")
+    mi = HostFactory(name="mi")
+    rocm = DriverStackFactory(name="rocm-6", hwspecs=["rocm", "opencl"])
+    h100.stacks.add(cuda)
+    a100.stacks.add(cuda)
+    mi.stacks.add(rocm)
+    for i in range(2):
+        AcceleratorFactory(host=h100, index=i, memory_mib=81559, arch="sm_90")
+        AcceleratorFactory(host=mi, index=i, vendor="amd", model="MI210", arch="gfx90a")
+    for i in range(4):
+        AcceleratorFactory(host=a100, index=i, memory_mib=40960, arch="sm_80", model="A100")
+    return {"h100": h100, "a100": a100, "mi": mi}
+
+
+def need(cuda, count=1, spec="cuda", gb=0):
+    return Need(
+        count=count,
+        hwspec=Hwspec.parse(spec) if spec else None,
+        min_memory_mib=gb * 1000**3 // 1024**2,
+        stack=cuda,
+    )
+
+
+def hold(host, indices, start, end, user=None):
+    user = user or UserFactory(debian_member_source="staff")
+    return reservation_create(
+        user=user, host=host, stack=host.stacks.first(), start=start, end=end, now=NOW,
+        accelerators=[host.accelerators.get(index=i) for i in indices],
+    )  # fmt: skip
+
+
+def search(n, **kw):
+    kw.setdefault("duration", 2 * H)
+    kw.setdefault("earliest", START)
+    kw.setdefault("days", 2)
+    return [(s.host.name, s.start) for s in availability(n, step=STEP, **kw)]
+
+
+def test_it_books_by_need_on_one_host_picking_the_smallest_fitting_devices(member, fleet, cuda):
+    r = reservation_create_for_need(
+        user=member, need=need(cuda, count=2, gb=40), start=START, end=START + 2 * H, now=NOW
+    )
+    assert r.host.name == "a100"  # sorted by host name, and the A100s suffice
+    assert sorted(a.accelerator.index for a in r.allocations.all()) == [0, 1]
+
+
+def test_it_books_by_need_where_the_qualifier_and_memory_fit(member, fleet, cuda):
+    r = reservation_create_for_need(
+        user=member, need=need(cuda, spec="cuda:sm_90", gb=80), start=START, end=START + H,
+        now=NOW,
+    )  # fmt: skip
+    assert r.host.name == "h100" and r.allocations.count() == 1
+
+
+def test_it_moves_to_the_next_host_when_the_first_is_full(member, fleet, cuda):
+    hold(fleet["a100"], [0, 1, 2], START, START + 4 * H)
+    r = reservation_create_for_need(
+        user=member, need=need(cuda, count=2), start=START, end=START + H, now=NOW
+    )
+    assert r.host.name == "h100"
+
+
+def test_it_refuses_a_need_no_host_can_meet_with_a_clear_conflict(member, fleet, cuda):
+    hold(fleet["h100"], [0, 1], START, START + 4 * H)
+    with pytest.raises(Conflict, match="No host has 5 cuda devices"):
+        reservation_create_for_need(
+            user=member, need=need(cuda, count=5), start=START, end=START + H, now=NOW
+        )
+    assert Reservation.objects.filter(user=member).count() == 0
+
+
+def test_it_finds_every_host_free_at_the_start(fleet, cuda):
+    assert search(need(cuda)) == [("a100", START), ("h100", START)]
+
+
+def test_it_finds_the_slot_that_opens_when_a_booking_ends(fleet, cuda):
+    hold(fleet["h100"], [0], START, START + 3 * H)
+    hold(fleet["h100"], [1], START + H, START + 5 * H)
+    hold(fleet["a100"], [0, 1, 2, 3], START, START + 6 * H)
+    # Two devices of 80 GB for two hours: h100 once both are free.
+    assert search(need(cuda, count=2, gb=80)) == [("h100", START + 5 * H)]
+    # One device of 80 GB: the first one frees at +3 h; the other is busy from +1 h.
+    assert search(need(cuda, gb=80)) == [("h100", START + 3 * H)]
+
+
+def test_it_fits_a_slot_into_a_gap_only_if_it_is_long_enough(fleet, cuda):
+    for i in range(4):
+        hold(fleet["a100"], [i], START, START + H)
+        hold(fleet["a100"], [i], START + 2 * H, START + 8 * H)
+    hold(fleet["h100"], [0, 1], START, START + 10 * H)
+    assert search(need(cuda), duration=H) == [("a100", START + H), ("h100", START + 10 * H)]
+    assert search(need(cuda), duration=2 * H) == [("a100", START + 8 * H), ("h100", START + 10 * H)]
+
+
+def test_it_skips_maintenance_windows(fleet, cuda):
+    MaintenanceWindow.objects.create(
+        host=fleet["h100"], start=START + H, end=START + 4 * H, reason="firmware"
+    )
+    assert search(need(cuda, gb=80)) == [("h100", START + 4 * H)]
+
+
+def test_it_ignores_hosts_out_of_service_retired_devices_and_other_stacks(fleet, cuda):
+    Host.objects.filter(name="a100").update(state=Host.State.MAINTENANCE)
+    fleet["h100"].accelerators.filter(index=1).update(retired=True)
+    assert search(need(cuda, count=2)) == []
+    assert search(need(cuda, spec="rocm")) == []  # mi has no cuda-12 stack
+    assert search(need(cuda, spec="opencl")) == [("h100", START)]
+
+
+def test_it_looks_no_further_than_the_days_asked(fleet, cuda):
+    hold(fleet["h100"], [0, 1], START, START + 47 * H)
+    assert search(need(cuda, gb=80), days=1) == []
+    assert search(need(cuda, gb=80), days=2) == [("h100", START + 47 * H)]
+
+
+def test_it_rounds_an_early_end_up_to_the_grid(member, fleet, cuda):
+    from portal.booking.services import reservation_end_now
+
+    r = hold(fleet["h100"], [0, 1], START, START + 5 * H, user=member)
+    reservation_end_now(reservation=r, actor=member, now=START + H + timedelta(minutes=7))
+    assert search(need(cuda, gb=80)) == [("h100", START + H + STEP)]
