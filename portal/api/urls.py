@@ -6,11 +6,14 @@ from portal.api import views
 
 router = DefaultRouter()
 router.register("hosts", views.HostViewSet, basename="host")
+router.register("accelerators", views.AcceleratorViewSet, basename="accelerator")
+router.register("reservations", views.ReservationViewSet, basename="reservation")
 router.register("stacks", views.DriverStackViewSet, basename="stack")
 router.register("ssh-keys", views.SSHKeyViewSet, basename="ssh-key")
 
 app_name = "api"
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("availability/", views.availability_view, name="availability"),
     path("", include(router.urls)),
 ]

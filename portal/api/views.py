@@ -1,5 +1,8 @@
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, permissions, status, viewsets
+from django.db.models import Q
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action, api_view, permission_classes
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
@@ -7,10 +10,23 @@ from portal.accounts import services as account_services
 from portal.accounts.models import SSHKey
 from portal.accounts.sshkeys import InvalidKey, parse_public_key
 from portal.api.errors import Conflict
-from portal.api.serializers import DriverStackSerializer, HostSerializer, SSHKeySerializer
+from portal.api.serializers import (
+    AcceleratorSerializer,
+    DriverStackSerializer,
+    EndSerializer,
+    HostSerializer,
+    ReservationCreateSerializer,
+    ReservationSerializer,
+    SSHKeySerializer,
+)
+from portal.booking import services
+from portal.booking.availability import Need, availability
+from portal.booking.forms import GB, NeedForm
+from portal.booking.models import Reservation
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
-from portal.inventory.models import DriverStack, Host
+from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.views import client_ip
 
 
 class HostViewSet(viewsets.ReadOnlyModelViewSet):
@@ -31,6 +47,19 @@ class HostViewSet(viewsets.ReadOnlyModelViewSet):
         if self.action == "retrieve":
             kwargs["include_retired"] = True
         return selectors.host_list(**kwargs)
+
+
+class AcceleratorViewSet(viewsets.ReadOnlyModelViewSet):
+    """Accelerators of hosts in service; `?host=<name>` narrows to one host."""
+
+    serializer_class = AcceleratorSerializer
+    permission_classes = [permissions.AllowAny]
+
+    def get_queryset(self):
+        found = Accelerator.objects.exclude(host__state=Host.State.RETIRED).select_related("host")
+        if name := self.request.query_params.get("host"):
+            found = found.filter(host__name=name)
+        return found.order_by("host__name", "index")
 
 
 class DriverStackViewSet(viewsets.ReadOnlyModelViewSet):
@@ -69,3 +98,181 @@ class SSHKeyViewSet(
         except account_services.KeyConflict as exc:
             raise Conflict(str(exc), code="key_registered") from None
         return Response(self.get_serializer(ssh_key).data, status=status.HTTP_201_CREATED)
+
+
+def _refused(error: services.BookingError, user) -> Response:
+    body = {"code": error.code, "message": error.message}
+    blockers = getattr(error, "blockers", [])
+    if blockers:
+        body["blockers"] = [
+            {
+                "host": b.accelerator.host.name,
+                "index": b.accelerator.index,
+                "start": b.start,
+                "end": b.end,
+                "yours": bool(b.reservation and b.reservation.user_id == user.pk),
+            }
+            for b in blockers
+        ]
+    return Response(body, status=error.status)
+
+
+def _query_form(form_class, request):
+    form = form_class(request.query_params)
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.items()))
+        raise ValidationError({field: errors})
+    return form
+
+
+class ExtensionSerializer(serializers.Serializer):
+    latest_end = serializers.DateTimeField()
+    reason = serializers.CharField()
+    blockers = serializers.ListField(child=serializers.DictField())
+
+
+class SlotSerializer(serializers.Serializer):
+    host = serializers.CharField(source="host.name")
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    free = serializers.IntegerField()
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter(name, str, description=str(field.help_text or field.label))
+        for name, field in NeedForm.base_fields.items()
+    ],
+    responses=SlotSerializer(many=True),
+)
+@api_view(["GET"])
+@permission_classes([permissions.AllowAny])
+def availability_view(request):
+    """The earliest slot of each host that meets a need, soonest first."""
+    form = _query_form(NeedForm, request)
+    slots = availability(
+        form.need(),
+        duration=form.cleaned_data["hours"],
+        earliest=form.earliest(),
+        days=form.cleaned_data["days"],
+        step=form.policy.granularity,
+    )
+    return Response(SlotSerializer(slots, many=True).data)
+
+
+class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The caller's reservations: book, list, show, extend, shorten, end now, cancel.
+
+    `?when=upcoming|current|past` filters the list. Someone else's reservation is not found.
+    """
+
+    serializer_class = ReservationSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Reservation.objects.none()
+        mine = Reservation.objects.filter(user=self.request.user)
+        now = timezone.now()
+        when = self.request.query_params.get("when", "")
+        if self.action == "list" and when:
+            open_ = Q(state__in=Reservation.OPEN, end__gt=now)
+            chosen = {
+                "upcoming": open_ & Q(start__gt=now),
+                "current": open_ & Q(start__lte=now),
+                "past": ~open_,
+            }.get(when)
+            if chosen is None:
+                raise ValidationError({"when": ["Use upcoming, current or past."]})
+            mine = mine.filter(chosen)
+        return mine.select_related("host", "stack", "user").prefetch_related(
+            "allocations__accelerator__host"
+        )
+
+    def _done(self, reservation, status_code=status.HTTP_200_OK):
+        reservation = self.get_queryset().get(pk=reservation.pk)
+        return Response(self.get_serializer(reservation).data, status=status_code)
+
+    @extend_schema(request=ReservationCreateSerializer, responses={201: ReservationSerializer})
+    def create(self, request):
+        body = ReservationCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        common = {
+            "user": request.user, "start": data["start"], "end": data["end"],
+            "purpose": data.get("purpose", ""), "ip": client_ip(request),
+        }  # fmt: skip
+        try:
+            if data.get("count"):
+                gb = data.get("min_memory_gb")
+                need = Need(
+                    count=data["count"], hwspec=data.get("hwspec"), stack=data["stack"],
+                    min_memory_mib=gb * GB if gb else 0,
+                )  # fmt: skip
+                made = services.reservation_create_for_need(
+                    need=need, host=data.get("host"), **common
+                )
+            else:
+                host = data["host"]
+                found = {a.index: a for a in host.accelerators.all()}
+                missing = [i for i in data.get("devices", []) if i not in found]
+                if missing:
+                    raise ValidationError(
+                        {"devices": [f"{host.name} has no accelerator #{missing[0]}."]}
+                    )
+                made = services.reservation_create(
+                    host=host, stack=data["stack"], whole_host=data["whole_host"],
+                    accelerators=[found[i] for i in data.get("devices", [])], **common,
+                )  # fmt: skip
+        except services.BookingError as exc:
+            return _refused(exc, request.user)
+        return self._done(made, status.HTTP_201_CREATED)
+
+    def _change(self, request, change, **kwargs):
+        reservation = self.get_object()
+        try:
+            changed = change(
+                reservation=reservation, actor=request.user, ip=client_ip(request), **kwargs
+            )
+        except services.BookingError as exc:
+            return _refused(exc, request.user)
+        return self._done(changed)
+
+    def _new_end(self, request):
+        body = EndSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return body.validated_data["end"]
+
+    @extend_schema(responses=ExtensionSerializer)
+    @action(detail=True, methods=["get"])
+    def extension(self, request, pk=None):
+        """How far the reservation can be extended, and what stops it there."""
+        reservation = self.get_object()
+        latest, reason, blockers = services.extension_limit(reservation)
+        return Response(
+            {
+                "latest_end": latest,
+                "reason": reason,
+                "blockers": [{"host": b.accelerator.host.name, "index": b.accelerator.index,
+                              "start": b.start, "end": b.end} for b in blockers],
+            }
+        )  # fmt: skip
+
+    @extend_schema(request=EndSerializer)
+    @action(detail=True, methods=["post"])
+    def extend(self, request, pk=None):
+        return self._change(request, services.reservation_extend, end=self._new_end(request))
+
+    @extend_schema(request=EndSerializer)
+    @action(detail=True, methods=["post"])
+    def shorten(self, request, pk=None):
+        return self._change(request, services.reservation_shorten, end=self._new_end(request))
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def end(self, request, pk=None):
+        return self._change(request, services.reservation_end_now)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._change(request, services.reservation_cancel)

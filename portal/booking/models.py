@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from portal.inventory.models import Accelerator, DriverStack, Host
+from provisioning.accounts import unix_name
 
 
 class BookingPolicy(models.Model):
@@ -51,6 +52,8 @@ class Reservation(models.Model):
         CANCELLED = "cancelled", "cancelled"
         FAILED = "failed", "failed"
 
+    OPEN = (State.PENDING_APPROVAL, State.SCHEDULED, State.PROVISIONING, State.ACTIVE)
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reservations"
     )
@@ -75,6 +78,29 @@ class Reservation(models.Model):
 
     def __str__(self):
         return f"{self.user} on {self.host} {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M}"
+
+    def get_absolute_url(self):
+        from django.urls import reverse
+
+        return reverse("booking:reservation_detail", args=[self.pk])
+
+    @property
+    def unix_user(self) -> str:
+        return unix_name(self.user.username, self.user_id)
+
+    @property
+    def ssh_command(self) -> str:
+        port = f" -p {self.host.ssh_port}" if self.host.ssh_port != 22 else ""
+        return f"ssh{port} {self.unix_user}@{self.host.fqdn}"
+
+    def is_open(self, now) -> bool:
+        return self.state in self.OPEN and self.end > now
+
+    def phase(self, now) -> str:
+        """upcoming, current or past, for the lists of "my reservations"."""
+        if not self.is_open(now):
+            return "past"
+        return "current" if self.start <= now else "upcoming"
 
 
 class Allocation(models.Model):

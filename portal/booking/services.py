@@ -31,12 +31,6 @@ from portal.inventory.models import Accelerator, DriverStack, Host
 T = TypeVar("T")
 
 RETRIES = 4
-OPEN_STATES = [
-    Reservation.State.PENDING_APPROVAL,
-    Reservation.State.SCHEDULED,
-    Reservation.State.PROVISIONING,
-    Reservation.State.ACTIVE,
-]
 
 
 class BookingError(Exception):
@@ -142,7 +136,7 @@ def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) 
 
 
 def _check_quotas(policy: BookingPolicy, user: User, devices, start, end, now) -> None:
-    open_count = user.reservations.filter(state__in=OPEN_STATES, end__gt=now).count()
+    open_count = user.reservations.filter(state__in=Reservation.OPEN, end__gt=now).count()
     if open_count >= policy.max_concurrent_reservations:
         raise BookingError(
             "quota_concurrent",
@@ -304,18 +298,11 @@ def reservation_create_for_need(
 
 # -- Changes to a reservation -------------------------------------------------------------------
 
-CHANGEABLE = [
-    Reservation.State.PENDING_APPROVAL,
-    Reservation.State.SCHEDULED,
-    Reservation.State.PROVISIONING,
-    Reservation.State.ACTIVE,
-]
-
 
 def _locked(reservation: Reservation, now: datetime) -> Reservation:
     """The reservation's row, locked; refused if it is history (history is immutable)."""
     current = Reservation.objects.select_for_update().select_related("host").get(pk=reservation.pk)
-    if current.state not in CHANGEABLE or current.end <= now:
+    if current.state not in Reservation.OPEN or current.end <= now:
         raise BookingError(
             "immutable",
             f"This reservation is {current.get_state_display()}"

@@ -24,7 +24,7 @@ def cuda(db):
 
 @pytest.fixture
 def fleet(cuda):
-    """h100: 2 × 80 GB sm_90; a100: 4 × 40 GB sm_80; mi: 2 AMD (no cuda stack)."""
+    """h100: two 80 GB sm_90; a100: four 40 GB sm_80; mi: 2 AMD (no cuda stack)."""
     h100 = HostFactory(name="h100")
     a100 = HostFactory(name="a100")
     mi = HostFactory(name="mi")

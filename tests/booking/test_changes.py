@@ -50,6 +50,7 @@ def test_it_says_how_far_an_extension_can_go_and_who_blocks_it(member, host, sta
     book(neighbour, host, stack, start=START + 5 * H, end=START + 6 * H)
     latest, reason, blockers = extension_limit(r, NOW)
     assert latest == START + 5 * H and reason == "the next booking of its devices"
+    assert [b.start for b in blockers] == [START + 5 * H]
     with pytest.raises(Conflict) as exc:
         reservation_extend(reservation=r, end=START + 6 * H, actor=member, now=NOW)
     assert "extended to 2026-11-23 15:00 UTC at most" in exc.value.message

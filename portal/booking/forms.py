@@ -1,0 +1,153 @@
+"""Forms of the booking pages; the API validates query strings with the same forms.
+
+Times typed in a form are read in the user's time zone (UserTimezoneMiddleware activates it);
+a time that does not exist or is ambiguous there (a daylight-saving change) is refused.
+"""
+
+from datetime import timedelta
+
+from django import forms
+from django.utils import timezone
+
+from portal.booking.availability import Need, ceil_to
+from portal.booking.models import BookingPolicy
+from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.inventory.models import DriverStack, Host
+
+GB = 1000**3 // 1024**2  # vendors quote memory in decimal GB; devices report MiB
+
+
+class DateTimeInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self, **kwargs):
+        super().__init__(format="%Y-%m-%dT%H:%M", **kwargs)
+
+
+def _hwspec(value: str) -> Hwspec | None:
+    if not value.strip():
+        return None
+    try:
+        return Hwspec.parse(value)
+    except InvalidHwspec as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+class NeedForm(forms.Form):
+    """A need and when: "N devices of hwspec X, M GB each, stack S, for H hours, from T on"."""
+
+    count = forms.IntegerField(
+        label="Devices", min_value=1, max_value=64, initial=1, required=False
+    )
+    hwspec = forms.CharField(
+        label="Hardware spec",
+        required=False,
+        max_length=64,
+        help_text="cuda, cuda:sm_90, rocm:gfx1030, sycl, opencl, fpga",
+    )
+    min_memory_gb = forms.IntegerField(
+        label="Minimum memory per device (GB)", required=False, min_value=0, max_value=4096
+    )
+    stack = forms.ModelChoiceField(
+        label="Driver stack",
+        queryset=DriverStack.objects.all(),
+        to_field_name="name",
+        required=False,
+        empty_label="any stack",
+    )
+    hours = forms.DecimalField(
+        label="Hours", min_value=0, max_digits=5, decimal_places=2, initial=2
+    )
+    start = forms.DateTimeField(
+        label="From", required=False, widget=DateTimeInput(), help_text="In your time zone."
+    )
+    days = forms.IntegerField(label="Search days ahead", min_value=1, initial=7, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy = BookingPolicy.current()
+
+    def clean_count(self):
+        return self.cleaned_data["count"] or 1
+
+    def clean_hwspec(self):
+        return _hwspec(self.cleaned_data["hwspec"])
+
+    def clean_days(self):
+        days = self.cleaned_data["days"]
+        if days and days > self.policy.max_days_ahead:
+            raise forms.ValidationError(f"Search at most {self.policy.max_days_ahead} days ahead.")
+        return days or 7
+
+    def clean_hours(self):
+        hours = self.cleaned_data["hours"]
+        duration = timedelta(hours=float(hours))
+        policy = self.policy
+        if duration <= timedelta(0):
+            raise forms.ValidationError("A booking lasts longer than zero.")
+        if duration % policy.granularity:
+            raise forms.ValidationError(f"Use a multiple of {policy.granularity_minutes} minutes.")
+        if duration > timedelta(hours=policy.max_hours):
+            raise forms.ValidationError(f"A booking lasts at most {policy.max_hours} hours.")
+        return duration
+
+    def clean(self):
+        data = super().clean()
+        spec, stack = data.get("hwspec"), data.get("stack")
+        if spec and stack and spec.kind != "cpu" and spec.kind not in stack.hwspecs:
+            self.add_error("stack", f"The stack {stack.name} does not serve {spec.kind}.")
+        return data
+
+    def need(self) -> Need:
+        data = self.cleaned_data
+        gb = data.get("min_memory_gb")
+        return Need(
+            count=data["count"],
+            hwspec=data.get("hwspec"),
+            min_memory_mib=gb * GB if gb else 0,
+            stack=data.get("stack"),
+        )
+
+    def earliest(self, now=None):
+        """The search's start: the time asked for, but never before the current grid step."""
+        now = ceil_to(now or timezone.now(), self.policy.granularity)
+        start = self.cleaned_data.get("start")
+        return max(ceil_to(start, self.policy.granularity), now) if start else now
+
+
+class ReservationForm(forms.Form):
+    """Book chosen accelerators of one host, or the whole host."""
+
+    accelerators = forms.MultipleChoiceField(
+        label="Accelerators", required=False, widget=forms.CheckboxSelectMultiple
+    )
+    whole_host = forms.BooleanField(label="The whole host", required=False)
+    stack = forms.ModelChoiceField(
+        label="Driver stack", queryset=DriverStack.objects.none(), to_field_name="name"
+    )
+    start = forms.DateTimeField(label="Start", widget=DateTimeInput())
+    end = forms.DateTimeField(label="End", widget=DateTimeInput())
+    purpose = forms.CharField(label="Purpose", max_length=200, required=False)
+
+    def __init__(self, host: Host, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.host = host
+        usable = host.accelerators.filter(retired=False).order_by("index")
+        self.fields["accelerators"].choices = [
+            (str(a.index), f"#{a.index} {a.model}, {a.memory_gib} GiB") for a in usable
+        ]
+        self.fields["stack"].queryset = host.stacks.all()
+        self.usable = {str(a.index): a for a in usable}
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("whole_host") and not data.get("accelerators"):
+            raise forms.ValidationError("Choose at least one accelerator, or the whole host.")
+        return data
+
+    def chosen(self):
+        return [self.usable[i] for i in self.cleaned_data.get("accelerators", [])]
+
+
+class EndForm(forms.Form):
+    end = forms.DateTimeField(label="New end", widget=DateTimeInput())
