@@ -8,6 +8,7 @@ admin.site.site_header = "Porterbox portal administration"
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("", include("portal.booking.urls")),
     path("hosts/", include("portal.inventory.urls")),
     path("account/", include("portal.accounts.urls")),
     path("accounts/", include("allauth.urls")),

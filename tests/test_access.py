@@ -40,13 +40,25 @@ PUBLIC = [
     "api:schema",
     "api:host-list",
     "api:stack-list",
+    "api:accelerator-list",
+    "booking:site_timeline",
+    "booking:finder",
+    "host_timeline",
 ]
-LOGGED_IN = ["accounts:profile", "accounts:ssh_keys", "mfa_index", "account_email"]
+LOGGED_IN = [
+    "accounts:profile",
+    "accounts:ssh_keys",
+    "mfa_index",
+    "account_email",
+    "booking:my_reservations",
+    "book",
+]
 
 
 def url_of(name, host):
-    if name == "host_detail":
-        return reverse("inventory:host_detail", args=[host.name])
+    if name in ("host_detail", "host_timeline", "book"):
+        app = "inventory" if name == "host_detail" else "booking"
+        return reverse(f"{app}:{name}", args=[host.name])
     return reverse(name)
 
 
@@ -61,7 +73,8 @@ def test_it_shows_public_pages_to_everyone(as_role, role, name):
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("name", LOGGED_IN)
 def test_it_shows_account_pages_only_to_logged_in_users(as_role, role, name):
-    response = as_role(role).get(reverse(name))
+    host = AcceleratorFactory().host
+    response = as_role(role).get(url_of(name, host))
     if role == "anonymous":
         assert login_redirect(response)
     else:

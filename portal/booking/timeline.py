@@ -1,0 +1,116 @@
+"""The timeline grid: rows are accelerators, columns are spans of time in the viewer's zone.
+
+One query for the allocations and one for the maintenance windows of the rows shown, then a
+walk over sorted intervals; the grid is small (rows by cells), the data bounded by the window.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.utils import timezone
+
+from portal.booking.availability import ceil_to
+from portal.booking.models import Allocation, BookingPolicy
+from portal.inventory.models import Accelerator, MaintenanceWindow
+
+VIEWS = {
+    "day": (timedelta(days=1), timedelta(hours=1)),
+    "week": (timedelta(days=7), timedelta(hours=6)),
+}
+
+
+@dataclass
+class Cell:
+    start: datetime
+    end: datetime
+    state: str  # free, booked, mine, maintenance, past
+    book_from: datetime | None = None  # where a booking from this cell would start
+
+
+@dataclass
+class Row:
+    accelerator: Accelerator
+    cells: list[Cell] = field(default_factory=list)
+
+
+@dataclass
+class Timeline:
+    start: datetime
+    end: datetime
+    columns: list[datetime]
+    rows: list[Row]
+    view: str
+    day: date
+
+    @property
+    def previous(self) -> date:
+        return self.day - (self.end - self.start)
+
+    @property
+    def next(self) -> date:
+        return self.day + (self.end - self.start)
+
+
+def window(day: date, view: str) -> tuple[datetime, datetime, timedelta]:
+    """The span shown, from midnight of `day` in the active zone (days may last 23 or 25 h)."""
+    span, cell = VIEWS[view]
+    zone = timezone.get_current_timezone()
+    start = datetime.combine(day, time(), zone)
+    end = datetime.combine(day + span, time(), zone)
+    return start, end, cell
+
+
+def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timeline:
+    start, end, step = window(day, view)
+    accelerators = list(accelerators)
+    ids = [a.pk for a in accelerators]
+    held: dict[int, list[tuple[datetime, datetime, bool]]] = {i: [] for i in ids}
+    for a in (
+        Allocation.objects.filter(accelerator__in=ids, active=True, start__lt=end, end__gt=start)
+        .select_related("reservation")
+        .order_by("start")
+    ):
+        mine = bool(user.is_authenticated and a.reservation and a.reservation.user_id == user.pk)
+        held[a.accelerator_id].append((a.start, a.end, mine))
+    down: dict[int, list[tuple[datetime, datetime]]] = {}
+    for w in MaintenanceWindow.objects.filter(
+        host__in={a.host_id for a in accelerators}, start__lt=end, end__gt=start
+    ):
+        down.setdefault(w.host_id, []).append((w.start, w.end))
+
+    grid = BookingPolicy.current().granularity
+    # Columns step in wall-clock time, so they stay on the hour across a DST change; an hour
+    # that does not exist that day is skipped, one that happens twice is one wider cell.
+    zone = timezone.get_current_timezone()
+    columns = []
+    naive = datetime.combine(day, time())
+    while (moment := naive.replace(tzinfo=zone)) < end:
+        if _exists(naive, zone):
+            columns.append(moment)
+        naive += step
+    rows = []
+    for acc in accelerators:
+        row = Row(acc)
+        for i, cell_start in enumerate(columns):
+            cell_end = columns[i + 1] if i + 1 < len(columns) else end
+            row.cells.append(
+                _cell(cell_start, cell_end, held[acc.pk], down.get(acc.host_id, []), now, grid)
+            )
+        rows.append(row)
+    return Timeline(start, end, columns, rows, view, day)
+
+
+def _exists(naive: datetime, zone) -> bool:
+    aware = naive.replace(tzinfo=zone)
+    return aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive
+
+
+def _cell(start, end, held, down, now, grid) -> Cell:
+    if end <= now:
+        return Cell(start, end, "past")
+    if any(s < end and e > start for s, e in down):
+        return Cell(start, end, "maintenance")
+    overlapping = [mine for s, e, mine in held if s < end and e > start]
+    if overlapping:
+        return Cell(start, end, "mine" if all(overlapping) else "booked")
+    return Cell(start, end, "free", book_from=max(start, ceil_to(now, grid)))
