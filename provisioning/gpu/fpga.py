@@ -1,0 +1,76 @@
+"""AMD/Xilinx accelerator cards managed by XRT, through ``xbutil examine`` (``xrt-smi`` in
+recent XRT releases)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from provisioning.gpu import Device, ProbeError, Runner
+
+# Recent XRT releases ship xbutil as xrt-smi; the report is the same.
+TOOLS = ("xbutil", "xrt-smi")
+
+
+def examine(tool: str, output: str) -> list[str]:
+    # The JSON report goes only to a file (--output), which the tool will not overwrite, so the
+    # caller hands it a fresh path.
+    return [tool, "examine", "--format", "JSON", "--output", output]
+
+
+def probe(runner: Runner) -> list[Device]:
+    for tool in TOOLS:
+        with tempfile.TemporaryDirectory(prefix="xbutil-") as tmp:
+            report = Path(tmp) / "examine.json"
+            try:
+                runner(examine(tool, str(report)))
+            except FileNotFoundError:
+                continue
+            if not report.exists():
+                raise ProbeError(f"{tool} examine wrote no report")
+            return parse_xbutil_examine(report.read_text())
+    return []
+
+
+def parse_xbutil_examine(text: str) -> list[Device]:
+    """Devices from the host section (``system.host.devices``) of an examine JSON report.
+
+    That section has no memory size and no architecture (``memory_mib`` 0, ``arch`` ""). Its
+    ``id`` is the shell's logic UUID, the same on every card flashed with that shell, so it is
+    not used as the device's ``uuid``. Alveo cards are named by their shell (``vbnv``), Ryzen
+    NPUs by ``name``.
+    """
+    if not text or not text.strip():
+        raise ProbeError("xbutil examine report is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"xbutil examine report is not JSON: {exc}") from exc
+    try:
+        devices = data["system"]["host"]["devices"]
+    except (KeyError, TypeError) as exc:
+        raise ProbeError("xbutil examine report has no system.host.devices") from exc
+    # boost's JSON writer prints an empty child list as "" rather than [].
+    if devices == "":
+        return []
+    if not isinstance(devices, list):
+        raise ProbeError("xbutil examine report: system.host.devices is not a list")
+    return [_device(index, entry) for index, entry in enumerate(devices)]
+
+
+def _device(index: int, entry) -> Device:
+    if not isinstance(entry, dict) or not entry.get("bdf"):
+        raise ProbeError(f"xbutil examine report: device {index} has no bdf")
+    model = entry.get("vbnv") or entry.get("name")
+    if not model:
+        raise ProbeError(f"xbutil examine report: device {entry['bdf']} has no vbnv or name")
+    return Device(
+        vendor="fpga",
+        index=index,
+        model=str(model),
+        memory_mib=0,
+        uuid="",
+        pci_bus_id=str(entry["bdf"]),
+        arch="",
+    )
