@@ -42,3 +42,13 @@ def test_it_keeps_what_an_admin_edited_between_runs(db):
     Host.objects.filter(name="nv-t4-01").update(state=Host.State.ACTIVE)
     call_command("demo", stdout=StringIO())
     assert Host.objects.get(name="nv-t4-01").state == Host.State.ACTIVE
+
+
+def test_it_books_a_few_slots_so_the_timelines_show_something(db):
+    from portal.booking.models import Reservation
+
+    call_command("demo", stdout=StringIO())
+    assert Reservation.objects.filter(purpose="demo").count() == 3
+    assert Reservation.objects.get(host__name="amd-mi210-01").whole_host
+    call_command("demo", stdout=StringIO())
+    assert Reservation.objects.count() == 3

@@ -4,8 +4,11 @@ Idempotent: rows are found by their natural keys and only created when missing, 
 run changes nothing (and never resets what an admin edited in between).
 """
 
+from datetime import timedelta
+
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from portal.accounts.models import PartnerMembership, PartnerProject, User
 from portal.inventory.models import Accelerator, DriverStack, Host
@@ -58,8 +61,47 @@ USERS = [
 class Command(BaseCommand):
     help = "Load a demo inventory (hosts, accelerators, stacks) and demo users; idempotent."
 
-    @transaction.atomic
     def handle(self, *args, **options):
+        created = self._inventory_and_users()
+        created += self._reservations()
+        self.stdout.write(f"demo: {created} object(s) created, the rest already there.")
+
+    def _reservations(self) -> int:
+        """A few bookings around now, so the timelines show something; only into an empty table."""
+        from portal.booking.availability import ceil_to
+        from portal.booking.models import BookingPolicy, Reservation
+        from portal.booking.services import BookingError, reservation_create
+
+        if Reservation.objects.exists():
+            return 0
+        step = BookingPolicy.current().granularity
+        start = ceil_to(timezone.now(), step)
+        hour = timedelta(hours=1)
+        plans = [  # user, host, devices, from (hours from now), length (hours)
+            ("alice", "nv-a100-01", [0, 1], 1, 4),
+            ("bob", "nv-a100-01", [2], 0, 3),
+            ("bob", "amd-mi210-01", None, 26, 8),
+        ]
+        made = 0
+        for username, host_name, indices, offset, length in plans:
+            host = Host.objects.filter(name=host_name).first()
+            user = User.objects.filter(username=username).first()
+            if host is None or user is None:
+                continue
+            devices = [host.accelerators.get(index=i) for i in indices] if indices else None
+            try:
+                reservation_create(
+                    user=user, host=host, stack=host.stacks.first(), accelerators=devices,
+                    whole_host=devices is None, start=start + offset * hour,
+                    end=start + (offset + length) * hour, purpose="demo",
+                )  # fmt: skip
+                made += 1
+            except BookingError as exc:
+                self.stderr.write(f"demo: {username} on {host_name}: {exc.message}")
+        return made
+
+    @transaction.atomic
+    def _inventory_and_users(self) -> int:
         created = 0
         stacks = {}
         for name, hwspecs, chroot, area, description in STACKS:
@@ -109,4 +151,4 @@ class Command(BaseCommand):
             defaults={"role": PartnerMembership.Role.MANAGER},
         )  # fmt: skip
         created += new
-        self.stdout.write(f"demo: {created} object(s) created, the rest already there.")
+        return created
