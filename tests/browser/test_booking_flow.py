@@ -5,6 +5,7 @@ import shutil
 import zoneinfo
 
 import pytest
+from django.db import connections
 
 from portal.booking.models import Reservation
 from tests.conftest import require
@@ -47,6 +48,9 @@ def page():
         page.set_default_timeout(15_000)
         yield page
         browser.close()
+        # ORM calls made inside Playwright's greenlet opened their own connection; close it, or
+        # the test database cannot be dropped at the end of the run.
+        connections.close_all()
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
