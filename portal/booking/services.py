@@ -301,7 +301,13 @@ def reservation_create_for_need(
 
 def _locked(reservation: Reservation, now: datetime) -> Reservation:
     """The reservation's row, locked; refused if it is history (history is immutable)."""
-    current = Reservation.objects.select_for_update().select_related("host").get(pk=reservation.pk)
+    # of=("self",): lock the reservation only. Locking its host row too (the join) would block
+    # every booking's foreign-key check on that host and deadlock with it.
+    current = (
+        Reservation.objects.select_for_update(of=("self",))
+        .select_related("host")
+        .get(pk=reservation.pk)
+    )
     if current.state not in Reservation.OPEN or current.end <= now:
         raise BookingError(
             "immutable",
@@ -361,7 +367,7 @@ def reservation_extend(
             raise BookingError("not_later", "An extension must end later than the reservation.")
         _check_on_grid(policy, "end", end)
         ids = list(
-            Accelerator.objects.select_for_update()
+            Accelerator.objects.select_for_update(of=("self",))
             .filter(allocations__reservation=current, allocations__active=True)
             .order_by("pk")
             .values_list("pk", flat=True)

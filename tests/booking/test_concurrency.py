@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 
 from portal.booking.models import Allocation, BookingPolicy
-from portal.booking.services import Conflict, reservation_create
+from portal.booking.services import Conflict, reservation_create, reservation_extend
 from portal.inventory.models import Accelerator, DriverStack, Host
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
@@ -105,3 +105,55 @@ def test_it_never_allocates_a_device_twice_under_random_overlapping_requests(set
     assert set(total) <= {"won", "conflict"}, dict(total)
     assert total["won"] > 0 and total["conflict"] > 0
     assert_never_held_twice()
+
+
+def test_it_never_double_books_when_extensions_race_new_bookings(setup):
+    """Half the threads stretch their reservations while the other half book the gaps."""
+    host, users = setup
+    stack = DriverStack.objects.get(name="cuda-12")
+    rng = random.Random(7)
+    owned = []
+    for n in range(BOOKERS // 2):
+        index, start = n % 4, NOW + Q * (4 + 12 * (n // 4))
+        owned.append(book_one(users[n], host, stack, index, start, start + 4 * Q))
+    barrier = threading.Barrier(BOOKERS)
+    outcomes = [None] * BOOKERS
+
+    def act(n):
+        try:
+            if n < len(owned):
+                r = owned[n]
+                barrier.wait()
+                new_end = r.end + Q * rng.randint(1, 8)
+                reservation_extend(reservation=r, end=new_end, actor=users[n], now=NOW)
+            else:
+                index, start = rng.randrange(4), NOW + Q * rng.randint(4, 60)
+                end = start + Q * rng.randint(1, 6)
+                barrier.wait()
+                book_one(users[n], host, stack, index, start, end)
+            outcomes[n] = "won"
+        except Conflict:
+            outcomes[n] = "conflict"
+        except Exception as exc:  # anything else is a bug the test must show
+            outcomes[n] = f"error: {exc!r}"
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=act, args=(n,)) for n in range(BOOKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(outcomes) <= {"won", "conflict"}, outcomes
+    assert "won" in outcomes
+    assert_never_held_twice()
+    for r in owned:  # a reservation and its allocations always agree
+        r.refresh_from_db()
+        assert set(r.allocations.values_list("end", flat=True)) == {r.end}
+
+
+def book_one(user, host, stack, index, start, end):
+    accs = [Accelerator.objects.get(host=host, index=index)]
+    return reservation_create(
+        user=user, host=host, stack=stack, accelerators=accs, start=start, end=end, now=NOW
+    )
