@@ -2,9 +2,9 @@
 
 Availability is computed, never stored (the pretix way). The search runs in the database: the
 candidate start times of a host are the search's own start and the ends of the allocations and
-maintenance windows in the searched span (a slot can only open when something ends), and for
-each candidate one correlated query counts the matching accelerators that nothing holds for
-[t, t + duration). The allocation index `allocation_active_idx` (accelerator, start, end) and,
+maintenance windows in the searched span (a slot can only open when something ends); per host,
+the candidates are tried in time order, each by a correlated count of the matching accelerators
+that nothing holds for [t, t + duration), until one fits. The allocation index `allocation_active_idx` (accelerator, start, end) and,
 on PostgreSQL, the GiST index of `allocation_no_overlap` serve those probes.
 """
 
@@ -18,7 +18,6 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     IntegerField,
-    Min,
     OuterRef,
     QuerySet,
     Subquery,
@@ -186,17 +185,39 @@ def availability(
     for host_id in now_free.values_list("pk", flat=True):
         keep(host_id, earliest)
 
-    # 2. Free when an allocation of a matching accelerator ends.
-    ends = Allocation.objects.filter(
-        active=True, end__gt=earliest, end__lt=horizon, accelerator__in=matching
-    ).annotate(host_id=F("accelerator__host"))
-    for row in usable(ends, "host_id", "end").values("host_id").annotate(at=Min("end")).order_by():
-        keep(row["host_id"], row["at"])
+    def first_of(candidates: QuerySet, host_field: str) -> Subquery:
+        """The host's earliest candidate start where the need fits: the database walks them in
+        time order and stops at the first that fits, so a busy calendar costs what it must."""
+        fitting = usable(candidates, host_field, "end").order_by("end").values("end")[:1]
+        return Subquery(fitting, output_field=DateTimeField())
 
-    # 3. Free when a maintenance window ends.
-    windows = MaintenanceWindow.objects.filter(end__gt=earliest, end__lt=horizon, host__in=hosts)
-    for row in usable(windows, "host", "end").values("host").annotate(at=Min("end")).order_by():
-        keep(row["host"], row["at"])
+    # 2. Free when an allocation of a matching accelerator ends, and that accelerator stays free
+    # for the duration (a slot can only open when some device it uses becomes free).
+    ends = (
+        Allocation.objects.filter(
+            active=True, end__gt=earliest, end__lt=horizon, accelerator__in=matching
+        )
+        .annotate(host_id=F("accelerator__host"))
+        .filter(host_id=OuterRef("pk"))
+        .exclude(
+            _held(
+                OuterRef("accelerator"),
+                OuterRef("end"),
+                ExpressionWrapper(OuterRef("end") + Value(duration), output_field=DateTimeField()),
+            )
+        )
+    )
+    # 3. Free when a maintenance window of the host ends.
+    windows = MaintenanceWindow.objects.filter(
+        end__gt=earliest, end__lt=horizon, host=OuterRef("pk")
+    )
+    rows = hosts.annotate(
+        after_allocation=first_of(ends, "host_id"), after_maintenance=first_of(windows, "host")
+    ).values_list("pk", "after_allocation", "after_maintenance")
+    for host_id, *moments in rows:
+        for moment in moments:
+            if moment is not None:
+                keep(host_id, moment)
 
     found = Host.objects.in_bulk(list(first))
     slots = []
