@@ -1,11 +1,13 @@
 """Reads of free capacity: which accelerators meet a need, and when they are next free.
 
-Availability is computed, never stored (the pretix way). The search runs in the database: the
-candidate start times of a host are the search's own start and the ends of the allocations and
-maintenance windows in the searched span (a slot can only open when something ends); per host,
-the candidates are tried in time order, each by a correlated count of the matching accelerators
-that nothing holds for [t, t + duration), until one fits. The allocation index `allocation_active_idx` (accelerator, start, end) and,
-on PostgreSQL, the GiST index of `allocation_no_overlap` serve those probes.
+Availability is computed, never stored (the pretix way). The search runs in the database: a
+slot can only open at the search's own start or when an allocation or a maintenance window
+ends, so those are the candidate starts. An allocation's end counts only if its own device
+stays free for the duration; for more than one device, a correlated count of the host's
+matching accelerators that nothing holds for [t, t + duration) decides. Per host the database
+keeps the earliest fitting candidate (ORDER BY ... LIMIT 1), so one row per host comes back.
+The allocation indexes (`allocation_active_idx`, and the accelerator foreign key) serve the
+probes.
 """
 
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from django.db.models import (
     F,
     IntegerField,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
     Value,
@@ -67,24 +70,33 @@ class Slot:
     free: int  # matching accelerators free for the whole slot
 
 
-def matching_accelerators(need: Need, host: Host | None = None) -> QuerySet[Accelerator]:
-    """Bookable accelerators that meet the need on hosts in service that offer its stack."""
-    found = Accelerator.objects.filter(retired=False, host__state=Host.State.ACTIVE)
-    if host is not None:
-        found = found.filter(host=host)
+def _device_filter(need: Need) -> Q:
+    """What the need asks of each device itself (not of its host)."""
+    found = Q(retired=False)
     if need.min_memory_mib:
-        found = found.filter(memory_mib__gte=need.min_memory_mib)
+        found &= Q(memory_mib__gte=need.min_memory_mib)
     spec = need.hwspec
     if spec and spec.kind != "cpu":
-        found = found.filter(vendor__in=VENDORS_FOR_KIND[spec.kind])
+        found &= Q(vendor__in=VENDORS_FOR_KIND[spec.kind])
         if spec.qualifier:
-            found = found.filter(arch=spec.qualifier)
+            found &= Q(arch=spec.qualifier)
     if need.stack is not None:
-        vendors = {v for kind in need.stack.hwspecs for v in VENDORS_FOR_KIND.get(kind, ())}
+        found &= Q(
+            vendor__in={v for kind in need.stack.hwspecs for v in VENDORS_FOR_KIND.get(kind, ())}
+        )
+    return found
+
+
+def matching_accelerators(need: Need, host: Host | None = None) -> QuerySet[Accelerator]:
+    """Bookable accelerators that meet the need on hosts in service that offer its stack."""
+    found = Accelerator.objects.filter(_device_filter(need), host__state=Host.State.ACTIVE)
+    if host is not None:
+        found = found.filter(host=host)
+    if need.stack is not None:
         offered = Host.stacks.through.objects.filter(
             host=OuterRef("host"), driverstack=need.stack.pk
         )
-        found = found.filter(Exists(offered), vendor__in=vendors)
+        found = found.filter(Exists(offered))
     return found
 
 
@@ -131,9 +143,9 @@ def _free_count(need: Need, host_field: str, at: str | datetime, duration: timed
     # The count is a subquery over accelerators; "held" a subquery within it, two levels down.
     start = OuterRef(OuterRef(at)) if isinstance(at, str) else Value(at)
     end = ExpressionWrapper(start + Value(duration), output_field=DateTimeField())
+    # The outer query has already kept only hosts in service that offer the stack.
     counted = (
-        matching_accelerators(need)
-        .filter(host=OuterRef(host_field))
+        Accelerator.objects.filter(_device_filter(need), host=OuterRef(host_field))
         .exclude(_held(OuterRef("pk"), start, end))
         .order_by()
         .values("host")
@@ -161,13 +173,15 @@ def availability(
     matching = matching_accelerators(need)
     hosts = Host.objects.filter(Exists(matching.filter(host=OuterRef("pk"))))
 
-    def usable(candidates: QuerySet, host_field: str, time_field: str) -> QuerySet:
+    def usable(candidates: QuerySet, host_field: str, time_field: str, one_free: bool) -> QuerySet:
+        """Candidates where the need fits; `one_free`: each already has one device free."""
         start = OuterRef(time_field)
         end = ExpressionWrapper(start + Value(duration), output_field=DateTimeField())
-        return (
-            candidates.annotate(free=_free_count(need, host_field, time_field, duration))
-            .filter(free__gte=need.count)
-            .exclude(_in_maintenance(OuterRef(host_field), start, end))
+        candidates = candidates.exclude(_in_maintenance(OuterRef(host_field), start, end))
+        if one_free and need.count == 1:
+            return candidates  # the common case needs no count
+        return candidates.annotate(free=_free_count(need, host_field, time_field, duration)).filter(
+            free__gte=need.count
         )
 
     first: dict[int, datetime] = {}
@@ -185,10 +199,9 @@ def availability(
     for host_id in now_free.values_list("pk", flat=True):
         keep(host_id, earliest)
 
-    def first_of(candidates: QuerySet, host_field: str) -> Subquery:
-        """The host's earliest candidate start where the need fits: the database walks them in
-        time order and stops at the first that fits, so a busy calendar costs what it must."""
-        fitting = usable(candidates, host_field, "end").order_by("end").values("end")[:1]
+    def first_of(candidates: QuerySet, host_field: str, one_free: bool = False) -> Subquery:
+        """The host's earliest candidate start where the need fits."""
+        fitting = usable(candidates, host_field, "end", one_free).order_by("end").values("end")[:1]
         return Subquery(fitting, output_field=DateTimeField())
 
     # 2. Free when an allocation of a matching accelerator ends, and that accelerator stays free
@@ -212,7 +225,8 @@ def availability(
         end__gt=earliest, end__lt=horizon, host=OuterRef("pk")
     )
     rows = hosts.annotate(
-        after_allocation=first_of(ends, "host_id"), after_maintenance=first_of(windows, "host")
+        after_allocation=first_of(ends, "host_id", one_free=True),
+        after_maintenance=first_of(windows, "host"),
     ).values_list("pk", "after_allocation", "after_maintenance")
     for host_id, *moments in rows:
         for moment in moments:
