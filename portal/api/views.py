@@ -20,7 +20,7 @@ from portal.api.serializers import (
     SSHKeySerializer,
 )
 from portal.booking import services
-from portal.booking.availability import Need, availability
+from portal.booking.availability import Need
 from portal.booking.forms import GB, NeedForm
 from portal.booking.models import Reservation
 from portal.inventory import selectors
@@ -150,13 +150,7 @@ class SlotSerializer(serializers.Serializer):
 def availability_view(request):
     """The earliest slot of each host that meets a need, soonest first."""
     form = _query_form(NeedForm, request)
-    slots = availability(
-        form.need(),
-        duration=form.cleaned_data["hours"],
-        earliest=form.earliest(),
-        days=form.cleaned_data["days"],
-        step=form.policy.granularity,
-    )
+    slots = form.slots()
     return Response(SlotSerializer(slots, many=True).data)
 
 

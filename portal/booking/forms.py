@@ -9,9 +9,9 @@ from datetime import timedelta
 from django import forms
 from django.utils import timezone
 
-from portal.booking.availability import Need, ceil_to
+from portal.booking.availability import Need, availability, ceil_to
 from portal.booking.models import BookingPolicy
-from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack, Host
 
 GB = 1000**3 // 1024**2  # vendors quote memory in decimal GB; devices report MiB
@@ -22,15 +22,6 @@ class DateTimeInput(forms.DateTimeInput):
 
     def __init__(self, **kwargs):
         super().__init__(format="%Y-%m-%dT%H:%M", **kwargs)
-
-
-def _hwspec(value: str) -> Hwspec | None:
-    if not value.strip():
-        return None
-    try:
-        return Hwspec.parse(value)
-    except InvalidHwspec as exc:
-        raise forms.ValidationError(str(exc)) from None
 
 
 class NeedForm(forms.Form):
@@ -71,7 +62,7 @@ class NeedForm(forms.Form):
         return self.cleaned_data["count"] or 1
 
     def clean_hwspec(self):
-        return _hwspec(self.cleaned_data["hwspec"])
+        return clean_hwspec_text(self.cleaned_data["hwspec"])
 
     def clean_days(self):
         days = self.cleaned_data["days"]
@@ -106,6 +97,16 @@ class NeedForm(forms.Form):
             hwspec=data.get("hwspec"),
             min_memory_mib=gb * GB if gb else 0,
             stack=data.get("stack"),
+        )
+
+    def slots(self) -> list:
+        """The availability search for this (valid) form."""
+        return availability(
+            self.need(),
+            duration=self.cleaned_data["hours"],
+            earliest=self.earliest(),
+            days=self.cleaned_data["days"],
+            step=self.policy.granularity,
         )
 
     def earliest(self, now=None):

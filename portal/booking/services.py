@@ -348,6 +348,15 @@ def extension_limit(
     return latest, reason, first
 
 
+def _move_end(current: Reservation, end: datetime, actor, ip, action: str) -> Reservation:
+    old = current.end
+    Allocation.objects.filter(reservation=current, active=True).update(end=end)
+    current.end = end
+    current.save(update_fields=["end", "updated"])
+    audit(actor, ip, action, current, old_end=old.isoformat(), end=end.isoformat())
+    return current
+
+
 def reservation_extend(
     *,
     reservation: Reservation,
@@ -381,12 +390,7 @@ def reservation_extend(
                 raise Conflict(message + " " + _describe(blockers, current.user), blockers)
             raise Blocked("extension_limit", message)
         _check_week_hours(policy, current.user_id, current.start, (end - current.end) * len(ids))
-        old = current.end
-        Allocation.objects.filter(reservation=current, active=True).update(end=end)
-        current.end = end
-        current.save(update_fields=["end", "updated"])
-        audit(actor, ip, "extend", current, old_end=old.isoformat(), end=end.isoformat())
-        return current
+        return _move_end(current, end, actor, ip, "extend")
 
     return _write(work)
 
@@ -414,12 +418,7 @@ def reservation_shorten(
             raise BookingError(
                 "too_short", f"A booking lasts at least {policy.min_minutes} minutes."
             )
-        old = current.end
-        Allocation.objects.filter(reservation=current, active=True).update(end=end)
-        current.end = end
-        current.save(update_fields=["end", "updated"])
-        audit(actor, ip, "shorten", current, old_end=old.isoformat(), end=end.isoformat())
-        return current
+        return _move_end(current, end, actor, ip, "shorten")
 
     return _write(work)
 

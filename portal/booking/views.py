@@ -15,7 +15,6 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from portal.booking import services, timeline
-from portal.booking.availability import availability
 from portal.booking.forms import EndForm, NeedForm, ReservationForm
 from portal.booking.models import Reservation
 from portal.inventory import selectors
@@ -75,13 +74,7 @@ def finder(request):
     slots, status = None, 200
     if form.is_bound:
         if form.is_valid():
-            slots = availability(
-                form.need(),
-                duration=form.cleaned_data["hours"],
-                earliest=form.earliest(),
-                days=form.cleaned_data["days"],
-                step=form.policy.granularity,
-            )
+            slots = form.slots()
         else:
             status = 400
     return render(request, "booking/finder.html", {"form": form, "slots": slots}, status=status)

@@ -4,6 +4,16 @@ from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack
 
 
+def clean_hwspec_text(value: str) -> Hwspec | None:
+    """A hwspec typed into a form field: None when blank, a field error when malformed."""
+    if not value.strip():
+        return None
+    try:
+        return Hwspec.parse(value)
+    except InvalidHwspec as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
 class HostFilterForm(forms.Form):
     vendor = forms.ChoiceField(
         choices=[("", "any vendor"), *Accelerator.Vendor.choices], required=False
@@ -26,13 +36,7 @@ class HostFilterForm(forms.Form):
         self.fields["stack"].choices = [("", "any stack"), *((n, n) for n in names)]
 
     def clean_hwspec(self):
-        value = self.cleaned_data["hwspec"]
-        if not value.strip():
-            return None
-        try:
-            return Hwspec.parse(value)
-        except InvalidHwspec as exc:
-            raise forms.ValidationError(str(exc)) from None
+        return clean_hwspec_text(self.cleaned_data["hwspec"])
 
     def selector_kwargs(self) -> dict:
         data = self.cleaned_data
