@@ -98,7 +98,10 @@ def book_need(request):
         )  # fmt: skip
     except services.BookingError as exc:
         messages.error(request, exc.message)
-        return redirect(f"{reverse('booking:finder')}?{request.POST.urlencode()}")
+        query = request.POST.copy()
+        for private in ("csrfmiddlewaretoken", "host", "purpose"):  # keep them out of URLs
+            query.pop(private, None)
+        return redirect(f"{reverse('booking:finder')}?{query.urlencode()}")
     messages.success(request, "Booked.")
     return redirect(reservation)
 

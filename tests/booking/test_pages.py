@@ -88,11 +88,18 @@ def test_it_finds_a_slot_and_books_it(logged_in, host, member):
     assert "Mon 23 Nov 2026 15:00" in body  # 14:00 UTC, shown in Berlin time
     response = logged_in.post(
         reverse("booking:book_need"),
-        {**query, "host": "gpu1", "start": "2026-11-23T15:00", "stack": ""},
+        {
+            **query,
+            "host": "gpu1",
+            "start": "2026-11-23T15:00",
+            "stack": "",
+            "csrfmiddlewaretoken": "secret-token",
+        },
     )
     assert response.status_code == 302
     # No stack given: the service asks for one, and the user is sent back to the finder.
-    assert "/find/" in response["Location"]
+    assert "/find/" in response["Location"] and "hwspec=cuda" in response["Location"]
+    assert "secret-token" not in response["Location"]
     response = logged_in.post(
         reverse("booking:book_need"),
         {**query, "host": "gpu1", "start": "2026-11-23T15:00", "stack": "cuda-12"},
