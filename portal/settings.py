@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "portal.accounts",
     "portal.inventory",
     "portal.booking",
+    "portal.operations",
     "portal.api",
 ]
 
@@ -216,6 +217,7 @@ EMAIL_HOST_USER = env("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))  # the file backend's folder
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "porterbox@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS = [("Admins", a) for a in envlist("ADMINS")]
@@ -270,13 +272,42 @@ if CELERY_BROKER_URL == "filesystem://":
         "store_processed": False,
         "control_folder": str(_broker_dir / "control"),
     }
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 120
 CELERY_TASK_TIME_LIMIT = 180
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict = {}  # one place for the periodic tasks (docs/architecture.md)
+
+# Provisioning (docs/agent.md): the portal's private SSH key, whose public half is in the
+# agent account's authorized_keys on every host behind restrict,command="...".
+PORTERBOX_SSH_KEY_FILE = env("PORTAL_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))
+PORTERBOX_SSH_TIMEOUTS = {
+    "connect_timeout": envint("PORTAL_SSH_CONNECT_TIMEOUT", 10),
+    "banner_timeout": envint("PORTAL_SSH_BANNER_TIMEOUT", 10),
+    "auth_timeout": envint("PORTAL_SSH_AUTH_TIMEOUT", 10),
+    "command_timeout": envint("PORTAL_SSH_COMMAND_TIMEOUT", 60),
+    "retries": envint("PORTAL_SSH_RETRIES", 2),
+}
+# Single-machine mode: the agent on this machine, for hosts whose connection is "local".
+PORTERBOX_LOCAL_AGENT = envlist(
+    "PORTAL_LOCAL_AGENT", "sudo,-n,/usr/local/sbin/porterbox-hostctl,--ssh"
+)
+PORTERBOX_RECONCILE_SECONDS = envint("PORTAL_RECONCILE_SECONDS", 5)
+# How long a worker may hold a host; one that dies loses it after this.
+PORTERBOX_LEASE_SECONDS = envint("PORTAL_LEASE_SECONDS", 120)
+if PORTERBOX_LEASE_SECONDS < 30:
+    raise ImproperlyConfigured("PORTAL_LEASE_SECONDS must be at least 30")
+
+# One place for the periodic tasks, with readable names (docs/architecture.md).
+CELERY_BEAT_SCHEDULE = {
+    "reconcile hosts": {
+        "task": "portal.operations.tasks.reconcile",
+        "schedule": PORTERBOX_RECONCILE_SECONDS,
+        "options": {"expires": PORTERBOX_RECONCILE_SECONDS},
+    },
+}
 
 # Production hardening; every line here is something `check --deploy` looks for.
 # Trust X-Forwarded-Proto only when a TLS-terminating proxy that sets it stands in front.

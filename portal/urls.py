@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("", include("portal.booking.urls")),
+    path("hosts/", include("portal.operations.urls")),
     path("hosts/", include("portal.inventory.urls")),
     path("account/", include("portal.accounts.urls")),
     path("accounts/", include("allauth.urls")),

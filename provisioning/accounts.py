@@ -46,3 +46,12 @@ def unix_name(username: str, user_id: int) -> str:
     if _NAME.fullmatch(username) and username not in RESERVED and not _FALLBACK.fullmatch(username):
         return username
     return f"u{user_id}"
+
+
+def keys_digest(key_lines: list[str]) -> str:
+    """What the agent reports of a user's installed keys: sha256 of the sorted "type base64"
+    lines, joined by newlines. The portal compares it with the keys it wants installed."""
+    import hashlib
+
+    normal = sorted(" ".join(line.split()[:2]) for line in key_lines)
+    return hashlib.sha256("\n".join(normal).encode()).hexdigest()

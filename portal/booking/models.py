@@ -52,7 +52,15 @@ class Reservation(models.Model):
         CANCELLED = "cancelled", "cancelled"
         FAILED = "failed", "failed"
 
-    OPEN = (State.PENDING_APPROVAL, State.SCHEDULED, State.PROVISIONING, State.ACTIVE)
+    # Holding devices for a slot that is not over. A failed reservation still holds its slot:
+    # the reconcile loop retries it while the slot lasts (docs/architecture.md).
+    OPEN = (
+        State.PENDING_APPROVAL,
+        State.SCHEDULED,
+        State.PROVISIONING,
+        State.ACTIVE,
+        State.FAILED,
+    )
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reservations"
@@ -66,6 +74,13 @@ class Reservation(models.Model):
     state = models.CharField(max_length=12, choices=State.choices, default=State.SCHEDULED)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
+    # Written by the reconcile loop (portal/operations): why provisioning last failed, shown to
+    # the user and staff; when access was granted and revoked; which e-mails went out.
+    last_error = models.TextField(blank=True)
+    granted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    ready_mailed = models.BooleanField(default=False)
+    ending_mailed = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["start", "id"]
@@ -92,6 +107,23 @@ class Reservation(models.Model):
     def ssh_command(self) -> str:
         port = f" -p {self.host.ssh_port}" if self.host.ssh_port != 22 else ""
         return f"ssh{port} {self.unix_user}@{self.host.fqdn}"
+
+    @property
+    def session_name(self) -> str:
+        """The session's name on the host agent (docs/agent.md)."""
+        return f"r{self.pk}"
+
+    @classmethod
+    def move(cls, pk: int, to: str, *, from_: tuple[str, ...], **fields) -> bool:
+        """Claim a state transition atomically (UPDATE ... WHERE state IN from_).
+
+        True if this call made it; False if another worker did, or the row left `from_`.
+        """
+        return bool(
+            cls.objects.filter(pk=pk, state__in=from_).update(
+                state=to, updated=timezone.now(), **fields
+            )
+        )
 
     def is_open(self, now) -> bool:
         return self.state in self.OPEN and self.end > now

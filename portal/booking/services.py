@@ -437,7 +437,9 @@ def reservation_end_now(
         old = current.end
         current.state = (
             Reservation.State.ENDING
-            if current.state in (Reservation.State.PROVISIONING, Reservation.State.ACTIVE)
+            # A session may exist on the host: the reconcile loop revokes it, then ends it.
+            if current.state
+            in (Reservation.State.PROVISIONING, Reservation.State.ACTIVE, Reservation.State.FAILED)
             else Reservation.State.ENDED
         )
         current.end = now

@@ -10,7 +10,9 @@ class AcceleratorInline(admin.TabularInline):
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
-    list_display = ["name", "fqdn", "state", "access", "architecture"]
+    list_display = ["name", "fqdn", "state", "access", "architecture", "last_seen", "key_mismatch"]
+    # Written by registration (keys confirmed by staff) and by the reconcile loop.
+    readonly_fields = ["last_seen", "last_error", "key_mismatch", "lease_until", "lease_owner"]
     list_filter = ["state", "access", "architecture", "stacks"]
     search_fields = ["name", "fqdn"]
     filter_horizontal = ["stacks"]

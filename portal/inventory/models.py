@@ -66,6 +66,10 @@ class Host(models.Model):
         OPEN = "open", "open to Debian members"
         APPROVAL = "approval", "by staff approval"
 
+    class Connection(models.TextChoices):
+        SSH = "ssh", "SSH"
+        LOCAL = "local", "local (single machine)"
+
     name = models.SlugField(max_length=63, unique=True)
     fqdn = models.CharField(
         "FQDN",
@@ -80,9 +84,31 @@ class Host(models.Model):
     ssh_port = models.PositiveIntegerField(
         "SSH port", default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)]
     )
-    # Pinned host keys, one "type base64" line each, recorded when the host is registered;
-    # the transport refuses any other key (issue 4).
+    # Pinned host keys, one "type base64" line each, confirmed by staff when the host is
+    # registered; the transport refuses any other key and sends nothing.
     host_keys = models.TextField(blank=True)
+    connection = models.CharField(
+        max_length=5,
+        choices=Connection.choices,
+        default=Connection.SSH,
+        help_text="local: the portal runs on this host and calls its agent without SSH.",
+    )
+    agent_user = models.CharField(
+        "agent account",
+        max_length=32,
+        default="porterbox",
+        validators=[RegexValidator(r"^[a-z_][a-z0-9_-]{0,31}$", "A Unix account name.")],
+    )
+    # What the reconcile loop last saw (docs/architecture.md, "The reconcile loop").
+    last_seen = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    key_mismatch = models.BooleanField(
+        default=False, help_text="The host offered an unpinned key; nothing is sent to it."
+    )
+    # A lease, not a lock held across SSH: the worker that claims it reconciles the host, and
+    # a worker that dies loses it when it expires.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
     architecture = models.CharField(
         max_length=8, choices=Architecture.choices, default=Architecture.AMD64
     )

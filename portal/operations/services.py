@@ -1,0 +1,276 @@
+"""The reconcile loop: make each host match the database (docs/architecture.md).
+
+Level-triggered: a pass computes which sessions must exist on a host now (reservations whose
+slot is running), asks the host what exists (`status`), and closes the difference with
+idempotent agent calls: revoke what must not be there, grant what is missing or different.
+Nothing here holds a database transaction while the agent is called; each state change is a
+conditional UPDATE (`Reservation.move`), so two workers, or a worker killed half-way and its
+successor, never undo each other. A per-host lease keeps two workers off one host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.mail import mail_admins, send_mail
+from django.db.models import Prefetch, Q
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from portal.booking.models import Allocation, Reservation
+from portal.inventory.models import Host
+from portal.operations.agents import client_for, is_reachable_in_principle
+from provisioning.accounts import keys_digest
+from provisioning.client import AgentClient, AgentError, DeviceRef
+from provisioning.transport import HostKeyMismatch, TransportError
+
+log = logging.getLogger(__name__)
+
+S = Reservation.State
+# Reservations that must have a session while their slot runs; a failed one is retried.
+LIVE = (S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.FAILED)
+# Reservations that may still have a session on the host after their slot.
+CLOSING = (S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.ENDING, S.FAILED)
+ENDING_WARNING = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The session a reservation needs on its host."""
+
+    reservation: Reservation
+    keys: tuple[str, ...]
+    devices: tuple[DeviceRef, ...]
+
+    @property
+    def session(self) -> str:
+        return self.reservation.session_name
+
+    @property
+    def user(self) -> str:
+        return self.reservation.unix_user
+
+    @property
+    def stack(self) -> str:
+        return self.reservation.stack.name
+
+    def matches(self, found: dict) -> bool:
+        """Whether the host's session is this one, alive, with these keys and devices."""
+        devices = {(d.get("vendor"), d.get("index")) for d in found.get("devices", [])}
+        return (
+            bool(found.get("alive"))
+            and found.get("user") == self.user
+            and found.get("stack") == self.stack
+            and found.get("keys_sha256") == keys_digest(list(self.keys))
+            and devices == {(d.vendor, d.index) for d in self.devices}
+        )
+
+
+def due_reservations(host: Host, now: datetime) -> list[Reservation]:
+    return list(
+        Reservation.objects.filter(host=host, state__in=LIVE, start__lte=now, end__gt=now)
+        .select_related("user", "stack", "host")
+        .prefetch_related(
+            "user__ssh_keys",
+            Prefetch(
+                "allocations",
+                Allocation.objects.filter(active=True).select_related("accelerator"),
+                to_attr="active_allocations",
+            ),
+        )
+    )
+
+
+def wanted(reservation: Reservation) -> Wanted:
+    return Wanted(
+        reservation=reservation,
+        keys=tuple(k.openssh() for k in reservation.user.ssh_keys.all()),
+        devices=tuple(
+            sorted(
+                (
+                    DeviceRef(a.accelerator.vendor, a.accelerator.index)
+                    for a in reservation.active_allocations
+                ),
+                key=lambda d: (d.vendor, d.index),
+            )
+        ),
+    )
+
+
+# -- the per-host lease ---------------------------------------------------------------------------
+
+
+def _claim_lease(host_id: int, owner: str, now: datetime) -> bool:
+    until = now + timedelta(seconds=settings.PORTERBOX_LEASE_SECONDS)
+    free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
+    return bool(Host.objects.filter(free, pk=host_id).update(lease_until=until, lease_owner=owner))
+
+
+def _release_lease(host_id: int, owner: str) -> None:
+    Host.objects.filter(pk=host_id, lease_owner=owner).update(lease_until=None, lease_owner="")
+
+
+def hosts_to_reconcile():
+    """Every host the loop may talk to; retired ones hold no sessions."""
+    hosts = Host.objects.exclude(state=Host.State.RETIRED)
+    return [h for h in hosts if is_reachable_in_principle(h)]
+
+
+def reconcile_host(host_id: int, *, client: AgentClient | None = None) -> str:
+    """One pass over one host; returns a line for the worker's log."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not _claim_lease(host_id, owner, timezone.now()):
+        return "another worker holds this host"
+    try:
+        host = Host.objects.get(pk=host_id)
+        return _Pass(host, client or client_for(host)).run()
+    finally:
+        _release_lease(host_id, owner)
+
+
+class _Pass:
+    def __init__(self, host: Host, client: AgentClient):
+        self.host, self.client = host, client
+        self.now = timezone.now()
+        self.done: list[str] = []
+
+    def run(self) -> str:
+        try:
+            status = self.client.status()
+        except (TransportError, AgentError) as exc:
+            self._host_failed(exc)
+            return f"{self.host.name}: {exc}"
+        self._host_seen()
+        sessions = {s["session"]: s for s in status.get("sessions", [])}
+        due = {r.session_name: r for r in due_reservations(self.host, self.now)}
+
+        # Revoke first, so devices are clean before the next slot's grant.
+        left = {name for name in sessions if name not in due and not self._revoke(session=name)}
+        self._close_finished(still_on_host=left)
+        due_users = {r.unix_user for r in due.values()}
+        for account in status.get("users", []):
+            leftover = account.get("processes") or not account.get("locked")
+            if account.get("user") not in due_users and leftover:
+                self._revoke(user=account["user"])
+
+        for name, reservation in due.items():
+            want = wanted(reservation)
+            found = sessions.get(name)
+            if found is not None and want.matches(found):
+                self._mark_active(reservation)
+            else:
+                self._grant(want)
+        self._warn_ending()
+        return f"{self.host.name}: " + (", ".join(self.done) or "in line")
+
+    # -- the host -----------------------------------------------------------------------------
+
+    def _host_seen(self) -> None:
+        Host.objects.filter(pk=self.host.pk).update(
+            last_seen=self.now, last_error="", key_mismatch=False
+        )
+
+    def _host_failed(self, exc: Exception) -> None:
+        mismatch = isinstance(exc, HostKeyMismatch)
+        Host.objects.filter(pk=self.host.pk).update(last_error=str(exc), key_mismatch=mismatch)
+        if mismatch and not self.host.key_mismatch:  # alarm once, when it starts
+            mail_admins(
+                f"Host key mismatch on {self.host.name}: nothing is sent to it",
+                f"{exc}\n\nConfirm and record the host's keys in the portal if it was "
+                "reinstalled; otherwise treat it as an attack.",
+            )
+        log.warning("%s: %s", self.host.name, exc)
+        # The users whose slot is running must see why they have no session.
+        reason = f"The host cannot be reached: {exc}"
+        for reservation in due_reservations(self.host, self.now):
+            self._failed(reservation, reason)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _grant(self, want: Wanted) -> None:
+        r = want.reservation
+        if not want.keys:
+            self._failed(r, "You have no SSH key in the portal; add one on your profile page.")
+            return
+        Reservation.move(r.pk, S.PROVISIONING, from_=(S.SCHEDULED, S.ACTIVE, S.FAILED))
+        try:
+            self.client.grant(
+                session=want.session,
+                user=want.user,
+                keys=want.keys,
+                stack=want.stack,
+                devices=want.devices,
+            )
+        except (TransportError, AgentError) as exc:
+            self._failed(r, f"Opening the session failed: {exc}")
+            return
+        self.done.append(f"granted {want.session}")
+        self._mark_active(r)
+
+    def _mark_active(self, r: Reservation) -> None:
+        fields = {"last_error": "", "granted_at": r.granted_at or self.now}
+        if Reservation.move(
+            r.pk, S.ACTIVE, from_=(S.SCHEDULED, S.PROVISIONING, S.FAILED), **fields
+        ):
+            _mail_once(r, "ready_mailed", "operations/mail_ready.txt")
+
+    def _failed(self, r: Reservation, reason: str) -> None:
+        Reservation.move(
+            r.pk, S.FAILED, from_=(S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.FAILED),
+            last_error=reason[:2000],
+        )  # fmt: skip
+        self.done.append(f"{r.session_name} failed")
+        log.warning("%s %s: %s", self.host.name, r.session_name, reason)
+
+    def _revoke(self, *, session: str | None = None, user: str | None = None) -> bool:
+        try:
+            self.client.revoke(session=session, user=user)
+        except (TransportError, AgentError) as exc:
+            log.warning("%s: revoking %s failed: %s", self.host.name, session or user, exc)
+            return False
+        self.done.append(f"revoked {session or 'user ' + user}")
+        return True
+
+    def _close_finished(self, still_on_host: set[str]) -> None:
+        """Reservations whose slot is over (or that were ended) and whose session is gone."""
+        over = Reservation.objects.filter(host=self.host, state__in=CLOSING).filter(
+            Q(end__lte=self.now) | Q(state=S.ENDING)
+        )
+        for r in over.only("pk", "state", "end"):
+            if r.session_name in still_on_host:
+                continue  # the revoke failed; the next pass tries again
+            if r.state in (S.SCHEDULED, S.FAILED):
+                # No session was ever opened: the slot passed with the host away.
+                Reservation.move(r.pk, S.FAILED, from_=(r.state,), revoked_at=self.now)
+            else:
+                Reservation.move(r.pk, S.ENDED, from_=(r.state,), revoked_at=self.now)
+
+    def _warn_ending(self) -> None:
+        soon = Reservation.objects.filter(
+            host=self.host,
+            state=S.ACTIVE,
+            ending_mailed=False,
+            end__gt=self.now,
+            end__lte=self.now + ENDING_WARNING,
+        ).select_related("user", "host")
+        for r in soon:
+            _mail_once(r, "ending_mailed", "operations/mail_ending.txt")
+
+
+def _mail_once(r: Reservation, flag: str, template: str) -> None:
+    """Send a mail about a reservation unless it went out already (claimed like a transition)."""
+    if not Reservation.objects.filter(pk=r.pk, **{flag: False}).update(**{flag: True}):
+        return
+    r = Reservation.objects.select_related("user", "host", "stack").get(pk=r.pk)
+    if not r.user.email:
+        return
+    with timezone.override(r.user.time_zone):
+        body = render_to_string(template, {"r": r, "site_name": settings.SITE_NAME})
+    subject, _, text = body.partition("\n\n")
+    send_mail(subject.strip(), text, None, [r.user.email], fail_silently=True)

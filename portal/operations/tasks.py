@@ -1,0 +1,34 @@
+"""Celery tasks of the reconcile loop: thin wrappers that glue a primary key to a service."""
+
+from celery import shared_task
+from django.conf import settings
+
+from portal.operations import services
+
+
+@shared_task(ignore_result=True)
+def reconcile(**_kwargs) -> int:
+    """Beat, every few seconds: one reconcile_host task per host the loop may talk to."""
+    hosts = services.hosts_to_reconcile()
+    # A pass not started by the next tick is superseded by that tick's: let it expire.
+    expires = 2 * settings.PORTERBOX_RECONCILE_SECONDS
+    for host in hosts:
+        reconcile_host.apply_async((host.pk,), expires=expires)
+    return len(hosts)
+
+
+# The lease outlives the hard limit, so a host is never reconciled by two workers at once.
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=settings.PORTERBOX_LEASE_SECONDS - 20,
+    time_limit=settings.PORTERBOX_LEASE_SECONDS - 10,
+)
+def reconcile_host(host_id: int, **_kwargs) -> str:
+    return services.reconcile_host(host_id)
+
+
+@shared_task(ignore_result=True, soft_time_limit=150, time_limit=170)
+def host_sync_inventory(host_id: int, **_kwargs) -> None:
+    from portal.operations import registration
+
+    registration.host_sync_inventory_by_id(host_id)
