@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import select
 import shlex
@@ -345,6 +346,10 @@ _SCAN_KEY_TYPES = (
 )
 
 
+_SCAN_LOG = "provisioning.transport.keyscan"
+logging.getLogger(_SCAN_LOG).setLevel(logging.CRITICAL)
+
+
 def fetch_host_keys(host: str, port: int = 22, timeout: float = 10) -> list[str]:
     """The host's keys as "keytype base64 SHA256:fingerprint" lines, for staff to confirm.
 
@@ -358,6 +363,9 @@ def fetch_host_keys(host: str, port: int = 22, timeout: float = 10) -> list[str]
         except OSError as exc:
             raise Unreachable(f"{host}:{port}: cannot connect: {exc}") from exc
         transport = paramiko.Transport(sock)
+        # A host without a key of this type is the expected answer here, not an error to log
+        # with a traceback.
+        transport.set_log_channel(_SCAN_LOG)
         try:
             transport.banner_timeout = timeout
             transport.get_security_options().key_types = [key_type]

@@ -75,7 +75,7 @@ class ReservationSerializer(serializers.ModelSerializer):
         model = Reservation
         fields = [
             "id", "host", "stack", "whole_host", "devices", "purpose", "start", "end", "state",
-            "ssh", "created", "updated",
+            "last_error", "granted_at", "revoked_at", "ssh", "created", "updated",
         ]  # fmt: skip
 
     def get_devices(self, reservation) -> list[int]:

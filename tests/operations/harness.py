@@ -1,0 +1,134 @@
+"""The pieces of a provisioning test on the test host, shared by the tests and bench/.
+
+A test host (tests/testhost.py) set up as Ansible will set up a real one, with device nodes
+standing in for two NVIDIA GPUs and an `nvidia-smi` that prints the recorded output of a real
+dual RTX A5000 machine; people who log in with OpenSSH's ssh; a real Celery worker with beat.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import connection
+
+from portal.booking.models import Reservation
+from tests.testhost import TestHost
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SMI_XML = REPO / "tests/fixtures/gpu/nvidia-smi/dual_a5000-v13.xml"
+FAKE_SMI = "#!/bin/sh\n# Recorded output of a real machine (tests/fixtures/gpu/SOURCES.md).\n" \
+    "exec cat /usr/local/share/porterbox-test/nvidia-smi.xml\n"  # fmt: skip
+
+
+def prepare_host(host: TestHost, portal_pub: Path) -> TestHost:
+    """The agent installed, one stack (cuda-12), two GPUs, the portal's key authorized."""
+    host.add_stack("cuda-12", "cuda-12")
+    host.install_agent(
+        {
+            "devices": {"nvidia": {"0": ["/dev/nvidia0"], "1": ["/dev/nvidia1"]}},
+            "shared_nodes": {"nvidia": ["/dev/nvidiactl"]},
+        }
+    )
+    host.authorize_portal(portal_pub.read_text())
+    host.write_file("/usr/local/share/porterbox-test/nvidia-smi.xml", SMI_XML.read_text())
+    host.write_file("/usr/bin/nvidia-smi", FAKE_SMI, 0o755)  # where Debian puts it
+    return host
+
+
+def host_fingerprint(host: TestHost) -> str:
+    return host.run("ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+
+
+@dataclass
+class Person:
+    """A portal user with a real key pair, who logs in to the test host with OpenSSH's ssh."""
+
+    user: object
+    key: Path
+    known_hosts: Path
+    port: int
+
+    @property
+    def unix(self) -> str:
+        return Reservation(user=self.user).unix_user
+
+    def ssh(self, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-i", str(self.key), "-p", str(self.port), "-F", "/dev/null",
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "ConnectTimeout=5",
+             f"{self.unix}@127.0.0.1", command],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Worker:
+    """A real Celery worker with embedded beat, in its own process group, on this test's DB."""
+
+    def __init__(self, tmp: Path, portal_key: Path, lease_seconds: int = 30):
+        self.tmp = tmp
+        db = connection.settings_dict
+        if connection.vendor == "postgresql":
+            url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        else:
+            url = f"sqlite:///{db['NAME']}"
+        self.mail = tmp / "mail"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "PORTAL_VAR_DIR": str(tmp / "var"),
+            "CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",  # nothing else's messages
+            "PORTAL_SSH_KEY_FILE": str(portal_key),
+            "PORTAL_RECONCILE_SECONDS": "1",
+            "PORTAL_LEASE_SECONDS": str(lease_seconds),
+            "PORTAL_SSH_RETRIES": "0",
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(self.mail),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        celery = str(Path(sys.executable).parent / "celery")
+        log = (self.tmp / "worker.log").open("ab")
+        self.process = subprocess.Popen(
+            [celery, "-A", "portal", "worker", "--beat", "--concurrency", "1",
+             "--loglevel", "INFO", "-Q", self.env["CELERY_QUEUE"],
+             "--schedule", str(self.tmp / "beat-schedule")],
+            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool: no cleanup of any kind runs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    @property
+    def log(self) -> str:
+        return (self.tmp / "worker.log").read_text(errors="replace")
+
+    def mails(self) -> str:
+        if not self.mail.exists():
+            return ""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.mail.iterdir()))
