@@ -339,3 +339,23 @@ def wait_for(condition, timeout=10.0):
             return False
         time.sleep(0.05)
     return True
+
+
+def test_the_apt_wrapper_installs_into_the_users_own_session_as_root(alice, host, login):
+    # The busybox chroot has no apt; this stand-in says who ran it, where, and with what.
+    fake_apt = '#!/bin/sh\necho "apt-get uid=$(id -u) marker=$(cat /etc/stack-marker) $*"\n'
+    host.write_file(f"/srv/chroots/{CHROOT}/usr/bin/apt-get", fake_apt, 0o755)
+    try:
+        done = login("alice", "porterbox-apt install hello 'python3-numpy=1:1.26.4+ds-1'")
+        refused = login("alice", "porterbox-apt install ./evil.deb")
+        shell = login("alice", "porterbox-apt install 'hello; id'")
+    finally:
+        host.run("rm", f"/srv/chroots/{CHROOT}/usr/bin/apt-get")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "apt-get", "uid=0", f"marker={CHROOT}", "-y", "install", "--", "hello",
+        "python3-numpy=1:1.26.4+ds-1",
+    ]  # fmt: skip
+    assert refused.returncode == 2 and "not a Debian package name: './evil.deb'" in refused.stderr
+    assert shell.returncode == 2 and "not a Debian package name" in shell.stderr
