@@ -15,5 +15,6 @@ app_name = "api"
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("availability/", views.availability_view, name="availability"),
+    path("ansible-inventory/", views.ansible_inventory_view, name="ansible-inventory"),
     path("", include(router.urls)),
 ]

@@ -270,3 +270,39 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         return self._change(request, services.reservation_cancel)
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+@permission_classes([permissions.IsAdminUser])
+def ansible_inventory_view(request):
+    """Staff: every host not retired as an Ansible inventory (ansible/inventory/portal.py).
+
+    Groups: `porterbox` (all), the vendors of each host's devices (`nvidia`, `amd`, `intel`,
+    `fpga`), `stack_<name>` per stack and `state_<state>`; host variables say where to reach a
+    host and carry its pinned SSH host keys, so Ansible trusts the same keys as the portal.
+    """
+    hosts = (
+        Host.objects.exclude(state=Host.State.RETIRED)
+        .prefetch_related("stacks", "accelerators")
+        .order_by("name")
+    )
+    groups: dict[str, list[str]] = {"porterbox": []}
+    hostvars = {}
+    for host in hosts:
+        vendors = {a.vendor for a in host.accelerators.all() if not a.retired}
+        stacks = [s.name for s in host.stacks.all()]
+        names = ["porterbox", *sorted(vendors), f"state_{host.state}"]
+        names += [f"stack_{s.replace('-', '_').replace('.', '_')}" for s in stacks]
+        for group in names:
+            groups.setdefault(group, []).append(host.name)
+        hostvars[host.name] = {
+            "ansible_host": host.fqdn,
+            "ansible_port": host.ssh_port,
+            "porterbox_state": host.state,
+            "porterbox_stack_names": stacks,
+            "porterbox_host_keys": [k for k in host.host_keys.splitlines() if k.strip()],
+        }
+    inventory = {group: {"hosts": members} for group, members in sorted(groups.items())}
+    inventory["_meta"] = {"hostvars": hostvars}
+    return Response(inventory)
