@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "portal.accounts",
     "portal.inventory",
     "portal.booking",
+    "portal.jobs",
     "portal.operations",
     "portal.api",
 ]
@@ -299,6 +300,11 @@ PORTERBOX_RECONCILE_SECONDS = envint("PORTAL_RECONCILE_SECONDS", 5)
 PORTERBOX_LEASE_SECONDS = envint("PORTAL_LEASE_SECONDS", 120)
 if PORTERBOX_LEASE_SECONDS < 30:
     raise ImproperlyConfigured("PORTAL_LEASE_SECONDS must be at least 30")
+
+# Training jobs (portal/jobs/scheduler.py): how fast past usage fades from the fair share, and
+# how long a job gets between SIGTERM and SIGKILL at its walltime (its devices stay held).
+JOBS_USAGE_HALF_LIFE_HOURS = envint("JOBS_USAGE_HALF_LIFE_HOURS", 7 * 24)
+JOBS_STOP_GRACE_SECONDS = envint("JOBS_STOP_GRACE_SECONDS", 120)
 
 # One place for the periodic tasks, with readable names (docs/architecture.md).
 CELERY_BEAT_SCHEDULE = {

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import factory
 from allauth.account.models import EmailAddress
 
@@ -68,3 +70,19 @@ class AcceleratorFactory(factory.django.DjangoModelFactory):
     model = "NVIDIA H100 80GB HBM3"
     memory_mib = 81559
     arch = "sm_90"
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "jobs.Job"
+
+    project = factory.SubFactory(PartnerProjectFactory)
+    submitter = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"train-{n}")
+    script = "python3 train.py"
+    stack = factory.SubFactory(DriverStackFactory)
+    count = 1
+    walltime = timedelta(hours=1)
+    code_licence = "Apache-2.0"
+    data_licence = "CC-BY-4.0"
+    model_freedom = "free"

@@ -99,6 +99,15 @@ class PartnerProject(models.Model):
     description = models.TextField(blank=True)
     contact_email = models.EmailField(blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.APPLIED)
+    code_licence = models.CharField("licence of the code", max_length=100, blank=True)
+    data_licence = models.CharField("licence of the training data", max_length=100, blank=True)
+    # Quotas and the fair-share weight (portal/jobs/scheduler.py), set by staff.
+    device_hours_per_month = models.PositiveIntegerField(default=500)
+    max_concurrent_devices = models.PositiveSmallIntegerField(default=4)
+    max_walltime_hours = models.PositiveIntegerField(default=48)
+    share = models.PositiveSmallIntegerField(
+        default=1, help_text="Fair-share weight: a project with share 2 gets twice the device time."
+    )
     created = models.DateTimeField(default=timezone.now)
     members = models.ManyToManyField(
         User, through="PartnerMembership", related_name="partner_projects"

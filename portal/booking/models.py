@@ -136,13 +136,16 @@ class Reservation(models.Model):
 
 
 class Allocation(models.Model):
-    """One accelerator held for [start, end) by a reservation (or, later, a training job)."""
+    """One accelerator held for [start, end) by a reservation or a training job."""
 
     accelerator = models.ForeignKey(
         Accelerator, on_delete=models.PROTECT, related_name="allocations"
     )
     reservation = models.ForeignKey(
         Reservation, on_delete=models.CASCADE, related_name="allocations", null=True
+    )
+    job = models.ForeignKey(
+        "jobs.Job", on_delete=models.CASCADE, related_name="allocations", null=True, blank=True
     )
     start = models.DateTimeField()
     end = models.DateTimeField()
@@ -153,8 +156,10 @@ class Allocation(models.Model):
             models.CheckConstraint(
                 condition=Q(end__gt=models.F("start")), name="allocation_ends_after_start"
             ),
-            models.CheckConstraint(
-                condition=Q(reservation__isnull=False), name="allocation_has_owner"
+            models.CheckConstraint(  # a reservation or a job, never both
+                condition=Q(reservation__isnull=False, job__isnull=True)
+                | Q(reservation__isnull=True, job__isnull=False),
+                name="allocation_has_one_owner",
             ),
         ]
         indexes = [

@@ -27,6 +27,7 @@ from portal.booking.availability import (
 )
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
 from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.jobs.models import Job
 
 T = TypeVar("T")
 
@@ -149,9 +150,12 @@ def _check_quotas(policy: BookingPolicy, user: User, devices, start, end, now) -
 def _describe(blockers: Sequence[Allocation], user: User) -> str:
     parts = []
     for b in blockers[:5]:
-        whose = (
-            "your own booking" if b.reservation and b.reservation.user_id == user.pk else "booked"
-        )
+        if b.job_id:
+            whose = "held by a training job"
+        elif b.reservation.user_id == user.pk:
+            whose = "your own booking"
+        else:
+            whose = "booked"
         parts.append(
             f"{b.accelerator.host.name} #{b.accelerator.index} is {whose} "
             f"from {b.start:%Y-%m-%d %H:%M} to {b.end:%Y-%m-%d %H:%M} UTC"
@@ -496,5 +500,37 @@ def reservation_decide(
         current.save(update_fields=["state", "updated"])
         audit(actor, ip, "approve" if approve else "reject", current)
         return current
+
+    return _write(work)
+
+
+# -- Training jobs ------------------------------------------------------------------------------
+
+
+def job_allocate(
+    *, job: Job, accelerators: Sequence[Accelerator], start: datetime, end: datetime
+) -> list[Allocation]:
+    """Hold accelerators of one host for a training job over [start, end).
+
+    The same locks, overlap check and constraint as a reservation; the users' booking rules
+    (grid, quotas) do not apply, the project's are the scheduler's. The job moves from waiting
+    to scheduled in the same transaction, so a job never holds devices twice.
+    """
+    ids = sorted(a.pk for a in accelerators)
+    host = accelerators[0].host
+
+    def work() -> list[Allocation]:
+        locked = list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+        if len(locked) != len(ids) or any(a.retired or a.host_id != host.pk for a in locked):
+            raise BookingError("retired_device", "An accelerator was retired a moment ago.")
+        _check_maintenance(host, start, end)
+        blockers = _blockers(ids, start, end)
+        if blockers:
+            raise Conflict(_describe(blockers, job.submitter), blockers)
+        if not Job.move(job.pk, Job.State.SCHEDULED, from_=Job.WAITING, host=host, wait_reason=""):
+            raise BookingError("not_waiting", "The job is no longer waiting.")
+        return Allocation.objects.bulk_create(
+            Allocation(accelerator_id=i, job=job, start=start, end=end) for i in ids
+        )
 
     return _write(work)
