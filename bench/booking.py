@@ -115,8 +115,10 @@ def setup_django(bench_url: str, var_dir: str) -> None:
 
 
 RESERVATION_COLUMNS = (
-    'id, user_id, host_id, stack_id, whole_host, purpose, start, "end", state, created, updated'
+    'id, user_id, host_id, stack_id, whole_host, purpose, start, "end", state, created, updated,'
+    " last_error, ready_mailed, ending_mailed"
 )
+RESERVATION_DEFAULTS = ("", False, False)  # what the reconcile loop writes later
 ALLOCATION_COLUMNS = 'id, accelerator_id, reservation_id, start, "end", active'
 
 
@@ -178,7 +180,9 @@ def load(scale: int, now) -> dict:
             start, end = base + t * Q, base + (t + length) * Q
             rid, state = len(reservations) + 1, "active" if t <= 0 else "scheduled"
             who, where = rng.choice(users).pk, (acc.host_id, stack_of[acc.host_id])
-            reservations.append((rid, who, *where, False, "", start, end, state, now, now))
+            reservations.append(
+                (rid, who, *where, False, "", start, end, state, now, now, *RESERVATION_DEFAULTS)
+            )
             allocations.append((rid, acc.pk, rid, start, end, True))
             t, made = t + length, made + 1
     with connection.cursor() as cur:
