@@ -305,6 +305,9 @@ if PORTERBOX_LEASE_SECONDS < 30:
 # how long a job gets between SIGTERM and SIGKILL at its walltime (its devices stay held).
 JOBS_USAGE_HALF_LIFE_HOURS = envint("JOBS_USAGE_HALF_LIFE_HOURS", 7 * 24)
 JOBS_STOP_GRACE_SECONDS = envint("JOBS_STOP_GRACE_SECONDS", 120)
+JOBS_MAX_ARCHIVE_MB = envint("JOBS_MAX_ARCHIVE_MB", 64)  # an uploaded input archive
+JOBS_MAX_LOG_KB = envint("JOBS_MAX_LOG_KB", 1024)  # of a job's log kept in the portal
+JOBS_MAX_REQUEUES = envint("JOBS_MAX_REQUEUES", 3)  # after a host failure, then it fails
 
 # One place for the periodic tasks, with readable names (docs/architecture.md).
 CELERY_BEAT_SCHEDULE = {

@@ -72,6 +72,11 @@ class Job(models.Model):
     exit_status = models.IntegerField(null=True, blank=True)
     requeues = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    stop_requested = models.BooleanField(default=False)  # cancelled while it runs
+    # The job's output as the reconcile loop copied it from the host, at most JOBS_MAX_LOG_KB
+    # (the tail is kept); log_offset is how far the host's log has been read.
+    log = models.TextField(blank=True)
+    log_offset = models.PositiveBigIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

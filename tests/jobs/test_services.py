@@ -1,0 +1,131 @@
+"""Submitting and cancelling jobs: members only, clear refusals, nothing half-written."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from portal.booking.models import Allocation
+from portal.jobs import scheduler
+from portal.jobs.models import Job
+from portal.jobs.services import JobError, job_cancel, job_submit
+from tests.factories import (
+    AcceleratorFactory,
+    DriverStackFactory,
+    HostFactory,
+    PartnerMembershipFactory,
+    UserFactory,
+)
+
+H = timedelta(hours=1)
+
+
+@pytest.fixture
+def member(db):
+    return PartnerMembershipFactory(project__max_walltime_hours=24)
+
+
+@pytest.fixture
+def stack(db):
+    stack = DriverStackFactory(name="cuda-12")
+    host = HostFactory()
+    host.stacks.add(stack)
+    AcceleratorFactory(host=host, index=0)
+    return stack
+
+
+def submit(member, stack, **overrides):
+    fields = {
+        "project": member.project, "submitter": member.user, "name": "train", "script": "true",
+        "stack": stack, "walltime": 2 * H, "code_licence": "MIT", "data_licence": "CC0-1.0",
+        "model_freedom": "free",
+    }  # fmt: skip
+    return job_submit(**{**fields, **overrides})
+
+
+def test_it_queues_a_valid_job(member, stack):
+    job = submit(member, stack, env={"EPOCHS": "3"}, hwspec="CUDA:sm_90", count=2)
+    assert (job.state, job.env, job.hwspec, job.count) == (
+        "queued",
+        {"EPOCHS": "3"},
+        "cuda:sm_90",
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "field"),
+    [
+        ({"script": "  "}, "bad_script", "script"),
+        ({"script": "x" * 70000}, "bad_script", "script"),
+        ({"count": 0}, "bad_count", "count"),
+        ({"count": 9}, "bad_count", "count"),  # over the project's concurrent devices
+        ({"hwspec": "tpu"}, "bad_hwspec", "hwspec"),
+        ({"walltime": 25 * H}, "bad_walltime", "walltime"),
+        ({"walltime": timedelta(0)}, "bad_walltime", "walltime"),
+        ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, "bad_env", "env"),
+        ({"env": {"PATH": "/tmp"}}, "bad_env", "env"),
+        ({"env": {"bad name": "x"}}, "bad_env", "env"),
+        ({"env": {"X": "a\0b"}}, "bad_env", "env"),
+        ({"input_git_url": "http://example.org/x.git"}, "bad_input", "input_git_url"),
+        ({"input_git_url": "https://x.org/r.git", "input_git_ref": "--upload-pack=x"},
+         "bad_input", "input_git_ref"),
+        ({"model_freedom": "maybe"}, "bad_freedom", "model_freedom"),
+    ],
+)  # fmt: skip
+def test_it_refuses_bad_input_naming_the_field(member, stack, overrides, code, field):
+    with pytest.raises(JobError) as refused:
+        submit(member, stack, **overrides)
+    assert (refused.value.code, refused.value.field) == (code, field)
+    assert not Job.objects.exists()
+
+
+def test_it_refuses_an_archive_over_the_limit(member, stack, settings):
+    settings.JOBS_MAX_ARCHIVE_MB = 1
+    archive = SimpleUploadedFile("in.tar.gz", b"x" * (1024 * 1024 + 1))
+    with pytest.raises(JobError, match="over 1 MB"):
+        submit(member, stack, input_archive=archive)
+
+
+def test_it_refuses_non_members_and_unapproved_projects(member, stack):
+    with pytest.raises(JobError) as refused:
+        submit(member, stack, submitter=UserFactory())
+    assert refused.value.code == "not_member"
+    member.project.state = "applied"
+    member.project.save()
+    with pytest.raises(JobError):
+        submit(member, stack)
+
+
+def test_it_refuses_a_stack_no_host_offers(member, stack):
+    with pytest.raises(JobError) as refused:
+        submit(member, DriverStackFactory(name="rocm-6"))
+    assert refused.value.code == "stack_missing"
+
+
+def test_it_cancels_a_scheduled_job_and_frees_its_devices(member, stack, settings):
+    settings.JOBS_STOP_GRACE_SECONDS = 0
+    job = submit(member, stack)
+    scheduler.schedule(datetime.now(UTC))
+    assert Allocation.objects.filter(job=job, active=True).exists()
+
+    job = job_cancel(job=job, actor=member.user)
+
+    assert job.state == "cancelled"
+    assert not Allocation.objects.filter(job=job, active=True).exists()
+
+
+def test_it_asks_the_loop_to_stop_a_running_job(member, stack):
+    job = submit(member, stack)
+    Job.objects.filter(pk=job.pk).update(state="running")
+    job = job_cancel(job=job, actor=member.user)
+    assert (job.state, job.stop_requested) == ("running", True)
+
+
+def test_only_members_and_staff_cancel(member, stack):
+    job = submit(member, stack)
+    with pytest.raises(JobError):
+        job_cancel(job=job, actor=UserFactory())
+    assert job_cancel(job=job, actor=UserFactory(is_staff=True)).state == "cancelled"
+    with pytest.raises(JobError, match="finished"):
+        job_cancel(job=job, actor=member.user)
