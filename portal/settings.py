@@ -308,6 +308,9 @@ JOBS_STOP_GRACE_SECONDS = envint("JOBS_STOP_GRACE_SECONDS", 120)
 JOBS_MAX_ARCHIVE_MB = envint("JOBS_MAX_ARCHIVE_MB", 64)  # an uploaded input archive
 JOBS_MAX_LOG_KB = envint("JOBS_MAX_LOG_KB", 1024)  # of a job's log kept in the portal
 JOBS_MAX_REQUEUES = envint("JOBS_MAX_REQUEUES", 3)  # after a host failure, then it fails
+# A host unreachable this long has failed: its jobs go back to the queue.
+JOBS_HOST_FAILURE_SECONDS = envint("JOBS_HOST_FAILURE_SECONDS", 300)
+JOBS_SCHEDULE_SECONDS = envint("JOBS_SCHEDULE_SECONDS", 15)
 
 # One place for the periodic tasks, with readable names (docs/architecture.md).
 CELERY_BEAT_SCHEDULE = {
@@ -315,6 +318,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.operations.tasks.reconcile",
         "schedule": PORTERBOX_RECONCILE_SECONDS,
         "options": {"expires": PORTERBOX_RECONCILE_SECONDS},
+    },
+    "schedule training jobs": {
+        "task": "portal.jobs.tasks.schedule",
+        "schedule": JOBS_SCHEDULE_SECONDS,
+        "options": {"expires": JOBS_SCHEDULE_SECONDS},
     },
 }
 

@@ -115,3 +115,34 @@ class AgentClient:
         if (session is None) == (user is None):
             raise ValueError("revoke takes a session or a user")
         return self.call("revoke", **({"session": session} if session else {"user": user}))
+
+    def job_start(
+        self,
+        *,
+        job: str,
+        account: str,
+        stack: str,
+        devices: Sequence[DeviceRef],
+        script: str,
+        env: dict[str, str],
+        walltime_s: int,
+        grace_s: int,
+        input: dict,
+    ) -> dict:
+        return self.call(
+            "job-start", job=job, account=account, stack=stack,
+            devices=[d.as_dict() for d in devices], script=script, env=env,
+            walltime_s=walltime_s, grace_s=grace_s, input=input,
+        )  # fmt: skip
+
+    def job_status(self, *, job: str) -> dict:
+        return self.call("job-status", job=job)
+
+    def job_stop(self, *, job: str, grace_s: int) -> dict:
+        return self.call("job-stop", job=job, grace_s=grace_s)
+
+    def job_logs(self, *, job: str, offset: int, limit: int) -> dict:
+        return self.call("job-logs", job=job, offset=offset, limit=limit)
+
+    def job_clean(self, *, job: str) -> dict:
+        return self.call("job-clean", job=job)

@@ -93,8 +93,9 @@ class Job(models.Model):
 
     @property
     def session_name(self) -> str:
-        """The job's name on the host agent (docs/agent.md)."""
-        return f"j{self.pk}"
+        """This attempt's name on the host agent (docs/agent.md): a requeued job is a new name,
+        so a host that comes back with the old attempt cannot pass it off as the new one."""
+        return f"j{self.pk}" if not self.requeues else f"j{self.pk}-{self.requeues}"
 
     @classmethod
     def move(cls, pk: int, to: str, *, from_: tuple[str, ...], **fields) -> bool:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from portal.booking.models import Allocation, Reservation
 from portal.inventory.models import Host
 from portal.operations.agents import client_for, is_reachable_in_principle
+from portal.operations.jobs import JobPass, requeue_from_failed_host
 from provisioning.accounts import keys_digest
 from provisioning.client import AgentClient, AgentError, DeviceRef
 from provisioning.transport import HostKeyMismatch, TransportError
@@ -167,6 +168,7 @@ class _Pass:
             else:
                 self._grant(want)
         self._warn_ending()
+        JobPass(self.host, self.client, self.now, self.done).run()
         return f"{self.host.name}: " + (", ".join(self.done) or "in line")
 
     # -- the host -----------------------------------------------------------------------------
@@ -186,6 +188,8 @@ class _Pass:
                 "reinstalled; otherwise treat it as an attack.",
             )
         log.warning("%s: %s", self.host.name, exc)
+        if lost := requeue_from_failed_host(self.host, self.now):
+            self.done.append(f"requeued {lost} jobs")
         # The users whose slot is running must see why they have no session.
         reason = f"The host cannot be reached: {exc}"
         for reservation in due_reservations(self.host, self.now):

@@ -1,0 +1,150 @@
+"""The job part of a reconcile pass: start scheduled jobs, follow running ones, requeue lost ones.
+
+Like the reservation part (services.py), it is level-triggered: each pass asks the host about
+every job the database says is on it, and every agent verb it uses is idempotent, so a worker
+killed half-way is simply followed by the next pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Prefetch
+
+from portal.booking.models import Allocation
+from portal.inventory.models import Host
+from portal.jobs.models import Job
+from provisioning.client import AgentClient, AgentError, DeviceRef
+from provisioning.transport import TransportError
+
+log = logging.getLogger(__name__)
+J = Job.State
+# What the agent's job-status says of a finished job -> the job's state in the portal.
+FINISHED = {"succeeded": J.SUCCEEDED, "failed": J.FAILED, "timed_out": J.TIMED_OUT}
+LOG_CHUNK = 256 * 1024
+
+
+def job_account(job: Job) -> str:
+    """The Unix account a project's jobs run as on the hosts (a safe name by construction)."""
+    return f"pj-{job.project_id}"
+
+
+def _input(job: Job) -> dict:
+    if job.input_git_url:
+        return {"git": job.input_git_url, "ref": job.input_git_ref or "HEAD"}
+    if job.input_archive:
+        with job.input_archive.open("rb") as archive:
+            return {"archive": base64.b64encode(archive.read()).decode()}
+    return {}
+
+
+class JobPass:
+    def __init__(self, host: Host, client: AgentClient, now: datetime, done: list[str]):
+        self.host, self.client, self.now, self.done = host, client, now, done
+
+    def run(self) -> None:
+        jobs = (
+            Job.objects.filter(host=self.host, state__in=Job.HOLDING)
+            .select_related("stack", "project")
+            .prefetch_related(
+                Prefetch(
+                    "allocations",
+                    Allocation.objects.filter(active=True).select_related("accelerator"),
+                    to_attr="held",
+                )
+            )
+        )
+        for job in jobs:
+            try:
+                if job.state in (J.SCHEDULED, J.STARTING):
+                    self._start(job)
+                else:
+                    self._follow(job)
+            except TransportError as exc:  # the host went away mid-pass: the next pass goes on
+                log.warning("%s %s: %s", self.host.name, job.session_name, exc)
+                return
+
+    def _start(self, job: Job) -> None:
+        Job.move(job.pk, J.STARTING, from_=(J.SCHEDULED,))
+        devices = sorted(
+            (DeviceRef(a.accelerator.vendor, a.accelerator.index) for a in job.held),
+            key=lambda d: (d.vendor, d.index),
+        )
+        try:
+            self.client.job_start(
+                job=job.session_name,
+                account=job_account(job),
+                stack=job.stack.name,
+                devices=devices,
+                script=job.script,
+                env=job.env,
+                walltime_s=int(job.walltime.total_seconds()),
+                grace_s=settings.JOBS_STOP_GRACE_SECONDS,
+                input=_input(job),
+            )
+        except AgentError as exc:
+            self._finish(job, J.FAILED, last_error=f"The host refused the job: {exc}")
+            return
+        if Job.move(job.pk, J.RUNNING, from_=(J.STARTING,), started_at=self.now):
+            self.done.append(f"started {job.session_name}")
+
+    def _follow(self, job: Job) -> None:
+        status = self.client.job_status(job=job.session_name)
+        state = status.get("state")
+        if state == "unknown":  # the host lost it (reinstalled, its disk replaced...)
+            requeue(job, self.now, f"{self.host.name} no longer knows the job")
+            self.done.append(f"requeued {job.session_name}")
+            return
+        self._copy_log(job)
+        if state == "running":
+            if job.stop_requested:
+                self.client.job_stop(job=job.session_name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
+            return
+        final = J.CANCELLED if state == "stopped" else FINISHED.get(state, J.FAILED)
+        self._finish(job, final, exit_status=status.get("exit_status"))
+        self.client.job_clean(job=job.session_name)
+        self.done.append(f"{job.session_name} {final}")
+
+    def _copy_log(self, job: Job) -> None:
+        """Append what the host's log gained since the last pass; keep the tail."""
+        answer = self.client.job_logs(job=job.session_name, offset=job.log_offset, limit=LOG_CHUNK)
+        if answer.get("offset", job.log_offset) == job.log_offset:
+            return
+        text = (job.log + answer.get("data", ""))[-settings.JOBS_MAX_LOG_KB * 1024 :]
+        Job.objects.filter(pk=job.pk).update(log=text, log_offset=answer["offset"])
+        job.log, job.log_offset = text, answer["offset"]
+
+    def _finish(self, job: Job, state: str, **fields) -> None:
+        if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):
+            # The devices are free from now on; what was held until now is the job's usage.
+            Allocation.objects.filter(job=job, active=True, end__gt=self.now).update(end=self.now)
+
+
+def requeue(job: Job, now: datetime, reason: str) -> None:
+    """Put a job lost with its host back in the queue, a limited number of times."""
+    if job.requeues >= settings.JOBS_MAX_REQUEUES:
+        moved = Job.move(
+            job.pk, J.FAILED, from_=Job.HOLDING, ended_at=now,
+            last_error=f"{reason}; requeued {job.requeues} times already, so it failed.",
+        )  # fmt: skip
+    else:
+        moved = Job.move(
+            job.pk, J.REQUEUED, from_=Job.HOLDING, host=None, requeues=job.requeues + 1,
+            last_error=reason, queued_at=now,
+        )  # fmt: skip
+    if moved:
+        Allocation.objects.filter(job=job, active=True, end__gt=now).update(end=now)
+
+
+def requeue_from_failed_host(host: Host, now: datetime) -> int:
+    """Jobs of a host unreachable for JOBS_HOST_FAILURE_SECONDS go back to the queue."""
+    limit = timedelta(seconds=settings.JOBS_HOST_FAILURE_SECONDS)
+    if host.last_seen is not None and now - host.last_seen < limit:
+        return 0
+    lost = list(Job.objects.filter(host=host, state__in=Job.HOLDING))
+    for job in lost:
+        requeue(job, now, f"{host.name} could not be reached")
+    return len(lost)
