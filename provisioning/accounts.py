@@ -38,12 +38,22 @@ RESERVED = frozenset(
 )
 
 
+# Partner projects' job accounts are pj-<project id>; no person may have such a name.
+JOB_ACCOUNT_PREFIX = "pj-"
+
+
 def unix_name(username: str, user_id: int) -> str:
     """The user's portal name where it is a safe Unix name, else `u<id>`.
 
-    Names of the form u<digits> always take the fallback, so two users never share an account.
+    Names of the form u<digits>, and those of job accounts (pj-...), always take the fallback,
+    so two users, or a user and a project, never share an account.
     """
-    if _NAME.fullmatch(username) and username not in RESERVED and not _FALLBACK.fullmatch(username):
+    if (
+        _NAME.fullmatch(username)
+        and username not in RESERVED
+        and not _FALLBACK.fullmatch(username)
+        and not username.startswith(JOB_ACCOUNT_PREFIX)
+    ):
         return username
     return f"u{user_id}"
 

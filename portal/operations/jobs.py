@@ -17,6 +17,7 @@ from django.db.models import Prefetch
 from portal.booking.models import Allocation
 from portal.inventory.models import Host
 from portal.jobs.models import Job
+from provisioning.accounts import JOB_ACCOUNT_PREFIX
 from provisioning.client import AgentClient, AgentError, DeviceRef
 from provisioning.transport import TransportError
 
@@ -29,7 +30,7 @@ LOG_CHUNK = 256 * 1024
 
 def job_account(job: Job) -> str:
     """The Unix account a project's jobs run as on the hosts (a safe name by construction)."""
-    return f"pj-{job.project_id}"
+    return f"{JOB_ACCOUNT_PREFIX}{job.project_id}"
 
 
 def _input(job: Job) -> dict:

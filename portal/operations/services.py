@@ -27,7 +27,7 @@ from portal.booking.models import Allocation, Reservation
 from portal.inventory.models import Host
 from portal.operations.agents import client_for, is_reachable_in_principle
 from portal.operations.jobs import JobPass, requeue_from_failed_host
-from provisioning.accounts import keys_digest
+from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
 from provisioning.client import AgentClient, AgentError, DeviceRef
 from provisioning.transport import HostKeyMismatch, TransportError
 
@@ -157,7 +157,8 @@ class _Pass:
         due_users = {r.unix_user for r in due.values()}
         for account in status.get("users", []):
             leftover = account.get("processes") or not account.get("locked")
-            if account.get("user") not in due_users and leftover:
+            job_account = str(account.get("user")).startswith(JOB_ACCOUNT_PREFIX)  # jobs' own
+            if account.get("user") not in due_users and leftover and not job_account:
                 self._revoke(user=account["user"])
 
         for name, reservation in due.items():

@@ -83,8 +83,16 @@ FIELDS = {
     "status": frozenset(),
     "grant": frozenset({"session", "user", "keys", "stack", "devices"}),
     "revoke": frozenset({"session", "user"}),
+    # Training jobs: provisioning/agent/jobs.py.
+    "job-start": frozenset(
+        {"job", "account", "stack", "devices", "script", "env", "walltime_s", "grace_s", "input"}
+    ),
+    "job-status": frozenset({"job"}),
+    "job-stop": frozenset({"job", "grace_s"}),
+    "job-logs": frozenset({"job", "offset", "limit"}),
+    "job-clean": frozenset({"job"}),
 }
-JOB_VERBS = frozenset({"job-start", "job-status", "job-stop", "job-logs"})
+JOB_VERBS = frozenset({"job-start", "job-status", "job-stop", "job-logs", "job-clean"})
 
 
 class AgentError(Exception):
@@ -111,6 +119,7 @@ class Config:
     group: str = "porterbox-users"
     state_dir: str = STATE_DIR
     home_base: str = "/home"
+    job_min_walltime_s: int = 60  # the protocol's minimum; a test host's config lowers it
 
 
 def load_config(path: str) -> Config:
@@ -125,13 +134,17 @@ def load_config(path: str) -> Config:
 def parse_config(data: object) -> Config:
     if not isinstance(data, dict):
         raise _bad_config("config", "must be a JSON object")
-    unknown = set(data) - {"stacks", "devices", "shared_nodes", "group", "state_dir", "home_base"}
+    known = {"stacks", "devices", "shared_nodes", "group", "state_dir", "home_base"}
+    unknown = set(data) - known - {"job_min_walltime_s"}
     if unknown:
         raise _bad_config(f"config.{sorted(unknown)[0]}", "unknown key")
     group = data.get("group", "porterbox-users")
     if not isinstance(group, str) or not GROUP.fullmatch(group):
         raise _bad_config("config.group", "must be a Unix group name")
     shared = _config_vendors("config.shared_nodes", data.get("shared_nodes", {}))
+    min_walltime = data.get("job_min_walltime_s", 60)
+    if type(min_walltime) is not int or not 1 <= min_walltime <= 60:
+        raise _bad_config("config.job_min_walltime_s", "must be an integer from 1 to 60")
     return Config(
         stacks=_config_stacks(data.get("stacks", {})),
         devices=_config_devices(data.get("devices", {})),
@@ -139,6 +152,7 @@ def parse_config(data: object) -> Config:
         group=group,
         state_dir=_config_path("config.state_dir", data.get("state_dir", STATE_DIR)),
         home_base=_config_path("config.home_base", data.get("home_base", "/home")),
+        job_min_walltime_s=min_walltime,
     )
 
 
@@ -231,8 +245,6 @@ def validate(request: dict, config: Config) -> tuple[str, dict]:
     verb = request.get("verb")
     if not isinstance(verb, str):
         raise AgentError("unknown_verb", f"verb: must be one of {', '.join(sorted(FIELDS))}")
-    if verb in JOB_VERBS:
-        raise AgentError("not_implemented", f"verb: {verb} is reserved for training jobs")
     if verb not in FIELDS:
         raise AgentError("unknown_verb", f"verb: must be one of {', '.join(sorted(FIELDS))}")
     fields = {key: value for key, value in request.items() if key != "verb"}
@@ -243,6 +255,10 @@ def validate(request: dict, config: Config) -> tuple[str, dict]:
         return verb, _validate_grant(fields, config)
     if verb == "revoke":
         return verb, _validate_revoke(fields, config)
+    if verb in JOB_VERBS:
+        from provisioning.agent import jobs  # here: jobs builds on this module
+
+        return verb, jobs.validate(verb, fields, config)
     return verb, {}
 
 
@@ -411,6 +427,10 @@ def run(
 
 
 def execute(verb: str, fields: dict, config: Config) -> dict:
+    if verb in JOB_VERBS:
+        from provisioning.agent import jobs  # here: jobs builds on this module
+
+        return jobs.execute(verb, fields, config)
     if verb in ("grant", "revoke"):
         with host_lock(config):
             return grant(config, **fields) if verb == "grant" else revoke(config, **fields)
@@ -827,4 +847,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As the package's module, not as __main__: jobs imports it by that name, and a second
+    # copy would raise an AgentError that this one's handle() does not catch.
+    from provisioning.agent import hostctl
+
+    sys.exit(hostctl.main())

@@ -302,12 +302,6 @@ def test_it_refuses_malformed_requests(config, commands, request_, code, field):
     assert_refused(ask(config, request_), code, field, config, commands)
 
 
-@pytest.mark.parametrize("verb", ["job-start", "job-status", "job-stop", "job-logs"])
-def test_it_answers_that_job_verbs_are_not_implemented_yet(config, commands, verb):
-    answer = ask(config, {"verb": verb, "job": "j1"})
-    assert_refused(answer, "not_implemented", "verb", config, commands)
-
-
 @pytest.mark.parametrize(
     ("change", "field"),
     [
