@@ -46,19 +46,26 @@ class JobPass:
     def __init__(self, host: Host, client: AgentClient, now: datetime, done: list[str]):
         self.host, self.client, self.now, self.done = host, client, now, done
 
-    def run(self) -> None:
+    def run(self, on_host: list[dict]) -> None:
+        """Follow the database's jobs of this host; on_host is what its `status` listed."""
         jobs = (
             Job.objects.filter(host=self.host, state__in=Job.HOLDING)
             .select_related("stack", "project")
             .prefetch_related(
                 Prefetch(
                     "allocations",
-                    Allocation.objects.filter(active=True).select_related("accelerator"),
+                    # This attempt's: a requeued job keeps the allocations of its earlier
+                    # attempts, ended when it was requeued (they are its usage).
+                    Allocation.objects.filter(active=True, end__gt=self.now).select_related(
+                        "accelerator"
+                    ),
                     to_attr="held",
                 )
             )
         )
+        expected = set()
         for job in jobs:
+            expected.add(job.session_name)
             try:
                 if job.state in (J.SCHEDULED, J.STARTING):
                     self._start(job)
@@ -67,6 +74,21 @@ class JobPass:
             except TransportError as exc:  # the host went away mid-pass: the next pass goes on
                 log.warning("%s %s: %s", self.host.name, job.session_name, exc)
                 return
+        for found in on_host:
+            if found.get("job") not in expected:
+                self._drop(found["job"], running=bool(found.get("running")))
+
+    def _drop(self, name: str, *, running: bool) -> None:
+        """A job the portal no longer expects here (requeued while the host was away, or
+        finished and not yet cleaned): stop it if it runs, then remove it."""
+        try:
+            if running:
+                self.client.job_stop(job=name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
+            self.client.job_clean(job=name)
+        except (TransportError, AgentError) as exc:
+            log.warning("%s: dropping %s failed: %s", self.host.name, name, exc)
+            return
+        self.done.append(f"dropped {name}")
 
     def _start(self, job: Job) -> None:
         Job.move(job.pk, J.STARTING, from_=(J.SCHEDULED,))

@@ -169,7 +169,7 @@ class _Pass:
             else:
                 self._grant(want)
         self._warn_ending()
-        JobPass(self.host, self.client, self.now, self.done).run()
+        JobPass(self.host, self.client, self.now, self.done).run(status.get("jobs", []))
         return f"{self.host.name}: " + (", ".join(self.done) or "in line")
 
     # -- the host -----------------------------------------------------------------------------

@@ -508,7 +508,9 @@ def status(config: Config) -> dict:
         with contextlib.suppress(KeyError):
             uid = pwd.getpwnam(user).pw_uid
             users.append({"user": user, "locked": locked.get(user, True), "processes": count[uid]})
-    return {"sessions": sessions, "users": users}
+    from provisioning.agent import jobs  # jobs imports this module
+
+    return {"sessions": sessions, "users": users, "jobs": jobs.list_jobs(config.state_dir)}
 
 
 def _locked_accounts() -> dict[str, bool]:

@@ -497,6 +497,16 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def list_jobs(state_dir: str) -> list[dict]:
+    """Every job this host keeps, and whether it runs: for `status`, so the portal can stop and
+    clean what it no longer expects (an attempt it requeued while the host was away)."""
+    try:
+        names = sorted(os.listdir(os.path.join(state_dir, "jobs")))
+    except FileNotFoundError:
+        return []
+    return [{"job": n, "running": supervised(state_dir, n)} for n in names if JOB.fullmatch(n)]
+
+
 def supervised(state_dir: str, job: str) -> bool:
     """Whether a supervisor holds the job's lock (it dies with its holder, reboots included)."""
     try:

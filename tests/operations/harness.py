@@ -34,6 +34,7 @@ def prepare_host(host: TestHost, portal_pub: Path) -> TestHost:
         {
             "devices": {"nvidia": {"0": ["/dev/nvidia0"], "1": ["/dev/nvidia1"]}},
             "shared_nodes": {"nvidia": ["/dev/nvidiactl"]},
+            "job_min_walltime_s": 1,  # jobs that outlive their walltime in seconds, not minutes
         }
     )
     host.authorize_portal(portal_pub.read_text())
