@@ -228,6 +228,9 @@ TIME_ZONE = "UTC"  # storage is always aware UTC; each user sees their own zone
 USE_I18N = True
 USE_TZ = True
 
+# Job input archives (uploaded, then sent to the host by the reconcile loop); never served.
+MEDIA_ROOT = Path(env("MEDIA_ROOT", str(VAR_DIR / "media")))
+
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from portal import views
+from portal.accounts.urls import project_urlpatterns
 
 admin.site.site_header = "Porterbox portal administration"
 
@@ -12,6 +13,8 @@ urlpatterns = [
     path("hosts/", include("portal.operations.urls")),
     path("hosts/", include("portal.inventory.urls")),
     path("account/", include("portal.accounts.urls")),
+    path("projects/", include((project_urlpatterns, "projects"))),
+    path("", include("portal.jobs.urls")),
     path("accounts/", include("allauth.urls")),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),

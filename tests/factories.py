@@ -86,3 +86,17 @@ class JobFactory(factory.django.DjangoModelFactory):
     code_licence = "Apache-2.0"
     data_licence = "CC-BY-4.0"
     model_freedom = "free"
+
+
+def tarball(files: dict[str, bytes] | None = None) -> bytes:
+    """A real .tar.gz, as a job's input archive."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as archive:
+        for name, content in (files or {"train.py": b"print('training')\n"}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return data.getvalue()

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.template.defaultfilters import pluralize
 
 from portal.accounts import services
 from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
@@ -46,11 +47,33 @@ class PartnerMembershipInline(admin.TabularInline):
 
 @admin.register(PartnerProject)
 class PartnerProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "state", "url", "created"]
+    list_display = [
+        "name", "state", "url", "share", "device_hours_per_month", "max_concurrent_devices",
+        "max_walltime_hours", "created",
+    ]  # fmt: skip
     list_filter = ["state"]
     search_fields = ["name", "url"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [PartnerMembershipInline]
+    actions = ["approve", "reject"]
+
+    def _decide(self, request, queryset, approve: bool):
+        decided = sum(
+            services.project_decide(project=project, actor=request.user, approve=approve)
+            for project in queryset
+        )
+        skipped = queryset.count() - decided
+        note = f" ({skipped} not waiting for a decision, left as they were)" if skipped else ""
+        verb = "Approved" if approve else "Rejected"
+        self.message_user(request, f"{verb} {decided} application{pluralize(decided)}{note}.")
+
+    @admin.action(description="Approve the chosen applications")
+    def approve(self, request, queryset):
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Reject the chosen applications")
+    def reject(self, request, queryset):
+        self._decide(request, queryset, approve=False)
 
 
 @admin.register(SSHKey)

@@ -1,10 +1,12 @@
-"""Writes on accounts: SSH keys and roles."""
+"""Writes on accounts: SSH keys, roles, partner projects and their members."""
 
 from dataclasses import dataclass, field
 
+from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
+from django.utils.text import slugify
 
-from portal.accounts.models import SSHKey, User
+from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, PublicKey, parse_public_keys
 
 MAX_KEYS_PER_USER = 32
@@ -68,3 +70,120 @@ def debian_member_set(*, user: User, source: str) -> None:
     """Grant (source "staff" or "salsa") or withdraw ("") the Debian member role."""
     User.objects.filter(pk=user.pk).update(debian_member_source=source)
     user.debian_member_source = source
+
+
+# -- Partner projects ---------------------------------------------------------------------------
+
+# Slugs that name pages under /projects/ rather than a project.
+RESERVED_SLUGS = {"apply", "applications", "new", "mine"}
+
+
+class ProjectError(Exception):
+    """A change to a partner project the service refuses; `field` names what to fix."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def may_manage_project(user: User, project: PartnerProject) -> bool:
+    """Managers of a project (and staff) change its members."""
+    return (
+        user.is_staff
+        or PartnerMembership.objects.filter(
+            project=project, user=user, role=PartnerMembership.Role.MANAGER
+        ).exists()
+    )
+
+
+def _free_slug(name: str) -> str:
+    base = slugify(name)[:50] or "project"
+    if base in RESERVED_SLUGS:
+        base = f"{base}-project"
+    slug, n = base, 1
+    while PartnerProject.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def project_apply(
+    *,
+    applicant: User,
+    name: str,
+    url: str = "",
+    description: str = "",
+    code_licence: str = "",
+    data_licence: str = "",
+    contact_email: str = "",
+) -> PartnerProject:
+    """An application: the project waits for staff in state `applied`, its applicant manages it."""
+    try:
+        with transaction.atomic():
+            project = PartnerProject.objects.create(
+                name=name, slug=_free_slug(name), url=url, description=description,
+                code_licence=code_licence, data_licence=data_licence,
+                contact_email=contact_email, state=PartnerProject.State.APPLIED,
+            )  # fmt: skip
+            PartnerMembership.objects.create(
+                project=project, user=applicant, role=PartnerMembership.Role.MANAGER
+            )
+    except IntegrityError:  # another application took the name (or its slug) meanwhile
+        raise ProjectError(f"A project named {name!r} exists already.", "name") from None
+    transaction.on_commit(
+        lambda: mail_admins(
+            f"Partner project application: {name}",
+            f"{applicant.username} applied for {name} ({url or 'no URL'}).\n\n{description}",
+            fail_silently=True,
+        )
+    )
+    return project
+
+
+def project_decide(*, project: PartnerProject, actor: User, approve: bool) -> bool:
+    """Staff approve or reject an application; False if it was decided already."""
+    if not actor.is_staff:
+        raise ProjectError("Only staff decide on applications.")
+    to = PartnerProject.State.APPROVED if approve else PartnerProject.State.REJECTED
+    # A conditional UPDATE: two staff members clicking at once decide once.
+    done = PartnerProject.objects.filter(pk=project.pk, state=PartnerProject.State.APPLIED).update(
+        state=to
+    )
+    if done:
+        project.state = to
+    return bool(done)
+
+
+def membership_add(
+    *, project: PartnerProject, actor: User, username: str, role: str = "member"
+) -> PartnerMembership:
+    if not may_manage_project(actor, project):
+        raise ProjectError(f"Only managers of {project} add members.")
+    if role not in PartnerMembership.Role.values:
+        raise ProjectError("Choose manager or member.", "role")
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise ProjectError(f"No user {username[:150]!r} here; they log in once first.", "username")
+    try:
+        with transaction.atomic():
+            return PartnerMembership.objects.create(project=project, user=user, role=role)
+    except IntegrityError:
+        raise ProjectError(f"{user.username} is a member already.", "username") from None
+
+
+def membership_remove(*, project: PartnerProject, actor: User, user_id: int) -> None:
+    if not may_manage_project(actor, project):
+        raise ProjectError(f"Only managers of {project} remove members.")
+    with transaction.atomic():
+        # Lock the project's memberships, so two managers removing each other at once cannot
+        # leave the project without one.
+        members = list(
+            PartnerMembership.objects.select_for_update().filter(project=project).order_by("pk")
+        )
+        leaving = next((m for m in members if m.user_id == user_id), None)
+        if leaving is None:
+            raise ProjectError("Not a member of this project.")
+        managers = [m for m in members if m.role == PartnerMembership.Role.MANAGER]
+        if leaving.role == PartnerMembership.Role.MANAGER and len(managers) == 1:
+            raise ProjectError("A project keeps at least one manager; add another one first.")
+        leaving.delete()

@@ -1,11 +1,22 @@
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
 from portal.accounts import services
-from portal.accounts.forms import ProfileForm, SSHKeyAddForm
+from portal.accounts.forms import (
+    MemberAddForm,
+    ProfileForm,
+    ProjectApplicationForm,
+    SSHKeyAddForm,
+)
+from portal.accounts.models import PartnerMembership, PartnerProject
 
 
 @login_required
@@ -59,3 +70,143 @@ def ssh_key_delete(request, key_id):
     else:
         messages.error(request, "No such key on your account.")
     return redirect("accounts:ssh_keys")
+
+
+# -- Partner projects ---------------------------------------------------------------------------
+
+
+def staff_required(view):
+    @login_required
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("Only staff decide on partner projects.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@login_required
+def project_list(request):
+    memberships = (
+        PartnerMembership.objects.filter(user=request.user)
+        .select_related("project")
+        .order_by("project__name")
+    )
+    return render(request, "accounts/project_list.html", {"memberships": memberships})
+
+
+@login_required
+def project_apply(request):
+    form = ProjectApplicationForm(request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                project = services.project_apply(applicant=request.user, **form.cleaned_data)
+            except services.ProjectError as exc:
+                form.add_error(exc.field, exc.message)
+            else:
+                messages.success(request, "Applied: staff will review your project.")
+                return redirect("projects:detail", slug=project.slug)
+        return render(request, "accounts/project_apply.html", {"form": form}, status=400)
+    initial_email = {"contact_email": request.user.email}
+    form = ProjectApplicationForm(initial=initial_email)
+    return render(request, "accounts/project_apply.html", {"form": form})
+
+
+@staff_required
+def project_applications(request):
+    applied = PartnerProject.objects.filter(state=PartnerProject.State.APPLIED).order_by("created")
+    decided = (
+        PartnerProject.objects.exclude(state=PartnerProject.State.APPLIED)
+        .order_by("-created")
+        .prefetch_related("partnermembership_set__user")[:20]
+    )
+    applied = applied.prefetch_related("partnermembership_set__user")
+    context = {"applied": applied, "decided": decided}
+    return render(request, "accounts/project_applications.html", context)
+
+
+@staff_required
+@require_POST
+def project_decide(request, slug):
+    project = get_object_or_404(PartnerProject, slug=slug)
+    decision = request.POST.get("decision")
+    if decision not in ("approve", "reject"):
+        messages.error(request, "Approve or reject.")
+        return redirect("projects:applications")
+    if services.project_decide(project=project, actor=request.user, approve=decision == "approve"):
+        messages.success(request, f"{project}: {project.get_state_display()}.")
+    else:
+        messages.error(request, f"{project} was decided already: {project.get_state_display()}.")
+    return redirect("projects:applications")
+
+
+def _visible_project(request, slug) -> tuple[PartnerProject, PartnerMembership | None]:
+    """A project its members and staff see; to anyone else it does not exist."""
+    project = get_object_or_404(PartnerProject, slug=slug)
+    membership = PartnerMembership.objects.filter(project=project, user=request.user).first()
+    if membership is None and not request.user.is_staff:
+        raise Http404("No such project.")
+    return project, membership
+
+
+def _render_project(request, project, membership, form=None, status=200):
+    from portal.jobs.selectors import quota_used  # jobs build on accounts, not the reverse
+
+    memberships = (
+        PartnerMembership.objects.filter(project=project)
+        .select_related("user")
+        .order_by("role", "user__username")
+    )
+    context = {
+        "project": project,
+        "membership": membership,
+        "memberships": memberships,
+        "manages": services.may_manage_project(request.user, project),
+        "form": form or MemberAddForm(),
+        "used": quota_used(project, timezone.now()),
+        "jobs": project.jobs.select_related("submitter").order_by("-queued_at", "-pk")[:20],
+    }
+    return render(request, "accounts/project_detail.html", context, status=status)
+
+
+@login_required
+def project_detail(request, slug):
+    project, membership = _visible_project(request, slug)
+    return _render_project(request, project, membership)
+
+
+@login_required
+@require_POST
+def member_add(request, slug):
+    project, membership = _visible_project(request, slug)
+    if not services.may_manage_project(request.user, project):
+        raise PermissionDenied("Only the project's managers add members.")
+    form = MemberAddForm(request.POST)
+    if form.is_valid():
+        try:
+            added = services.membership_add(
+                project=project, actor=request.user, **form.cleaned_data
+            )
+        except services.ProjectError as exc:
+            form.add_error(exc.field, exc.message)
+        else:
+            messages.success(request, f"Added {added.user.username} as {added.role}.")
+            return redirect("projects:detail", slug=project.slug)
+    return _render_project(request, project, membership, form=form, status=400)
+
+
+@login_required
+@require_POST
+def member_remove(request, slug, user_id):
+    project, _ = _visible_project(request, slug)
+    if not services.may_manage_project(request.user, project):
+        raise PermissionDenied("Only the project's managers remove members.")
+    try:
+        services.membership_remove(project=project, actor=request.user, user_id=user_id)
+    except services.ProjectError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Removed.")
+    return redirect("projects:detail", slug=project.slug)

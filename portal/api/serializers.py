@@ -1,9 +1,16 @@
+import json
+import math
+from datetime import timedelta
+
+from django.utils.dateparse import parse_duration
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from portal.accounts.models import SSHKey
+from portal.accounts.models import PartnerProject, SSHKey
 from portal.booking.models import Reservation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.jobs.models import Job
 
 
 class DriverStackSerializer(serializers.ModelSerializer):
@@ -152,3 +159,139 @@ class ReservationCreateSerializer(serializers.Serializer):
 
 class EndSerializer(serializers.Serializer):
     end = AwareDateTimeField()
+
+
+# -- Training jobs ------------------------------------------------------------------------------
+
+
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "number"}, {"type": "string", "format": "duration"}],
+        "description": "Hours (4, 0.5) or an ISO 8601 duration (PT4H, P1DT2H).",
+        "example": "PT4H",
+    }
+)
+class WalltimeField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Give hours as a number, or an ISO 8601 duration such as PT4H.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            self.fail("invalid")
+        try:
+            if isinstance(data, int | float):
+                hours = float(data)
+            elif isinstance(data, str) and data.strip().upper().startswith(("P", "-P", "+P")):
+                moment = parse_duration(data.strip().upper())
+                if moment is None:
+                    self.fail("invalid")
+                return moment
+            elif isinstance(data, str):
+                hours = float(data)
+            else:
+                self.fail("invalid")
+            if not math.isfinite(hours):
+                self.fail("invalid")
+            return timedelta(hours=hours)
+        except (ValueError, OverflowError):
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return value / timedelta(hours=1)  # hours, as it is most often given
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "Environment variables, NAME: value (in multipart, this object as JSON).",
+        "example": {"EPOCHS": "3"},
+    }
+)
+class EnvField(serializers.Field):
+    default_error_messages = {"invalid": "An object of NAME: value strings."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):  # a multipart form sends it as JSON text
+            try:
+                data = json.loads(data) if data.strip() else {}
+            except ValueError:
+                self.fail("invalid")
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        return data  # names and values are the service's to check
+
+    def to_representation(self, value):
+        return value
+
+
+class JobSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(read_only=True, slug_field="slug")
+    submitter = serializers.SlugRelatedField(read_only=True, slug_field="username")
+    stack = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    host = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    walltime = serializers.SerializerMethodField()
+    env = EnvField(read_only=True)
+    input_archive = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "project", "submitter", "name", "script", "stack", "count", "hwspec",
+            "min_memory_mib", "walltime", "env", "input_git_url", "input_git_ref",
+            "input_archive", "code_licence", "data_licence", "model_freedom", "state",
+            "wait_reason", "host", "queued_at", "started_at", "ended_at", "exit_status",
+            "requeues", "last_error", "stop_requested", "created",
+        ]  # fmt: skip
+
+    def get_walltime(self, job) -> float:
+        """Hours."""
+        return job.walltime / timedelta(hours=1)
+
+    def get_input_archive(self, job) -> bool:
+        """Whether the job's input is an uploaded archive."""
+        return bool(job.input_archive)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    """A job as job_submit takes it; the service checks the rules and names the field."""
+
+    project = serializers.SlugRelatedField(
+        queryset=PartnerProject.objects.none(),
+        slug_field="slug",
+        error_messages={"does_not_exist": "{value} is not one of your approved partner projects."},
+    )
+    name = serializers.CharField(max_length=100)
+    script = serializers.CharField(trim_whitespace=False)
+    stack = serializers.SlugRelatedField(queryset=DriverStack.objects.all(), slug_field="name")
+    count = serializers.IntegerField(default=1)
+    hwspec = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+    min_memory_gb = serializers.IntegerField(min_value=0, max_value=4096, default=0)
+    walltime = WalltimeField()
+    env = EnvField(required=False, default=dict)
+    input_git_url = serializers.URLField(
+        max_length=200, required=False, allow_blank=True, default=""
+    )
+    input_git_ref = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, default=""
+    )
+    input_archive = serializers.FileField(required=False, allow_null=True, default=None)
+    code_licence = serializers.CharField(max_length=100)
+    data_licence = serializers.CharField(max_length=100)
+    model_freedom = serializers.ChoiceField(choices=Job.ModelFreedom.choices)
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if user is not None:
+            self.fields["project"].queryset = PartnerProject.objects.filter(
+                state=PartnerProject.State.APPROVED, partnermembership__user=user
+            )
+
+
+class JobLogSerializer(serializers.Serializer):
+    offset = serializers.IntegerField(help_text="Where this chunk starts, in characters.")
+    next_offset = serializers.IntegerField(help_text="Ask for this offset next.")
+    size = serializers.IntegerField(help_text="Characters of log the portal keeps.")
+    data = serializers.CharField()
+    eof = serializers.BooleanField(help_text="The job has finished and this is the end.")

@@ -10,6 +10,7 @@ router.register("accelerators", views.AcceleratorViewSet, basename="accelerator"
 router.register("reservations", views.ReservationViewSet, basename="reservation")
 router.register("stacks", views.DriverStackViewSet, basename="stack")
 router.register("ssh-keys", views.SSHKeyViewSet, basename="ssh-key")
+router.register("jobs", views.JobViewSet, basename="job")
 
 app_name = "api"
 urlpatterns = [

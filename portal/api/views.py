@@ -4,6 +4,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action, api_view, permission_classes
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from portal.accounts import services as account_services
@@ -15,6 +16,9 @@ from portal.api.serializers import (
     DriverStackSerializer,
     EndSerializer,
     HostSerializer,
+    JobCreateSerializer,
+    JobLogSerializer,
+    JobSerializer,
     ReservationCreateSerializer,
     ReservationSerializer,
     SSHKeySerializer,
@@ -26,6 +30,8 @@ from portal.booking.models import Reservation
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.jobs.models import Job
+from portal.jobs.services import JobError, job_cancel, job_submit
 from portal.views import client_ip
 
 
@@ -306,3 +312,118 @@ def ansible_inventory_view(request):
     inventory = {group: {"hosts": members} for group, members in sorted(groups.items())}
     inventory["_meta"] = {"hostvars": hostvars}
     return Response(inventory)
+
+
+# -- Training jobs ------------------------------------------------------------------------------
+
+# The service's field names -> the API's, where they differ.
+API_FIELD = {"min_memory_mib": "min_memory_gb"}
+LOG_LIMIT = 1024 * 1024  # characters of log in one answer
+
+
+def _job_refused(error: JobError) -> Response:
+    body = {"code": error.code, "message": error.message}
+    if error.field:
+        body["errors"] = {API_FIELD.get(error.field, error.field): [error.message]}
+    # A job that finished already cannot be cancelled: a conflict with its state.
+    return Response(body, status=409 if error.code == "finished" else error.status)
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Training jobs of the caller's partner projects (staff: every job).
+
+    Submit with JSON, or multipart to upload an input archive (.tar.gz); `walltime` is hours or
+    an ISO 8601 duration. `?state=` and `?project=<slug>` filter the list. A job of a project the
+    caller does not belong to is not found.
+    """
+
+    serializer_class = JobSerializer
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Job.objects.none()
+        jobs = Job.objects.select_related("project", "submitter", "stack", "host").defer("log")
+        user = self.request.user
+        if not user.is_staff:
+            jobs = jobs.filter(project__partnermembership__user=user)
+        if self.action == "list":
+            params = self.request.query_params
+            if state := params.get("state"):
+                if state not in Job.State.values:
+                    raise ValidationError({"state": [f"Use one of {', '.join(Job.State.values)}."]})
+                jobs = jobs.filter(state=state)
+            if project := params.get("project"):
+                jobs = jobs.filter(project__slug=project)
+        return jobs.order_by("-queued_at", "-pk")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=Job.State.values),
+            OpenApiParameter("project", str, description="A project's slug."),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    def create(self, request):
+        body = JobCreateSerializer(data=request.data, user=request.user)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        data["min_memory_mib"] = data.pop("min_memory_gb") * GB
+        try:
+            job = job_submit(submitter=request.user, **data)
+        except JobError as exc:
+            return _job_refused(exc)
+        return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("offset", int, description="Characters to skip (default 0)."),
+            OpenApiParameter("limit", int, description=f"At most this many (<= {LOG_LIMIT})."),
+        ],
+        responses=JobLogSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def log(self, request, pk=None):
+        """The job's output as the portal keeps it (its last JOBS_MAX_LOG_KB KiB), from `offset`.
+
+        Poll with `next_offset` until `eof`. Offsets count characters of the kept text.
+        """
+        job = self.get_object()
+        offset = _non_negative(request, "offset", 0)
+        limit = min(_non_negative(request, "limit", LOG_LIMIT), LOG_LIMIT)
+        text = Job.objects.values_list("log", flat=True).get(pk=job.pk)
+        start = min(offset, len(text))
+        data = text[start : start + limit]
+        end = start + len(data)
+        return Response(
+            {
+                "offset": start,
+                "next_offset": end,
+                "size": len(text),
+                "data": data,
+                "eof": job.state in Job.FINISHED and end == len(text),
+            }
+        )
+
+    @extend_schema(request=None, responses=JobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a waiting or scheduled job; a running one is stopped (SIGTERM, then SIGKILL)."""
+        job = self.get_object()
+        try:
+            job = job_cancel(job=job, actor=request.user)
+        except JobError as exc:
+            return _job_refused(exc)
+        return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)
+
+
+def _non_negative(request, name: str, default: int) -> int:
+    text = request.query_params.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or len(text) > 15:
+        raise ValidationError({name: ["A whole number, 0 or more."]})
+    return int(text)

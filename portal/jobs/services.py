@@ -6,6 +6,7 @@ job is refused at submission with a clear message rather than failing on a host 
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import timedelta
 
@@ -18,6 +19,8 @@ from portal.booking.models import Allocation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack, Host
 from portal.jobs.models import Job
+from provisioning.agent.hostctl import AgentError as AgentRefusal
+from provisioning.agent.jobs import check_archive
 
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # Variables the loader, the shell or an interpreter reads before the script runs, and the ones
@@ -83,6 +86,16 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
         raise JobError(
             "bad_input", f"The archive is over {settings.JOBS_MAX_ARCHIVE_MB} MB.", "input_archive"
         )
+    if archive is not None:
+        # The host's own check, run here so a broken archive is refused now, not on a host.
+        archive.seek(0)
+        encoded = base64.b64encode(archive.read()).decode()
+        archive.seek(0)
+        try:
+            check_archive(encoded)
+        except AgentRefusal as exc:
+            message = exc.message.removeprefix("input.archive: ")
+            raise JobError("bad_input", f"The archive: {message}", "input_archive") from None
 
 
 def job_submit(
@@ -106,6 +119,16 @@ def job_submit(
 ) -> Job:
     if not may_submit(submitter, project):
         raise JobError("not_member", f"Only members of {project} submit its jobs.", "project")
+    for field_name, value, limit in (
+        ("name", name, 100),
+        ("code_licence", code_licence, 100),
+        ("data_licence", data_licence, 100),
+        ("input_git_url", input_git_url, 200),
+    ):
+        if len(value) > limit:
+            raise JobError("too_long", f"At most {limit} characters.", field_name)
+    if min_memory_mib < 0:
+        raise JobError("bad_memory", "The minimum memory cannot be negative.", "min_memory_mib")
     if not script.strip() or len(script.encode()) > MAX_SCRIPT or "\0" in script:
         raise JobError("bad_script", "The script: some text, at most 64 KiB.", "script")
     if not 1 <= count <= 64:
@@ -134,7 +157,7 @@ def job_submit(
         raise JobError("bad_freedom", "Say whether the model is free.", "model_freedom")
     _check_input(input_git_url, input_git_ref, input_archive)
     return Job.objects.create(
-        project=project, submitter=submitter, name=name[:100], script=script, stack=stack,
+        project=project, submitter=submitter, name=name, script=script, stack=stack,
         count=count, hwspec=str(spec) if spec else "", min_memory_mib=min_memory_mib,
         walltime=walltime, env=check_env(env or {}), input_git_url=input_git_url,
         input_git_ref=input_git_ref, input_archive=input_archive, code_licence=code_licence,

@@ -129,3 +129,21 @@ def test_only_members_and_staff_cancel(member, stack):
     assert job_cancel(job=job, actor=UserFactory(is_staff=True)).state == "cancelled"
     with pytest.raises(JobError, match="finished"):
         job_cancel(job=job, actor=member.user)
+
+
+def test_it_refuses_an_archive_the_host_would_refuse(member, stack):
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as archive:
+        member_info = tarfile.TarInfo("../escape.txt")
+        archive.addfile(member_info, io.BytesIO(b""))
+    upload = SimpleUploadedFile("in.tar.gz", data.getvalue())
+
+    with pytest.raises(JobError) as refused:
+        submit(member, stack, input_archive=upload)
+    assert refused.value.field == "input_archive"
+    with pytest.raises(JobError, match="The archive"):
+        submit(member, stack, input_archive=SimpleUploadedFile("in.tar.gz", b"not a tarball"))
+    assert not Job.objects.exists()

@@ -1,0 +1,148 @@
+"""The job submission form. It parses what was typed; the service (job_submit) decides."""
+
+from datetime import timedelta
+
+from django import forms
+
+from portal.accounts.models import PartnerProject, User
+from portal.booking.forms import GB
+from portal.inventory.forms import clean_hwspec_text
+from portal.inventory.models import DriverStack
+from portal.jobs.models import Job
+from portal.jobs.services import MAX_ENV, JobError
+
+# The service's field names -> the form's, where they differ.
+FORM_FIELD = {"walltime": "walltime_hours", "min_memory_mib": "min_memory_gb"}
+
+
+def submittable_projects(user: User):
+    """The approved partner projects the user belongs to."""
+    return PartnerProject.objects.filter(
+        state=PartnerProject.State.APPROVED, partnermembership__user=user
+    ).order_by("name")
+
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    """NAME=value lines (blank lines and # comments skipped) -> a dict; names checked later."""
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise forms.ValidationError(f"Line {number}: write NAME=value.")
+        if name in env:
+            raise forms.ValidationError(f"Line {number}: {name[:70]} is set twice.")
+        env[name] = value
+        if len(env) > MAX_ENV:
+            raise forms.ValidationError(f"At most {MAX_ENV} variables.")
+    return env
+
+
+class JobForm(forms.Form):
+    project = forms.ModelChoiceField(
+        label="Partner project", queryset=PartnerProject.objects.none(), to_field_name="slug"
+    )
+    name = forms.CharField(label="Name", max_length=100)
+    script = forms.CharField(
+        label="Script",
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
+        help_text="Run with /bin/sh inside the stack's session, in the input's directory.",
+    )
+    stack = forms.ModelChoiceField(
+        label="Driver stack", queryset=DriverStack.objects.all(), to_field_name="name"
+    )
+    count = forms.IntegerField(label="Devices", min_value=1, max_value=64, initial=1)
+    hwspec = forms.CharField(
+        label="Hardware spec",
+        required=False,
+        max_length=40,
+        help_text="cuda, cuda:sm_90, rocm:gfx1030, sycl, opencl, fpga; empty: any device.",
+    )
+    min_memory_gb = forms.IntegerField(
+        label="Minimum memory per device (GB)", required=False, min_value=0, max_value=4096
+    )
+    walltime_hours = forms.DecimalField(
+        label="Walltime (hours)",
+        max_digits=7,
+        decimal_places=2,
+        initial=4,
+        help_text="The job is stopped when it runs this long; shorter jobs fit more gaps.",
+    )
+    env = forms.CharField(
+        label="Environment variables",
+        required=False,
+        strip=False,
+        max_length=MAX_ENV * 4200,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text="One NAME=value a line.",
+    )
+    input_git_url = forms.URLField(
+        label="Input: git URL",
+        required=False,
+        max_length=200,
+        assume_scheme="https",
+        help_text="An https:// repository, cloned before the script runs.",
+    )
+    input_git_ref = forms.CharField(
+        label="Input: git ref", required=False, max_length=100, help_text="A branch or a tag."
+    )
+    input_archive = forms.FileField(
+        label="Input: archive",
+        required=False,
+        help_text="Or a .tar.gz, unpacked before the script runs.",
+    )
+    code_licence = forms.CharField(
+        label="Licence of the code", max_length=100, help_text="An SPDX identifier."
+    )
+    data_licence = forms.CharField(
+        label="Licence of the training data",
+        max_length=100,
+        help_text="An SPDX identifier, or say the data is not free.",
+    )
+    model_freedom = forms.ChoiceField(
+        label="The trained model is",
+        choices=Job.ModelFreedom.choices,
+        widget=forms.RadioSelect,
+        help_text="In the spirit of Debian's machine-learning policy: a model is free when its "
+        "code and its training data are free.",
+    )
+
+    def __init__(self, user: User, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = submittable_projects(user)
+
+    def clean_hwspec(self) -> str:
+        spec = clean_hwspec_text(self.cleaned_data["hwspec"])
+        return str(spec) if spec else ""
+
+    def clean_env(self) -> dict[str, str]:
+        return parse_env_lines(self.cleaned_data["env"])
+
+    def submit_kwargs(self) -> dict:
+        """The valid form as job_submit's arguments."""
+        data = self.cleaned_data
+        return {
+            "project": data["project"],
+            "name": data["name"],
+            "script": data["script"],
+            "stack": data["stack"],
+            "count": data["count"],
+            "hwspec": data["hwspec"],
+            "min_memory_mib": (data.get("min_memory_gb") or 0) * GB,
+            "walltime": timedelta(hours=float(data["walltime_hours"])),
+            "env": data["env"],
+            "input_git_url": data.get("input_git_url") or "",
+            "input_git_ref": data.get("input_git_ref") or "",
+            "input_archive": data.get("input_archive"),
+            "code_licence": data["code_licence"],
+            "data_licence": data["data_licence"],
+            "model_freedom": data["model_freedom"],
+        }
+
+    def add_refusal(self, error: JobError) -> None:
+        """Show the service's refusal on the field it names (or above the form)."""
+        field = FORM_FIELD.get(error.field, error.field)
+        self.add_error(field if field in self.fields else None, error.message)

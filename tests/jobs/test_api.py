@@ -1,0 +1,216 @@
+"""The jobs API: submit (JSON or multipart), list, show, log, cancel; someone else's is 404."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from portal.jobs.models import Job
+from tests.factories import (
+    AcceleratorFactory,
+    DriverStackFactory,
+    HostFactory,
+    JobFactory,
+    PartnerMembershipFactory,
+    PartnerProjectFactory,
+    UserFactory,
+    tarball,
+)
+
+NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+@pytest.fixture(autouse=True)
+def frozen():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+@pytest.fixture
+def stack(db):
+    stack = DriverStackFactory(name="cuda-12")
+    host = HostFactory(name="gpu1")
+    host.stacks.add(stack)
+    AcceleratorFactory(host=host, index=0)
+    return stack
+
+
+@pytest.fixture
+def member(db):
+    return PartnerMembershipFactory(project__slug="speech", project__max_walltime_hours=24)
+
+
+@pytest.fixture
+def api(member):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=member.user).key}")
+    return client
+
+
+def as_user(user):
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def body(**overrides):
+    fields = {
+        "project": "speech", "name": "asr", "script": "python3 train.py\n", "stack": "cuda-12",
+        "count": 1, "hwspec": "cuda:sm_90", "min_memory_gb": 40, "walltime": 4,
+        "env": {"EPOCHS": "3"}, "input_git_url": "https://salsa.debian.org/x/asr.git",
+        "input_git_ref": "main", "code_licence": "Apache-2.0", "data_licence": "CC-BY-4.0",
+        "model_freedom": "free",
+    }  # fmt: skip
+    fields.update(overrides)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def test_it_submits_a_job_with_json(api, member, stack):
+    response = api.post("/api/jobs/", body(walltime="PT1H30M"), format="json")
+    assert response.status_code == 201, response.json()
+    data = response.json()
+    job = Job.objects.get()
+    assert data["id"] == job.pk and data["state"] == "queued"
+    assert (data["project"], data["submitter"], data["stack"]) == (
+        "speech", member.user.username, "cuda-12"
+    )  # fmt: skip
+    assert (data["walltime"], data["env"], data["hwspec"]) == (1.5, {"EPOCHS": "3"}, "cuda:sm_90")
+    assert data["min_memory_mib"] == 40 * 953 and data["queued_at"] == "2026-11-23T09:07:00Z"
+    assert job.walltime == timedelta(hours=1, minutes=30) and job.submitter == member.user
+
+
+@pytest.mark.parametrize(
+    ("walltime", "expected"),
+    [(4, 4 * H), ("2.5", 2.5 * H), ("P1DT2H", 26 * H), ("pt45m", 0.75 * H)],
+)
+def test_it_reads_walltime_as_hours_or_an_iso_duration(api, stack, walltime, expected):
+    response = api.post("/api/jobs/", body(walltime=walltime), format="json")
+    assert response.status_code == 400 if expected > 24 * H else 201
+    if expected <= 24 * H:
+        assert Job.objects.get().walltime == expected
+    else:
+        assert response.json()["code"] == "bad_walltime"
+
+
+def test_it_takes_an_archive_in_multipart(api, stack, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    archive = SimpleUploadedFile("in.tar.gz", tarball(), "application/gzip")
+    fields = body(input_git_url="", input_git_ref="", env='{"EPOCHS": "5"}')
+    response = api.post("/api/jobs/", {**fields, "input_archive": archive}, format="multipart")
+    assert response.status_code == 201, response.json()
+    job = Job.objects.get()
+    assert bool(job.input_archive) and job.env == {"EPOCHS": "5"}
+    assert response.json()["input_archive"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "field"),
+    [
+        ({"project": "elsewhere"}, "does_not_exist", "project"),
+        ({"project": "applied"}, "does_not_exist", "project"),
+        ({"walltime": "soon"}, "invalid", "walltime"),
+        ({"walltime": "nan"}, "invalid", "walltime"),
+        ({"walltime": 1e300}, "invalid", "walltime"),
+        ({"walltime": 0}, "bad_walltime", "walltime"),
+        ({"env": ["EPOCHS=3"]}, "invalid", "env"),
+        ({"env": {"PATH": "/tmp"}}, "bad_env", "env"),
+        ({"env": {"EPOCHS": 3}}, "bad_env", "env"),
+        ({"count": 5}, "bad_count", "count"),
+        ({"hwspec": "tpu"}, "bad_hwspec", "hwspec"),
+        ({"hwspec": "cuda:" + "x" * 40}, "max_length", "hwspec"),
+        ({"min_memory_gb": -1}, "min_value", "min_memory_gb"),
+        ({"input_git_url": "http://example.org/x.git"}, "bad_input", "input_git_url"),
+        ({"input_git_url": "https://example.org/" + "x" * 200}, "max_length", "input_git_url"),
+        ({"code_licence": "x" * 101}, "max_length", "code_licence"),
+        ({"model_freedom": "maybe"}, "invalid_choice", "model_freedom"),
+        ({"script": ""}, "blank", "script"),
+        ({"stack": "rocm-9"}, "does_not_exist", "stack"),
+        ({"name": None}, "required", "name"),
+    ],
+)
+def test_it_refuses_bad_input_naming_the_field(api, member, stack, overrides, code, field):
+    PartnerProjectFactory(slug="elsewhere")  # approved, but not the caller's
+    PartnerMembershipFactory(user=member.user, project__slug="applied", project__state="applied")
+    response = api.post("/api/jobs/", body(**overrides), format="json")
+    assert response.status_code == 400, response.json()
+    data = response.json()
+    assert (data["code"], list(data["errors"])) == (code, [field]), data
+    assert data["message"]
+    assert not Job.objects.exists()
+
+
+def test_it_lists_shows_and_cancels_only_the_callers_projects_jobs(api, member, stack):
+    mine = JobFactory(project=member.project, stack=stack)
+    colleague = JobFactory(project=member.project, stack=stack, state="succeeded")
+    theirs = JobFactory(stack=stack)
+
+    listed = api.get("/api/jobs/").json()["results"]
+
+    assert sorted(j["id"] for j in listed) == sorted([mine.pk, colleague.pk])
+    assert [j["id"] for j in api.get("/api/jobs/?state=succeeded").json()["results"]] == [
+        colleague.pk
+    ]
+    assert api.get("/api/jobs/?state=lost").status_code == 400
+    assert api.get(f"/api/jobs/{colleague.pk}/").json()["state"] == "succeeded"
+    for method, path in [
+        ("get", f"/api/jobs/{theirs.pk}/"),
+        ("get", f"/api/jobs/{theirs.pk}/log/"),
+        ("post", f"/api/jobs/{theirs.pk}/cancel/"),
+        ("get", "/api/jobs/999999/"),
+    ]:
+        response = getattr(api, method)(path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
+    theirs.refresh_from_db()
+    assert theirs.state == "queued"
+
+
+def test_it_shows_any_job_to_staff(member, stack, staff):
+    job = JobFactory(project=member.project, stack=stack)
+    assert as_user(staff).get(f"/api/jobs/{job.pk}/").status_code == 200
+
+
+def test_it_cancels_and_says_when_a_job_has_finished(api, member, stack):
+    job = JobFactory(project=member.project, stack=stack)
+    response = api.post(f"/api/jobs/{job.pk}/cancel/")
+    assert (response.status_code, response.json()["state"]) == (200, "cancelled")
+    response = api.post(f"/api/jobs/{job.pk}/cancel/")
+    assert (response.status_code, response.json()["code"]) == (409, "finished")
+    running = JobFactory(project=member.project, stack=stack, state="running")
+    response = api.post(f"/api/jobs/{running.pk}/cancel/")
+    assert response.json()["stop_requested"] is True
+
+
+def test_it_serves_the_log_from_an_offset(api, member, stack):
+    job = JobFactory(project=member.project, stack=stack, state="running", log="époch 1\n")
+    first = api.get(f"/api/jobs/{job.pk}/log/").json()
+    assert first == {"offset": 0, "next_offset": 8, "size": 8, "data": "époch 1\n", "eof": False}
+    Job.objects.filter(pk=job.pk).update(log="époch 1\népoch 2\n", state="succeeded")
+    second = api.get(f"/api/jobs/{job.pk}/log/?offset={first['next_offset']}").json()
+    assert (second["data"], second["next_offset"], second["eof"]) == ("époch 2\n", 16, True)
+    assert api.get(f"/api/jobs/{job.pk}/log/?offset=99").json()["data"] == ""
+    assert api.get(f"/api/jobs/{job.pk}/log/?offset=2&limit=3").json()["data"] == "och"
+    response = api.get(f"/api/jobs/{job.pk}/log/?offset=-1")
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+
+
+def test_it_requires_authentication(stack):
+    anonymous = APIClient()
+    for method, path in [("get", "/api/jobs/"), ("post", "/api/jobs/")]:
+        response = getattr(anonymous, method)(path)
+        assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
+
+
+def test_it_refuses_users_outside_any_approved_project(stack):
+    applied = PartnerMembershipFactory(project__slug="speech", project__state="applied")
+    for user in (UserFactory(), applied.user):
+        response = as_user(user).post("/api/jobs/", body(), format="json")
+        assert response.status_code == 400
+        assert response.json()["errors"] == {
+            "project": ["speech is not one of your approved partner projects."]
+        }
+    assert as_user(UserFactory()).get("/api/jobs/").json()["results"] == []
+    assert not Job.objects.exists()
