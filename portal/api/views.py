@@ -389,20 +389,21 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def log(self, request, pk=None):
         """The job's output as the portal keeps it (its last JOBS_MAX_LOG_KB KiB), from `offset`.
 
-        Poll with `next_offset` until `eof`. Offsets count characters of the kept text.
+        Poll with `next_offset` until `eof`. Offsets count characters from the log's very
+        start; the portal keeps the tail, so an offset before it starts where the kept text does.
         """
         job = self.get_object()
         offset = _non_negative(request, "offset", 0)
         limit = min(_non_negative(request, "limit", LOG_LIMIT), LOG_LIMIT)
-        text = Job.objects.values_list("log", flat=True).get(pk=job.pk)
-        start = min(offset, len(text))
+        text, dropped = Job.objects.values_list("log", "log_dropped").get(pk=job.pk)
+        start = min(max(offset - dropped, 0), len(text))
         data = text[start : start + limit]
         end = start + len(data)
         return Response(
             {
-                "offset": start,
-                "next_offset": end,
-                "size": len(text),
+                "offset": dropped + start,
+                "next_offset": dropped + end,
+                "size": dropped + len(text),
                 "data": data,
                 "eof": job.state in Job.FINISHED and end == len(text),
             }

@@ -77,6 +77,8 @@ class Job(models.Model):
     # (the tail is kept); log_offset is how far the host's log has been read.
     log = models.TextField(blank=True)
     log_offset = models.PositiveBigIntegerField(default=0)
+    # Characters cut from the start of `log` to keep its tail: API offsets stay stable.
+    log_dropped = models.PositiveBigIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -136,9 +136,13 @@ class JobPass:
         answer = self.client.job_logs(job=job.session_name, offset=job.log_offset, limit=LOG_CHUNK)
         if answer.get("offset", job.log_offset) == job.log_offset:
             return
-        text = (job.log + answer.get("data", ""))[-settings.JOBS_MAX_LOG_KB * 1024 :]
-        Job.objects.filter(pk=job.pk).update(log=text, log_offset=answer["offset"])
-        job.log, job.log_offset = text, answer["offset"]
+        whole = job.log + answer.get("data", "")
+        text = whole[-settings.JOBS_MAX_LOG_KB * 1024 :]
+        dropped = job.log_dropped + len(whole) - len(text)
+        Job.objects.filter(pk=job.pk).update(
+            log=text, log_offset=answer["offset"], log_dropped=dropped
+        )
+        job.log, job.log_offset, job.log_dropped = text, answer["offset"], dropped
 
     def _finish(self, job: Job, state: str, **fields) -> None:
         if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):

@@ -197,6 +197,16 @@ def test_it_serves_the_log_from_an_offset(api, member, stack):
     assert response.status_code == 400 and response.json()["code"] == "invalid"
 
 
+def test_it_keeps_log_offsets_stable_when_the_portal_keeps_only_the_tail(api, member, stack):
+    # 100 characters were dropped from the start; the kept text is what followed them.
+    job = JobFactory(project=member.project, stack=stack, state="succeeded", log="tail\n",
+                     log_dropped=100)  # fmt: skip
+    read = api.get(f"/api/jobs/{job.pk}/log/?offset=102").json()
+    assert (read["offset"], read["data"], read["next_offset"]) == (102, "il\n", 105)
+    early = api.get(f"/api/jobs/{job.pk}/log/?offset=10").json()  # before the kept text
+    assert (early["offset"], early["data"], early["size"]) == (100, "tail\n", 105)
+
+
 def test_it_requires_authentication(stack):
     anonymous = APIClient()
     for method, path in [("get", "/api/jobs/"), ("post", "/api/jobs/")]:
