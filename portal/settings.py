@@ -310,6 +310,7 @@ JOBS_USAGE_HALF_LIFE_HOURS = envint("JOBS_USAGE_HALF_LIFE_HOURS", 7 * 24)
 JOBS_STOP_GRACE_SECONDS = envint("JOBS_STOP_GRACE_SECONDS", 120)
 JOBS_MAX_ARCHIVE_MB = envint("JOBS_MAX_ARCHIVE_MB", 64)  # an uploaded input archive
 JOBS_MAX_LOG_KB = envint("JOBS_MAX_LOG_KB", 1024)  # of a job's log kept in the portal
+JOBS_MAX_OUTPUT_MB = envint("JOBS_MAX_OUTPUT_MB", 64)  # of a job's output kept, compressed
 JOBS_MAX_REQUEUES = envint("JOBS_MAX_REQUEUES", 3)  # after a host failure, then it fails
 # A host unreachable this long has failed: its jobs go back to the queue.
 JOBS_HOST_FAILURE_SECONDS = envint("JOBS_HOST_FAILURE_SECONDS", 300)

@@ -144,5 +144,8 @@ class AgentClient:
     def job_logs(self, *, job: str, offset: int, limit: int) -> dict:
         return self.call("job-logs", job=job, offset=offset, limit=limit)
 
+    def job_output(self, *, job: str, limit: int) -> dict:
+        return self.call("job-output", job=job, limit=limit)
+
     def job_clean(self, *, job: str) -> dict:
         return self.call("job-clean", job=job)

@@ -79,6 +79,8 @@ class Job(models.Model):
     log_offset = models.PositiveBigIntegerField(default=0)
     # Characters cut from the start of `log` to keep its tail: API offsets stay stable.
     log_dropped = models.PositiveBigIntegerField(default=0)
+    # What the job left in $PORTERBOX_OUTPUT, fetched from the host when it ended (a .tar.gz).
+    output = models.FileField(upload_to="jobs/output/", blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -130,6 +130,15 @@ def job_log(request, pk):
     response = HttpResponse(job.log, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.log"'
     return response
+
+
+@login_required
+def job_output(request, pk):
+    job = _visible_job(request, pk)
+    if not job.output:
+        raise Http404("This job kept no output.")
+    return FileResponse(job.output.open("rb"), as_attachment=True,
+                        filename=f"job-{job.pk}-output.tar.gz")  # fmt: skip
 
 
 @login_required

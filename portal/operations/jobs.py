@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.db.models import Prefetch
 
 from portal.booking.models import Allocation
@@ -127,6 +128,7 @@ class JobPass:
                 self.client.job_stop(job=job.session_name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
             return
         final = J.CANCELLED if state == "stopped" else FINISHED.get(state, J.FAILED)
+        self._keep_output(job)
         self._finish(job, final, exit_status=status.get("exit_status"))
         self.client.job_clean(job=job.session_name)
         self.done.append(f"{job.session_name} {final}")
@@ -143,6 +145,21 @@ class JobPass:
             log=text, log_offset=answer["offset"], log_dropped=dropped
         )
         job.log, job.log_offset, job.log_dropped = text, answer["offset"], dropped
+
+    def _keep_output(self, job: Job) -> None:
+        """Fetch what the job left in its output directory before the host removes it."""
+        limit = settings.JOBS_MAX_OUTPUT_MB * 1024 * 1024
+        answer = self.client.job_output(job=job.session_name, limit=limit)
+        if answer.get("too_large"):
+            note = f"Its output is over {settings.JOBS_MAX_OUTPUT_MB} MB compressed; not kept."
+            Job.objects.filter(pk=job.pk).update(last_error=note)
+        elif answer.get("archive"):
+            job.output.save(
+                f"job-{job.pk}-output.tar.gz",
+                ContentFile(base64.b64decode(answer["archive"])),
+                save=False,
+            )
+            Job.objects.filter(pk=job.pk).update(output=job.output.name)
 
     def _finish(self, job: Job, state: str, **fields) -> None:
         if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):

@@ -91,8 +91,11 @@ FIELDS = {
     "job-stop": frozenset({"job", "grace_s"}),
     "job-logs": frozenset({"job", "offset", "limit"}),
     "job-clean": frozenset({"job"}),
+    "job-output": frozenset({"job", "limit"}),
 }
-JOB_VERBS = frozenset({"job-start", "job-status", "job-stop", "job-logs", "job-clean"})
+JOB_VERBS = frozenset(
+    {"job-start", "job-status", "job-stop", "job-logs", "job-clean", "job-output"}
+)
 
 
 class AgentError(Exception):

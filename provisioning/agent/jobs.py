@@ -33,6 +33,7 @@ import posixpath
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -86,6 +87,8 @@ SETUID_DROPPED_ENV = frozenset(
 # How long job-stop waits for the supervisor to record the end before it answers anyway
 # (the portal's SSH command timeout is 60 s); the stop goes on, and job-status tells the end.
 STOP_WAIT_S = 20
+# The most of a finished job's output/ that job-output hands the portal, compressed.
+MAX_OUTPUT_BYTES = 256 * 1024 * 1024
 LOCK_WAIT_S = 5
 SUPERVISOR_GONE = "the supervisor ended without recording an outcome (a reboot or a crash)"
 # Where this copy of the agent was imported from: the supervisor runs the same code.
@@ -117,6 +120,8 @@ def validate(verb: str, fields: dict, config: h.Config) -> dict:
     elif verb == "job-logs":
         cleaned["offset"] = _integer("offset", fields["offset"], 0, 2**62)
         cleaned["limit"] = _integer("limit", fields["limit"], 1, MAX_LOG_CHUNK)
+    elif verb == "job-output":
+        cleaned["limit"] = _integer("limit", fields["limit"], 1, MAX_OUTPUT_BYTES)
     return cleaned
 
 
@@ -264,6 +269,8 @@ def execute(verb: str, fields: dict, config: h.Config) -> dict:
         return job_logs(config, **fields)
     if verb == "job-clean":
         return job_clean(config, **fields)
+    if verb == "job-output":
+        return job_output(config, **fields)
     return job_status(config, **fields)
 
 
@@ -449,6 +456,45 @@ def job_clean(config: h.Config, *, job: str) -> dict:
             wait_child(as_account(account, lambda: shutil.rmtree(work, ignore_errors=True)))
     shutil.rmtree(directory)
     return {"job": job, "removed": True}
+
+
+def job_output(config: h.Config, *, job: str, limit: int) -> dict:
+    """The finished job's output/ as a .tar.gz (base64), made as the account, so that nothing
+    the account could not read itself gets in; links are stored as links, never followed."""
+    answer = {"job": job, "archive": None, "bytes": 0, "too_large": False}
+    record = read_job(config.state_dir, job)
+    if record is None:
+        return answer
+    if supervised(config.state_dir, job):
+        raise h.AgentError("job_running", f"job: {job} is running; its output is not final")
+    account = _account(record, config)
+    if account is None:
+        return answer
+    output = os.path.join(account.pw_dir, "jobs", job, "output")
+    read_end, write_end = os.pipe()
+
+    def pack() -> None:
+        os.close(read_end)
+        with os.fdopen(write_end, "wb") as pipe, tarfile.open(fileobj=pipe, mode="w|gz") as tar:
+            if os.path.isdir(output):
+                tar.add(output, arcname="output")
+
+    pid = as_account(account, pack)
+    os.close(write_end)
+    data = bytearray()
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read(1 << 20):
+            if len(data) + len(chunk) > limit:
+                answer["too_large"] = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            data += chunk
+    if wait_child(pid) != 0 and not answer["too_large"]:
+        raise h.AgentError("command_failed", f"job: packing the output of {job} failed")
+    answer["bytes"] = len(data)
+    if not answer["too_large"]:
+        answer["archive"] = base64.b64encode(bytes(data)).decode()
+    return answer
 
 
 def _account(record: dict, config: h.Config) -> pwd.struct_passwd | None:

@@ -374,3 +374,21 @@ def test_it_lets_staff_read_and_cancel_jobs_in_the_admin(client, member, stack, 
     )
     job.refresh_from_db()
     assert job.state == "cancelled"
+
+
+def test_it_offers_the_kept_output_to_the_projects_members_only(
+    client, alice, member, stack, settings, tmp_path
+):
+    from django.core.files.base import ContentFile
+
+    settings.MEDIA_ROOT = tmp_path
+    job = JobFactory(project=member.project, stack=stack, state="succeeded")
+    url = reverse("jobs:job_output", args=[job.pk])
+    assert alice.get(url).status_code == 404  # nothing kept
+    job.output.save("out.tar.gz", ContentFile(tarball({"output/model.bin": b"w"})))
+
+    response = alice.get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == job.output.open("rb").read()
+    client.force_login(UserFactory())
+    assert client.get(url).status_code == 404

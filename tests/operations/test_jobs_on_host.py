@@ -4,6 +4,7 @@ The scheduler places jobs in the database; the reconcile loop starts them on the
 the agent, copies their logs, records how they ended and frees their devices.
 """
 
+import tarfile
 from datetime import timedelta
 
 import pytest
@@ -48,7 +49,10 @@ def run_until(host, job, states, timeout=60):
     return Job.objects.get(pk=job.pk)
 
 
-def test_it_runs_a_job_on_a_free_device_and_charges_its_device_hours(registered, member, testhost):
+def test_it_runs_a_job_on_a_free_device_and_charges_its_device_hours(
+    registered, member, testhost, settings, tmp_path
+):
+    settings.MEDIA_ROOT = tmp_path
     job = submit(
         member, registered,
         'echo "hello from $(id -un) on $CUDA_VISIBLE_DEVICES with $EPOCHS"\n'
@@ -68,6 +72,8 @@ def test_it_runs_a_job_on_a_free_device_and_charges_its_device_hours(registered,
     assert timedelta(0) < held.end - held.start < timedelta(minutes=1)
     assert 0 < scheduler.month_usage(timezone.now())[member.project_id] < 1 / 60
     assert not testhost.exists(f"/var/lib/porterbox/jobs/j{job.pk}")  # cleaned on the host
+    with tarfile.open(fileobj=job.output.open("rb"), mode="r:gz") as kept:
+        assert kept.extractfile("output/model.bin").read() == b"weights\n"
 
 
 def test_a_job_that_would_overlap_a_reservation_waits(registered, member, person):
