@@ -81,7 +81,7 @@ def main() -> None:
     host = TestHost(["nvidia0", "nvidia1", "nvidiactl"]).start(tmp / "host")
     worker = None
     try:
-        prepare_host(host, portal_key.with_suffix(".pub"))
+        prepare_host(host, portal_key.with_suffix(".pub"), tmp / "ansible")
         os.environ["PORTAL_SSH_KEY_FILE"] = str(portal_key)
         from django.conf import settings
 

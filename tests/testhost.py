@@ -11,7 +11,8 @@ the host's PID 1, which takes every process and mount with it, and removes the d
         host.exec(["id", "porterbox"])
 
 The host starts bare: the portal's files, accounts and group that this machine may have are
-hidden from it (see AGENT_PATHS), and so are all accounts but Debian's own.
+hidden from it (see AGENT_PATHS), and so are all accounts but Debian's own; root's home is a
+fresh Debian one.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ NEEDED = (
     "unshare", "nsenter", "pivot_root", "runuser", "sshd", "ssh-keygen", "schroot", "setfacl",
     "sudo", "visudo", "busybox",
 )  # fmt: skip
-# Directories the host shares with this machine, copy-on-write.
-OVERLAID = ("usr", "etc", "var", "opt", "srv", "root")
+# Directories the host shares with this machine, copy-on-write. Not /root: the host's root has
+# a fresh Debian home, not this machine's dotfiles (which every SSH session as root would run).
+OVERLAID = ("usr", "etc", "var", "opt", "srv")
 DEFAULT_NODES = ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl")
 # The busybox applets a stack's chroot offers: enough for the tests' logins.
 APPLETS = (
@@ -73,6 +75,8 @@ done
 for link in $2; do ln -s "${link#*=}" "$R/${link%%%%=*}"; done
 mkdir -m 0755 "$R/home" "$R/run" "$R/proc" "$R/sys" "$R/dev" "$R/.oldroot"
 mkdir -m 1777 "$R/tmp"
+mkdir -m 0700 "$R/root"
+for f in bashrc profile; do cp "/usr/share/base-files/dot.$f" "$R/root/.$f"; done
 mount -t tmpfs -o mode=0755 home "$R/home"
 mount -t tmpfs -o mode=1777 tmp "$R/tmp"
 mount -t tmpfs -o mode=0755 run "$R/run"
@@ -193,6 +197,7 @@ class TestHost:
             pid = self._unshare.pid
             self.pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
             self._make_bare()
+            self._forbid_daemons()
             self._setup_sshd()
             self.start_sshd()
         except BaseException:
@@ -308,6 +313,13 @@ class TestHost:
         low, high = USER_IDS
         ids = f"UID_MIN {low}\nUID_MAX {high}\nGID_MIN {low}\nGID_MAX {high}\n"
         self.write_file("/etc/login.defs", "".join(defs) + ids)
+
+    def _forbid_daemons(self) -> None:
+        """Packages installed in the host (by Ansible) must not start their daemons: nothing
+        would stop them but stop(), and they would run with this machine's network."""
+        # invoke-rc.d asks policy-rc.d first; 101 is "not allowed" (Debian's policy for chroots
+        # and containers). Without a running systemd, deb-systemd-invoke starts nothing either.
+        self.write_file("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
 
     # -- sshd -------------------------------------------------------------------------------
 
@@ -447,6 +459,11 @@ class TestHost:
         self.write_file(f"{home}/.ssh/authorized_keys", line, 0o600)
         self.run("chown", "-R", "porterbox:", f"{home}/.ssh")
         self.run("chmod", "0700", f"{home}/.ssh")
+
+    def authorize_root(self, pubkey_line: str) -> None:
+        """Let pubkey_line, and no other key, log in as root (as Ansible bootstraps a host)."""
+        self.write_file("/root/.ssh/authorized_keys", pubkey_line.strip() + "\n", 0o600)
+        self.run("chmod", "0700", "/root/.ssh")
 
     # -- stacks -----------------------------------------------------------------------------
 

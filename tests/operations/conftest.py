@@ -1,8 +1,8 @@
 """A registered test host with the agent installed, the portal's key, users who log in with ssh.
 
 The host is tests/testhost.py: this machine's system in its own namespaces, with a real sshd,
-real schroot sessions, and device nodes standing in for two NVIDIA GPUs (tests/operations/
-harness.py prepares it).
+real schroot sessions, and device nodes standing in for two NVIDIA GPUs, bootstrapped by
+ansible/site.yml (tests/operations/harness.py prepares it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from portal.booking.models import BookingPolicy, Reservation
 from portal.booking.services import reservation_create
 from portal.inventory.models import Host
 from portal.operations.agents import reset_transport
+from tests.ansible.bootstrap import missing as bootstrap_missing
 from tests.conftest import require
 from tests.factories import DriverStackFactory, UserFactory
 from tests.operations.harness import Person, host_fingerprint, prepare_host
@@ -28,23 +29,24 @@ from tests.provisioning.sshd import keygen
 from tests.testhost import TestHost
 
 
-@pytest.fixture(scope="module")
+# One host for the whole package: bootstrapping it with Ansible takes most of a minute.
+@pytest.fixture(scope="package")
 def keys_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("keys")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def portal_key(keys_dir):
     return keygen(keys_dir / "portal_ed25519")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def testhost(tmp_path_factory, portal_key):
-    missing = TestHost.missing()
+    missing = bootstrap_missing()
     require(not missing, f"{', '.join(missing)} (for the test host)")
     host = TestHost(["nvidia0", "nvidia1", "nvidiactl"]).start(tmp_path_factory.mktemp("host"))
     try:
-        yield prepare_host(host, portal_key.with_suffix(".pub"))
+        yield prepare_host(host, portal_key.with_suffix(".pub"), tmp_path_factory.mktemp("ansible"))
     finally:
         host.stop()
 

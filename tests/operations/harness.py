@@ -1,6 +1,6 @@
 """The pieces of a provisioning test on the test host, shared by the tests and bench/.
 
-A test host (tests/testhost.py) set up as Ansible will set up a real one, with device nodes
+A test host (tests/testhost.py) bootstrapped by the Ansible playbooks, with device nodes
 standing in for two NVIDIA GPUs and an `nvidia-smi` that prints the recorded output of a real
 dual RTX A5000 machine; people who log in with OpenSSH's ssh; a real Celery worker with beat.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 from django.db import connection
 
 from portal.booking.models import Reservation
+from tests.ansible.bootstrap import bootstrap
+from tests.provisioning.sshd import keygen
 from tests.testhost import TestHost
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -27,17 +29,14 @@ FAKE_SMI = "#!/bin/sh\n# Recorded output of a real machine (tests/fixtures/gpu/S
     "exec cat /usr/local/share/porterbox-test/nvidia-smi.xml\n"  # fmt: skip
 
 
-def prepare_host(host: TestHost, portal_pub: Path) -> TestHost:
-    """The agent installed, one stack (cuda-12), two GPUs, the portal's key authorized."""
-    host.add_stack("cuda-12", "cuda-12")
-    host.install_agent(
-        {
-            "devices": {"nvidia": {"0": ["/dev/nvidia0"], "1": ["/dev/nvidia1"]}},
-            "shared_nodes": {"nvidia": ["/dev/nvidiactl"]},
-            "job_min_walltime_s": 1,  # jobs that outlive their walltime in seconds, not minutes
-        }
-    )
-    host.authorize_portal(portal_pub.read_text())
+def prepare_host(host: TestHost, portal_pub: Path, tmp: Path) -> TestHost:
+    """A bare test host bootstrapped by ansible/site.yml, as a real one is (one stack, cuda-12;
+    two GPUs), plus an nvidia-smi that prints what a real one printed."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    root_key = keygen(tmp / "root_ed25519")
+    # Jobs that outlive their walltime in seconds, not minutes.
+    extra = {"porterbox_agent_job_min_walltime_s": 1}
+    bootstrap(host, portal_pub=portal_pub, root_key=root_key, tmp=tmp, extra_vars=extra)
     host.write_file("/usr/local/share/porterbox-test/nvidia-smi.xml", SMI_XML.read_text())
     host.write_file("/usr/bin/nvidia-smi", FAKE_SMI, 0o755)  # where Debian puts it
     return host

@@ -27,7 +27,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 # What a login prints: the session's chroot, the devices the frameworks will pick, and which
 # device nodes the user can open for writing.
 PROBE = (
-    "cat /etc/stack-marker; echo CUDA=$CUDA_VISIBLE_DEVICES; "
+    "cat /etc/debian_chroot; echo CUDA=$CUDA_VISIBLE_DEVICES; "
     "for n in 0 1; do if echo x > /dev/nvidia$n; then echo open$n; else echo denied$n; fi; done"
 )
 

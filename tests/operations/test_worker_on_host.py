@@ -35,7 +35,7 @@ def test_it_gives_a_login_within_seconds_of_the_start(registered, person, worker
     reservation = book_now(frank, registered, [0])
 
     wait_for(lambda: state_of(reservation) == S.ACTIVE, timeout=60, what="the session")
-    login = frank.ssh("cat /etc/stack-marker; echo $CUDA_VISIBLE_DEVICES")
+    login = frank.ssh("cat /etc/debian_chroot; echo $CUDA_VISIBLE_DEVICES")
     assert login.stdout.split() == ["cuda-12", "0"], (login.stderr, w.log[-3000:])
     wait_for(lambda: "is ready" in w.mails(), timeout=10, what="the ready mail")
     assert f"To: {frank.user.email}" in w.mails()
