@@ -127,16 +127,11 @@ def copy(cursor, table: str, columns: str, rows) -> None:
     cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", buf)
 
 
-def load(scale: int, now) -> dict:
-    """Fleet, users with tokens and the calendar; returns what the later phases book into."""
-    from django.db import connection
-    from rest_framework.authtoken.models import Token
-
-    from portal.accounts.models import User
-    from portal.booking.availability import floor_to
+def make_fleet(scale: int = 1):
+    """FLEET's hosts (8 devices each) and STACKS, written; (stacks by name, [(host, stack
+    name)], accelerators). Shared with bench/scheduler.py."""
     from portal.inventory.models import Accelerator, DriverStack, Host
 
-    rng = random.Random(SEED)
     stacks = {
         s.name: s
         for s in DriverStack.objects.bulk_create(
@@ -156,6 +151,19 @@ def load(scale: int, now) -> dict:
         Host.stacks.through(host=h, driverstack=stacks[s]) for h, s in hosts
     )
     Accelerator.objects.bulk_create(accs)
+    return stacks, hosts, accs
+
+
+def load(scale: int, now) -> dict:
+    """Fleet, users with tokens and the calendar; returns what the later phases book into."""
+    from django.db import connection
+    from rest_framework.authtoken.models import Token
+
+    from portal.accounts.models import User
+    from portal.booking.availability import floor_to
+
+    rng = random.Random(SEED)
+    stacks, hosts, accs = make_fleet(scale)
     users = User.objects.bulk_create(
         User(username=f"bench{i:03d}", password="!", debian_member_source="staff")  # noqa: S106  (unusable)
         for i in range(300 // scale)

@@ -41,28 +41,10 @@ def load(now) -> None:
 
     from portal.accounts.models import PartnerProject, User
     from portal.booking.availability import floor_to
-    from portal.inventory.models import Accelerator, DriverStack, Host
     from portal.jobs.models import Job
 
     rng = random.Random(bb.SEED)
-    stacks = {
-        s.name: s
-        for s in DriverStack.objects.bulk_create(
-            DriverStack(name=n, hwspecs=k, chroot=n) for n, k in bb.STACKS.items()
-        )
-    }
-    hosts, accs = [], []
-    for vendor, model, arch, mib, stack, count in bb.FLEET:
-        for _ in range(count):
-            name = f"{vendor}{len(hosts) + 1:03d}"
-            hosts.append((Host(name=name, fqdn=f"{name}.bench.test"), stack))
-            spec = {"vendor": vendor, "model": model, "arch": arch, "memory_mib": mib}
-            accs += [Accelerator(host=hosts[-1][0], index=i, **spec) for i in range(8)]
-    Host.objects.bulk_create(h for h, _ in hosts)
-    Host.stacks.through.objects.bulk_create(
-        Host.stacks.through(host=h, driverstack=stacks[s]) for h, s in hosts
-    )
-    Accelerator.objects.bulk_create(accs)
+    stacks, _, accs = bb.make_fleet()
     user = User.objects.create(username="bench", debian_member_source="staff")
     projects = PartnerProject.objects.bulk_create(
         PartnerProject(

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning.agent import hostctl, jobrun, jobs
+from tests.provisioning.agent_requests import ask, assert_refused, spy_commands
 
 CONFIG = {
     "stacks": {"bookworm": {"chroot": "porterbox-bookworm"}},
@@ -64,24 +65,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def commands(monkeypatch):
-    """Every command the agent would have run, and every supervisor it would have started."""
-    calls = []
-    monkeypatch.setattr(hostctl, "run", lambda argv, **kwargs: calls.append(argv))
-    monkeypatch.setattr(jobs, "spawn_supervisor", lambda *args: calls.append(["jobrun", *args]))
-    return calls
-
-
-def ask(config, request) -> dict:
-    raw = request if isinstance(request, bytes) else json.dumps(request).encode()
-    return hostctl.handle(raw, config)
-
-
-def assert_refused(answer, code, field, config, commands):
-    assert answer["ok"] is False
-    assert answer["error"]["code"] == code, answer
-    assert answer["error"]["message"].startswith(field), answer
-    assert commands == []
-    assert not os.path.exists(config.state_dir)
+    return spy_commands(monkeypatch)
 
 
 def make_archive(*members: tarfile.TarInfo) -> str:

@@ -8,7 +8,6 @@ write nothing. The real grant, revoke and login are tested on the container test
 import base64
 import io
 import json
-import os
 import pwd
 import struct
 
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 from provisioning.accounts import RESERVED, keys_digest
 from provisioning.agent import apt, hostctl, login
+from tests.provisioning.agent_requests import ask, assert_refused, spy_commands
 
 
 def _ssh_string(data: bytes) -> bytes:
@@ -76,23 +76,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def commands(monkeypatch):
-    """Every command the agent would have run; none ever runs for real here."""
-    calls = []
-    monkeypatch.setattr(hostctl, "run", lambda argv, **kwargs: calls.append(argv))
-    return calls
-
-
-def ask(config, request) -> dict:
-    raw = request if isinstance(request, bytes) else json.dumps(request).encode()
-    return hostctl.handle(raw, config)
-
-
-def assert_refused(answer, code, field, config, commands):
-    assert answer["ok"] is False
-    assert answer["error"]["code"] == code, answer
-    assert answer["error"]["message"].startswith(field), answer
-    assert commands == []
-    assert not os.path.exists(config.state_dir)
+    return spy_commands(monkeypatch)
 
 
 # -- hostile field values ---------------------------------------------------------------------
