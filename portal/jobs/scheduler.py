@@ -190,32 +190,61 @@ def _quota_reason(job: Job, project: PartnerProject, used: float, held: int) -> 
     return ""
 
 
+class FairShare:
+    """Whose turn it is: the project with the least decayed usage per share, ties to the one
+    whose next job waited longest. Each project's jobs wait in a queue, oldest first; a turn's
+    job is charged to its project (devices x walltime) before the project's next turn."""
+
+    def __init__(self, jobs: list[Job], usage: dict[int, float]):
+        self.usage = usage
+        self.queues: dict[int, deque[Job]] = defaultdict(deque)
+        self.projects: dict[int, PartnerProject] = {}
+        for job in jobs:  # in waiting order
+            self.queues[job.project_id].append(job)
+            self.projects[job.project_id] = job.project
+        self._heap = [self._key(p) for p in self.queues]
+        heapq.heapify(self._heap)
+
+    def _key(self, p: int) -> tuple:
+        return (self.usage[p] / max(self.projects[p].share, 1), self.queues[p][0].queued_at, p)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def next_turn(self) -> int:
+        """The project whose turn it is; call done(p) when its turn is over."""
+        return heapq.heappop(self._heap)[-1]
+
+    def charge(self, job: Job) -> float:
+        hours = job.count * job.walltime / HOUR
+        self.usage[job.project_id] += hours
+        return hours
+
+    def done(self, p: int) -> None:
+        if self.queues[p]:
+            heapq.heappush(self._heap, self._key(p))
+
+
+def waiting_jobs():
+    return Job.objects.filter(state__in=Job.WAITING).select_related("stack", "project", "submitter")
+
+
 def plan(now: datetime) -> PassResult:
     """Which waiting jobs go where now, and why the others wait; writes nothing."""
     waiting = list(
-        Job.objects.filter(state__in=Job.WAITING, project__state=PartnerProject.State.APPROVED)
-        .select_related("stack", "project")
+        waiting_jobs()
+        .filter(project__state=PartnerProject.State.APPROVED)
         .order_by("queued_at", "pk")
     )
     result = PassResult()
     if not waiting:
         return result
-    usage, used, held = decayed_usage(now), month_usage(now), _held_devices(now)
+    turns = FairShare(waiting, decayed_usage(now))
+    used, held = month_usage(now), _held_devices(now)
     placer = _Placer(now, _devices(now))
-    queues: dict[int, deque[Job]] = defaultdict(deque)
-    projects = {}
-    for job in waiting:
-        queues[job.project_id].append(job)
-        projects[job.project_id] = job.project
-
-    def turn(p: int) -> tuple:
-        return (usage[p] / max(projects[p].share, 1), queues[p][0].queued_at, p)
-
-    heap = [turn(p) for p in queues]
-    heapq.heapify(heap)
-    while heap:
-        p = heapq.heappop(heap)[-1]
-        project, queue = projects[p], queues[p]
+    while turns:
+        p = turns.next_turn()
+        project, queue = turns.projects[p], turns.queues[p]
         while queue:
             job = queue.popleft()
             reason = _quota_reason(job, project, used[p], held[p])
@@ -227,13 +256,10 @@ def plan(now: datetime) -> PassResult:
                 )
                 continue
             result.placed[job.pk] = devices
-            hours = job.count * job.walltime / HOUR
-            usage[p] += hours
-            used[p] += hours
+            used[p] += turns.charge(job)
             held[p] += job.count
             break
-        if queue:
-            heapq.heappush(heap, turn(p))
+        turns.done(p)
     return result
 
 

@@ -6,8 +6,7 @@ time (availability is computed, not stored), with the scheduler's own usage func
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +17,7 @@ from portal.booking.availability import Need, availability, ceil_to
 from portal.booking.models import Allocation, BookingPolicy
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.jobs.models import Job
-from portal.jobs.scheduler import decayed_usage, stop_grace
+from portal.jobs.scheduler import FairShare, decayed_usage, stop_grace, waiting_jobs
 
 HOUR = timedelta(hours=1)
 ESTIMATED = 50  # waiting jobs that get a start estimate: each costs an availability search
@@ -41,37 +40,18 @@ def waiting_in_order(now: datetime) -> tuple[list[Job], list[Job]]:
     does not (no free devices, a quota) is passed over by the scheduler, and its wait reason says
     why. Jobs of projects that are not approved never start; they come second.
     """
-    waiting = (
-        Job.objects.filter(state__in=Job.WAITING)
-        .select_related("project", "stack", "submitter")
-        .order_by("queued_at", "pk")
-    )
-    queues: dict[int, deque[Job]] = defaultdict(deque)
-    projects: dict[int, PartnerProject] = {}
-    held_back = []
-    for job in waiting:
-        if job.project.state != PartnerProject.State.APPROVED:
-            held_back.append(job)
-            continue
-        queues[job.project_id].append(job)
-        projects[job.project_id] = job.project
-    if not queues:
-        return [], held_back
-    usage = decayed_usage(now)
-
-    def turn(p: int) -> tuple:
-        return (usage[p] / max(projects[p].share, 1), queues[p][0].queued_at, p)
-
-    heap = [turn(p) for p in queues]
-    heapq.heapify(heap)
+    approved, held_back = [], []
+    for job in waiting_jobs().order_by("queued_at", "pk"):
+        ok = job.project.state == PartnerProject.State.APPROVED
+        (approved if ok else held_back).append(job)
+    turns = FairShare(approved, decayed_usage(now))
     ordered = []
-    while heap:
-        p = heapq.heappop(heap)[-1]
-        job = queues[p].popleft()
+    while turns:
+        p = turns.next_turn()
+        job = turns.queues[p].popleft()
         ordered.append(job)
-        usage[p] += job.count * job.walltime / HOUR
-        if queues[p]:
-            heapq.heappush(heap, turn(p))
+        turns.charge(job)
+        turns.done(p)
     return ordered, held_back
 
 
