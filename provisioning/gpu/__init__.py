@@ -7,11 +7,14 @@ text (the tests feed them real captured output) and a ``probe`` that runs the to
 
 from __future__ import annotations
 
+import pwd
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 Runner = Callable[[list[str]], str]
+Owner = Callable[[int], str | None]  # pid -> user, see process_owner
 
 # Long enough for a cold driver to answer on a host with many devices, short enough that a hung
 # tool cannot stall provisioning.
@@ -27,6 +30,29 @@ class Device:
     uuid: str  # "" where the tool reports none
     pci_bus_id: str  # as the tool prints it, e.g. "00000000:01:00.0"; "" if unknown
     arch: str  # "sm_90", "gfx90a", ...; "" if unknown
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    user: str | None  # the owner's login name (its uid as text if it has none); None if unknown
+    used_memory_mib: int | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One telemetry reading of one device; a value the tool does not report is None."""
+
+    vendor: str
+    index: int  # the same numbering as Device.index
+    utilization_pct: float | None
+    memory_used_mib: int | None
+    temperature_c: float | None
+    power_w: float | None
+    processes: list[Process] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,3 +101,41 @@ def probe_all(runner: Runner | None = None, *, nvml=None) -> list[Device]:
     for vendor in (amd, intel, fpga):
         devices.extend(vendor.probe(runner))
     return devices
+
+
+def process_owner(pid: int, proc_root: str | Path = "/proc") -> str | None:
+    """The login name of the real uid in ``<proc_root>/<pid>/status``; None if it cannot be read.
+
+    A uid without a passwd entry (a container's user, say) is returned as its number.
+    """
+    try:
+        status = (Path(proc_root) / str(pid) / "status").read_text()
+    except OSError:  # the process has ended, or /proc is hidden from us
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                return None
+            try:
+                return pwd.getpwuid(int(fields[1])).pw_name
+            except KeyError:
+                return fields[1]
+    return None
+
+
+def sample_all(
+    runner: Runner | None = None, *, nvml=None, owner: Owner | None = None
+) -> list[Sample]:
+    """A telemetry sample of every device of every vendor on this host, like ``probe_all``.
+
+    A vendor whose tool is absent contributes nothing; a tool that is present but fails raises
+    ProbeError. ``owner`` maps a pid to its user (default: ``process_owner`` on /proc).
+    """
+    from provisioning.gpu import amd, fpga, intel, nvidia
+
+    runner = runner or run_tool
+    samples = nvidia.sample(nvml, runner=runner, owner=owner or process_owner)
+    for vendor in (amd, intel, fpga):
+        samples.extend(vendor.sample(runner))
+    return samples

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from provisioning.gpu import Device, ProbeError, Runner
+from provisioning.gpu import Device, ProbeError, Runner, Sample
 
 AMD_SMI = ["amd-smi", "static", "--json"]
 ROCM_SMI = [
@@ -15,6 +15,17 @@ ROCM_SMI = [
     "vram",
     "--showuniqueid",
     "--showbus",
+    "--json",
+]
+ROCM_SMI_SAMPLE = [
+    "rocm-smi",
+    "--showuse",
+    "--showmemuse",
+    "--showmeminfo",
+    "vram",
+    "--showtemp",
+    "--showpower",
+    "--showpids",
     "--json",
 ]
 MIB = 1024 * 1024
@@ -128,3 +139,69 @@ def _amd_smi_mib(size, index: int) -> int:
     if factor is None or not str(value).isdigit():
         raise ProbeError(f"amd-smi: GPU {index} VRAM size {size!r} is not understood")
     return int(value) * factor
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+def sample(runner: Runner) -> list[Sample]:
+    """One telemetry sample per GPU rocm-smi sees; [] where rocm-smi is not installed."""
+    try:
+        return parse_rocm_smi_samples(runner(ROCM_SMI_SAMPLE))
+    except FileNotFoundError:
+        return []
+
+
+# Edge is the board temperature rocm-smi has always printed; MI300-class GPUs have no edge
+# sensor (N/A), so the junction (hotspot) reading stands in.
+_TEMPERATURE_KEYS = ("temperature (sensor edge) (c)", "temperature (sensor junction) (c)")
+# ROCm up to 6.1 prints the average package power; later releases print the current socket
+# power for GPUs that only have that one.
+_POWER_KEYS = ("average graphics package power (w)", "current socket graphics package power (w)")
+
+
+def parse_rocm_smi_samples(text: str) -> list[Sample]:
+    """Telemetry from ``rocm-smi --showuse ... --json``; "N/A" or a missing field is None.
+
+    Processes are left empty: rocm-smi's ``--showpids`` table names the GPUs a process uses but
+    not which one holds its VRAM, and no recorded JSON of it was at hand to map it from.
+    """
+    data = _load_json(text, "rocm-smi")
+    if not isinstance(data, dict):
+        raise ProbeError("rocm-smi JSON is not an object of cardN entries")
+    cards = sorted(
+        (int(match.group(1)), card)
+        for key, card in data.items()
+        if (match := re.fullmatch(r"card(\d+)", key))
+    )
+    if not cards:
+        raise ProbeError("rocm-smi JSON has no cardN entry")
+    return [_rocm_sample(index, card) for index, card in cards]
+
+
+def _rocm_number(fields: dict, keys: tuple[str, ...], index: int) -> float | None:
+    for key in keys:
+        text = _na(fields.get(key))
+        if not text:
+            continue
+        try:
+            return float(text)
+        except ValueError as exc:
+            raise ProbeError(f"rocm-smi: card{index} {key!r} is {text!r}, not a number") from exc
+    return None
+
+
+def _rocm_sample(index: int, card) -> Sample:
+    if not isinstance(card, dict):
+        raise ProbeError(f"rocm-smi: card{index} is not an object")
+    fields = {key.lower(): value for key, value in card.items()}
+    used = _rocm_number(fields, ("vram total used memory (b)",), index)
+    return Sample(
+        vendor="amd",
+        index=index,
+        utilization_pct=_rocm_number(fields, ("gpu use (%)",), index),
+        memory_used_mib=None if used is None else int(used) // MIB,
+        temperature_c=_rocm_number(fields, _TEMPERATURE_KEYS, index),
+        power_w=_rocm_number(fields, _POWER_KEYS, index),
+        processes=[],
+    )

@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from provisioning.gpu import Device, ProbeError, Runner
+from provisioning.gpu import Device, ProbeError, Runner, Sample
 
 # Recent XRT releases ship xbutil as xrt-smi; the report is the same.
 TOOLS = ("xbutil", "xrt-smi")
@@ -73,4 +73,31 @@ def _device(index: int, entry) -> Device:
         uuid="",
         pci_bus_id=str(entry["bdf"]),
         arch="",
+    )
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+def sample(runner: Runner) -> list[Sample]:
+    """A sample per card the examine report lists; [] without xbutil/xrt-smi."""
+    return [_empty_sample(device) for device in probe(runner)]
+
+
+def parse_xbutil_examine_samples(text: str) -> list[Sample]:
+    """Telemetry from the host examine report: it lists the cards but measures nothing, so
+    every value is None (the per-card ``examine -d BDF -r thermal electrical`` report has the
+    temperature and power; no recorded one was at hand, so it is not read yet)."""
+    return [_empty_sample(device) for device in parse_xbutil_examine(text)]
+
+
+def _empty_sample(device: Device) -> Sample:
+    return Sample(
+        vendor="fpga",
+        index=device.index,
+        utilization_pct=None,
+        memory_used_mib=None,
+        temperature_c=None,
+        power_w=None,
+        processes=[],
     )

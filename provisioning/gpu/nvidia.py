@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
-from provisioning.gpu import Device, ProbeError, Runner
+from provisioning.gpu import Device, Owner, ProbeError, Process, Runner, Sample
 
 SMI_XML = ["nvidia-smi", "-q", "-x"]
 MIB = 1024 * 1024
@@ -100,4 +101,144 @@ def _smi_gpu(gpu: ET.Element, index: int) -> Device:
         uuid=field("uuid"),
         pci_bus_id=field("pci/pci_bus_id"),
         arch="",
+    )
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+def sample(nvml=None, *, runner: Runner | None = None, owner: Owner | None = None) -> list[Sample]:
+    """One telemetry sample per GPU NVML sees (``nvidia-smi -q -x`` without pynvml); [] where
+    there is no NVIDIA driver or library. ``owner`` names the user of each process's pid."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return _with_owners(_sample_smi(runner), owner)
+    try:
+        nvml.nvmlInit()
+    except (nvml.NVMLError_LibraryNotFound, nvml.NVMLError_DriverNotLoaded):
+        return []
+    except nvml.NVMLError as exc:
+        raise ProbeError(f"NVML could not start: {exc}") from exc
+    try:
+        samples = [_nvml_sample(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
+    except nvml.NVMLError as exc:
+        raise ProbeError(f"NVML query failed: {exc}") from exc
+    finally:
+        nvml.nvmlShutdown()
+    return _with_owners(samples, owner)
+
+
+def _with_owners(samples: list[Sample], owner: Owner | None) -> list[Sample]:
+    if owner is None:
+        return samples
+    return [
+        replace(s, processes=[replace(p, user=owner(p.pid)) for p in s.processes]) for s in samples
+    ]
+
+
+def _nvml_sample(nvml, index: int) -> Sample:
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+
+    def optional(query):
+        # A GPU that does not measure something (GeForce power, MIG utilization) says so.
+        try:
+            return query()
+        except nvml.NVMLError_NotSupported:
+            return None
+
+    utilization = optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    temperature = optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    milliwatts = optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+    processes = optional(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)) or []
+    return Sample(
+        vendor="nvidia",
+        index=index,
+        utilization_pct=None if utilization is None else float(utilization),
+        memory_used_mib=nvml.nvmlDeviceGetMemoryInfo(handle).used // MIB,
+        temperature_c=None if temperature is None else float(temperature),
+        power_w=None if milliwatts is None else milliwatts / 1000,
+        processes=[
+            Process(
+                pid=int(p.pid),
+                user=None,
+                # pynvml gives None where the driver cannot tell (Windows WDDM).
+                used_memory_mib=None if p.usedGpuMemory is None else p.usedGpuMemory // MIB,
+            )
+            for p in processes
+        ],
+    )
+
+
+def _sample_smi(runner: Runner | None) -> list[Sample]:
+    from provisioning.gpu import run_tool
+
+    try:
+        return parse_smi_xml_samples((runner or run_tool)(SMI_XML))
+    except FileNotFoundError:
+        return []
+
+
+def parse_smi_xml_samples(text: str) -> list[Sample]:
+    """Telemetry from ``nvidia-smi -q -x``; "N/A" (or a missing element) becomes None.
+
+    The XML names no process owner, so ``user`` is None here (``sample`` fills it in). Power is
+    ``power_draw`` where the driver prints it (v11/v12 DTDs), else the v13 DTD's
+    ``average_power_draw`` (the value the v13 ``power.draw`` query field reports), else
+    ``instant_power_draw``.
+    """
+    root = _smi_root(text)
+    return [_smi_sample(gpu, index) for index, gpu in enumerate(root.findall("gpu"))]
+
+
+def _smi_root(text: str) -> ET.Element:
+    if not text or not text.strip():
+        raise ProbeError("nvidia-smi -q -x printed nothing")
+    try:
+        root = ET.fromstring(text)  # noqa: S314 - output of the local nvidia-smi
+    except ET.ParseError as exc:
+        raise ProbeError(f"nvidia-smi -q -x output is not XML: {exc}") from exc
+    if root.tag != "nvidia_smi_log":
+        raise ProbeError(f"nvidia-smi -q -x output has root <{root.tag}>, not <nvidia_smi_log>")
+    return root
+
+
+def _smi_value(element: ET.Element, paths: tuple[str, ...], unit: str, index: int) -> float | None:
+    """The first of ``paths`` that has a number, read as "<number> <unit>"; None for N/A."""
+    for path in paths:
+        text = (element.findtext(path) or "").strip()
+        if not text or text.upper() in ("N/A", "[N/A]", "UNKNOWN ERROR", "[UNKNOWN ERROR]"):
+            continue
+        match = re.fullmatch(rf"(-?\d+(?:\.\d+)?) ?{re.escape(unit)}", text)
+        if not match:
+            raise ProbeError(f"nvidia-smi -q -x: GPU {index} <{path}> {text!r} is not 'N {unit}'")
+        return float(match.group(1))
+    return None
+
+
+def _smi_sample(gpu: ET.Element, index: int) -> Sample:
+    memory_used = _smi_value(gpu, ("fb_memory_usage/used",), "MiB", index)
+    power_paths = tuple(
+        f"{section}/{name}"
+        for name in ("power_draw", "average_power_draw", "instant_power_draw")
+        for section in ("power_readings", "gpu_power_readings")
+    )
+    processes = []
+    for info in gpu.findall("processes/process_info"):
+        pid = (info.findtext("pid") or "").strip()
+        if not pid.isdigit():
+            raise ProbeError(f"nvidia-smi -q -x: GPU {index} has a process with pid {pid!r}")
+        used = _smi_value(info, ("used_memory",), "MiB", index)
+        processes.append(
+            Process(pid=int(pid), user=None, used_memory_mib=None if used is None else int(used))
+        )
+    return Sample(
+        vendor="nvidia",
+        index=index,
+        utilization_pct=_smi_value(gpu, ("utilization/gpu_util",), "%", index),
+        memory_used_mib=None if memory_used is None else int(memory_used),
+        temperature_c=_smi_value(gpu, ("temperature/gpu_temp",), "C", index),
+        power_w=_smi_value(gpu, power_paths, "W", index),
+        processes=processes,
     )
