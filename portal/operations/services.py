@@ -244,9 +244,9 @@ class _Pass:
 
     def _close_finished(self, still_on_host: set[str]) -> None:
         """Reservations whose slot is over (or that were ended) and whose session is gone."""
-        over = Reservation.objects.filter(host=self.host, state__in=CLOSING).filter(
-            Q(end__lte=self.now) | Q(state=S.ENDING)
-        )
+        over = Reservation.objects.filter(
+            host=self.host, state__in=CLOSING, revoked_at__isnull=True
+        ).filter(Q(end__lte=self.now) | Q(state=S.ENDING))
         for r in over.only("pk", "state", "end"):
             if r.session_name in still_on_host:
                 continue  # the revoke failed; the next pass tries again

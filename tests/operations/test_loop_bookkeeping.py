@@ -1,4 +1,5 @@
-"""The per-host lease keeps two workers off one host, and a dead worker's lease runs out."""
+"""The reconcile loop's bookkeeping in the database: the per-host lease, which hosts it visits,
+state transitions made once, finished reservations closed once."""
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -90,3 +91,22 @@ def test_it_makes_a_state_transition_once(db):
     assert Reservation.move(r.pk, S.PROVISIONING, from_=(S.SCHEDULED,))
     assert not Reservation.move(r.pk, S.PROVISIONING, from_=(S.SCHEDULED,))
     assert Reservation.objects.get(pk=r.pk).state == S.PROVISIONING
+
+
+def test_it_closes_a_finished_reservation_once(db):
+    from portal.operations.services import _Pass
+    from tests.factories import AcceleratorFactory, DriverStackFactory
+
+    acc = AcceleratorFactory()
+    start = timezone.now() - timedelta(hours=2)
+    r = Reservation.objects.create(
+        user=UserFactory(), host=acc.host, stack=DriverStackFactory(), start=start,
+        end=start + timedelta(hours=1), state=Reservation.State.FAILED,
+    )  # fmt: skip
+
+    _Pass(acc.host, client=None)._close_finished(still_on_host=set())
+    first = Reservation.objects.get(pk=r.pk).revoked_at
+    _Pass(acc.host, client=None)._close_finished(still_on_host=set())
+
+    assert first is not None
+    assert Reservation.objects.get(pk=r.pk).revoked_at == first  # not touched again
