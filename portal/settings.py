@@ -275,6 +275,9 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
         "control_folder": str(_broker_dir / "control"),
+        # This transport hands out one message per poll: at kombu's default of one poll a
+        # second, beat's ticks and the per-host passes they fan out would pile up and expire.
+        "polling_interval": 0.1,
     }
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True
@@ -321,12 +324,14 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile hosts": {
         "task": "portal.operations.tasks.reconcile",
         "schedule": PORTERBOX_RECONCILE_SECONDS,
-        "options": {"expires": PORTERBOX_RECONCILE_SECONDS},
+        # Long enough for a busy worker or a polling broker (the file-system one polls once a
+        # second) to take it; a pass that runs late is harmless (the per-host lease).
+        "options": {"expires": max(10, 3 * PORTERBOX_RECONCILE_SECONDS)},
     },
     "schedule training jobs": {
         "task": "portal.jobs.tasks.schedule",
         "schedule": JOBS_SCHEDULE_SECONDS,
-        "options": {"expires": JOBS_SCHEDULE_SECONDS},
+        "options": {"expires": max(10, 3 * JOBS_SCHEDULE_SECONDS)},
     },
 }
 

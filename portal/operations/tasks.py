@@ -10,8 +10,9 @@ from portal.operations import services
 def reconcile(**_kwargs) -> int:
     """Beat, every few seconds: one reconcile_host task per host the loop may talk to."""
     hosts = services.hosts_to_reconcile()
-    # A pass not started by the next tick is superseded by that tick's: let it expire.
-    expires = 2 * settings.PORTERBOX_RECONCILE_SECONDS
+    # A pass not started within a few ticks is superseded by later ones: let it expire (not
+    # sooner: a polling broker or a busy worker takes a moment to deliver it).
+    expires = max(10, 3 * settings.PORTERBOX_RECONCILE_SECONDS)
     for host in hosts:
         reconcile_host.apply_async((host.pk,), expires=expires)
     return len(hosts)

@@ -57,8 +57,11 @@ def test_it_converges_after_the_worker_is_killed_in_the_middle_of_a_grant(
         first.kill()
         assert state_of(reservation) == S.PROVISIONING  # it died before it could say more
 
-        worker(lease_seconds=30)  # the replacement waits for the dead worker's lease
-        wait_for(lambda: state_of(reservation) == S.ACTIVE, timeout=90, what="convergence")
+        second = worker(lease_seconds=30)  # the replacement waits for the dead worker's lease
+        try:
+            wait_for(lambda: state_of(reservation) == S.ACTIVE, timeout=150, what="convergence")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the worker's log ends:\n{second.log[-4000:]}") from None
     finally:
         testhost.run("mv", "/usr/sbin/useradd.real", "/usr/sbin/useradd")
     login = grace.ssh("echo $CUDA_VISIBLE_DEVICES")
