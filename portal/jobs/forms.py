@@ -9,7 +9,8 @@ from portal.booking.forms import GB
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
-from portal.jobs.services import MAX_ENV, JobError
+from portal.jobs.services import JobError
+from provisioning.agent.jobs import MAX_ENV
 
 # The service's field names -> the form's, where they differ.
 FORM_FIELD = {"walltime": "walltime_hours", "min_memory_mib": "min_memory_gb"}

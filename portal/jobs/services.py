@@ -7,7 +7,6 @@ job is refused at submission with a clear message rather than failing on a host 
 from __future__ import annotations
 
 import base64
-import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,21 +18,8 @@ from portal.booking.models import Allocation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack, Host
 from portal.jobs.models import Job
+from provisioning.agent import jobs as agent_jobs
 from provisioning.agent.hostctl import AgentError as AgentRefusal
-from provisioning.agent.jobs import check_archive
-
-ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-# Variables the loader, the shell or an interpreter reads before the script runs, and the ones
-# the agent sets itself (docs/agent.md).
-ENV_DENIED = re.compile(
-    r"PATH|HOME|SHELL|USER|LOGNAME|IFS|ENV|BASH_ENV|CDPATH|NODE_OPTIONS|LD_.*|PYTHON.*|PERL5.*"
-    r"|RUBY.*|PORTERBOX_.*|CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER|ROCR_VISIBLE_DEVICES"
-    r"|ZE_AFFINITY_MASK"
-)
-GIT_REF = re.compile(r"[A-Za-z0-9._/-]{1,100}")
-MAX_SCRIPT = 64 * 1024
-MAX_ENV = 64
-MAX_ENV_VALUE = 4096
 
 
 class JobError(Exception):
@@ -61,41 +47,41 @@ def may_manage(user: User, job: Job) -> bool:
     )
 
 
+def _agent_rule(check, value, field: str, message: str = ""):
+    """The host agent's own check of a field (docs/agent.md): one rule, here and on the host.
+    The refusal says `message` where given, else the agent's words."""
+    try:
+        return check(value)
+    except AgentRefusal as exc:
+        raise JobError(exc.code, message or exc.message, field) from None
+
+
 def check_env(env: object) -> dict[str, str]:
-    if not isinstance(env, dict) or len(env) > MAX_ENV:
-        raise JobError("bad_env", f"At most {MAX_ENV} variables, as NAME=value.", "env")
-    for name, value in env.items():
-        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
-            raise JobError("bad_env", f"{str(name)[:70]!r} is not a variable name.", "env")
-        if ENV_DENIED.fullmatch(name):
-            raise JobError("bad_env", f"{name} is set by the host, not by the job.", "env")
-        if not isinstance(value, str) or len(value) > MAX_ENV_VALUE or "\0" in value:
-            raise JobError("bad_env", f"{name}: a text of at most 4 KiB.", "env")
-    return dict(env)
+    return _agent_rule(agent_jobs.check_env, env, "env")
 
 
 def _check_input(git_url: str, git_ref: str, archive) -> None:
     if git_url and archive:
         raise JobError("bad_input", "Give a git URL or an archive, not both.", "input_git_url")
-    if git_url and not git_url.startswith("https://"):
-        raise JobError("bad_input", "The git URL must start with https://.", "input_git_url")
-    if git_ref and (not GIT_REF.fullmatch(git_ref) or git_ref.startswith(("-", "/"))):
-        raise JobError("bad_input", "Not a branch or tag name.", "input_git_ref")
+    if git_url:
+        _agent_rule(agent_jobs.check_git_url, git_url, "input_git_url")
+    if git_ref:
+        _agent_rule(agent_jobs.check_git_ref, git_ref, "input_git_ref", "Not a branch or tag name.")
     limit = settings.JOBS_MAX_ARCHIVE_MB * 1024 * 1024
     if archive is not None and archive.size > limit:
         raise JobError(
             "bad_input", f"The archive is over {settings.JOBS_MAX_ARCHIVE_MB} MB.", "input_archive"
         )
     if archive is not None:
-        # The host's own check, run here so a broken archive is refused now, not on a host.
+        # Checked now, with the host's own rules, so a broken archive is refused here.
         archive.seek(0)
         encoded = base64.b64encode(archive.read()).decode()
         archive.seek(0)
         try:
-            check_archive(encoded)
+            agent_jobs.check_archive(encoded)
         except AgentRefusal as exc:
-            message = exc.message.removeprefix("input.archive: ")
-            raise JobError("bad_input", f"The archive: {message}", "input_archive") from None
+            detail = exc.message.removeprefix("input.archive: ")
+            raise JobError("bad_input", f"The archive: {detail}", "input_archive") from None
 
 
 def job_submit(
@@ -129,8 +115,9 @@ def job_submit(
             raise JobError("too_long", f"At most {limit} characters.", field_name)
     if min_memory_mib < 0:
         raise JobError("bad_memory", "The minimum memory cannot be negative.", "min_memory_mib")
-    if not script.strip() or len(script.encode()) > MAX_SCRIPT or "\0" in script:
-        raise JobError("bad_script", "The script: some text, at most 64 KiB.", "script")
+    if not script.strip():
+        raise JobError("bad_script", "The script is empty.", "script")
+    _agent_rule(agent_jobs.check_script, script, "script")
     if not 1 <= count <= 64:
         raise JobError("bad_count", "Between 1 and 64 devices.", "count")
     try:

@@ -156,7 +156,7 @@ def check_env(value: object) -> dict[str, str]:
         if not ENV_NAME.fullmatch(name):
             raise h.AgentError("bad_env", f"env: a name must match ^{ENV_NAME.pattern}$")
         if name in DENIED_ENV or name.startswith(DENIED_ENV_PREFIXES):
-            raise h.AgentError("bad_env", f"env.{name}: set by the agent, or read before the job")
+            raise h.AgentError("bad_env", f"env.{name}: set by the host, or read before the job")
         if name in SETUID_DROPPED_ENV:
             raise h.AgentError("bad_env", f"env.{name}: schroot (setuid) would not pass it on")
         if not isinstance(text, str) or "\0" in text:

@@ -56,13 +56,18 @@ def _nvml_device(nvml, index: int) -> Device:
     )
 
 
-def _probe_smi(runner: Runner | None) -> list[Device]:
+def _from_smi(runner: Runner | None, parse):
+    """parse(nvidia-smi -q -x), the fallback without pynvml; [] where there is no nvidia-smi."""
     from provisioning.gpu import run_tool
 
     try:
-        return parse_smi_xml((runner or run_tool)(SMI_XML))
+        return parse((runner or run_tool)(SMI_XML))
     except FileNotFoundError:
         return []
+
+
+def _probe_smi(runner: Runner | None) -> list[Device]:
+    return _from_smi(runner, parse_smi_xml)
 
 
 def parse_smi_xml(text: str) -> list[Device]:
@@ -172,12 +177,7 @@ def _nvml_sample(nvml, index: int) -> Sample:
 
 
 def _sample_smi(runner: Runner | None) -> list[Sample]:
-    from provisioning.gpu import run_tool
-
-    try:
-        return parse_smi_xml_samples((runner or run_tool)(SMI_XML))
-    except FileNotFoundError:
-        return []
+    return _from_smi(runner, parse_smi_xml_samples)
 
 
 def parse_smi_xml_samples(text: str) -> list[Sample]:
