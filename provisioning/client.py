@@ -149,3 +149,9 @@ class AgentClient:
 
     def job_clean(self, *, job: str) -> dict:
         return self.call("job-clean", job=job)
+
+    def telemetry(self) -> dict:
+        return self.call("telemetry")
+
+    def kill_process(self, *, pid: int, user: str) -> dict:
+        return self.call("kill-process", pid=pid, user=user)

@@ -81,6 +81,10 @@ class Reservation(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     ready_mailed = models.BooleanField(default=False)
     ending_mailed = models.BooleanField(default=False)
+    # Idle reclaim (portal/operations/activity.py): when the loop last saw the user logged in
+    # or a booked device in use, and when it warned that the slot would be ended for idleness.
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    idle_warned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["start", "id"]

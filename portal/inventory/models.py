@@ -109,6 +109,38 @@ class Host(models.Model):
     # a worker that dies loses it when it expires.
     lease_until = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=64, blank=True)
+    # What the last telemetry pass read (portal/operations/telemetry.py): per device, the
+    # processes using it, so the host page can show them without asking the host.
+    telemetry = models.JSONField(default=dict, blank=True)
+    telemetry_at = models.DateTimeField(null=True, blank=True)
+    # Health (portal/operations/health.py): the problems found now; a host that has any is
+    # drained, that is put in maintenance with the reason, until staff resume it.
+    health_problems = models.JSONField(default=list, blank=True)
+    drain_reason = models.TextField(blank=True)
+    drained_at = models.DateTimeField(null=True, blank=True)
+    # Per-host policies of the loop (docs/decisions.md, "Telemetry and health").
+    max_temperature_c = models.PositiveSmallIntegerField(
+        "temperature limit (°C)",
+        default=90,
+        validators=[MinValueValidator(40), MaxValueValidator(120)],
+        help_text="A device hotter than this drains the host.",
+    )
+    squatter_kill = models.BooleanField(
+        "kill squatters",
+        default=False,
+        help_text="Kill a process on a device its user does not hold, after the grace period "
+        "(otherwise only warn).",
+    )
+    squatter_grace_minutes = models.PositiveSmallIntegerField(
+        "squatter grace (minutes)", default=10, validators=[MaxValueValidator(24 * 60)]
+    )
+    idle_reclaim_minutes = models.PositiveSmallIntegerField(
+        "idle reclaim (minutes)",
+        default=0,
+        validators=[MaxValueValidator(7 * 24 * 60)],
+        help_text="End a running reservation with no login and no device use for this long, "
+        "after a warning; 0: never.",
+    )
     architecture = models.CharField(
         max_length=8, choices=Architecture.choices, default=Architecture.AMD64
     )

@@ -41,7 +41,7 @@ from provisioning.agent import (
     session_alive,
     session_root,
 )
-from provisioning.gpu import TOOL_TIMEOUT_S, ProbeError, probe_all
+from provisioning.gpu import TOOL_TIMEOUT_S, ProbeError, probe_all, sample_each
 
 DEFAULT_CONFIG = "/etc/porterbox/hostctl.json"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -50,6 +50,10 @@ COMMAND_TIMEOUT_S = 120  # useradd or a schroot overlay mount on a busy host, wi
 COMMAND_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 SHADOW = "/etc/shadow"
 MAX_KILL_ROUNDS = 50
+# Accounts below this uid belong to the system (Debian's login.defs UID_MIN): their processes
+# on a device (a display server, a persistence daemon) are never squatters.
+UID_MIN = 1000
+PID_MAX = 4194304  # the kernel's limit (/proc/sys/kernel/pid_max on 64-bit)
 
 SESSION = re.compile(r"[a-z][a-z0-9-]{0,39}")
 USER = re.compile(r"[a-z][a-z0-9-]{0,30}")
@@ -81,6 +85,8 @@ MAX_KEY_CHARS = 16 * 1024
 FIELDS = {
     "inventory": frozenset(),
     "status": frozenset(),
+    "telemetry": frozenset(),
+    "kill-process": frozenset({"pid", "user"}),
     "grant": frozenset({"session", "user", "keys", "stack", "devices"}),
     "revoke": frozenset({"session", "user"}),
     # Training jobs: provisioning/agent/jobs.py.
@@ -258,6 +264,8 @@ def validate(request: dict, config: Config) -> tuple[str, dict]:
         return verb, _validate_grant(fields, config)
     if verb == "revoke":
         return verb, _validate_revoke(fields, config)
+    if verb == "kill-process":
+        return verb, _validate_kill(fields, config)
     if verb in JOB_VERBS:
         from provisioning.agent import jobs  # here: jobs builds on this module
 
@@ -284,6 +292,16 @@ def _validate_revoke(fields: dict, config: Config) -> dict:
     if "session" in fields:
         return {"session": check_session(fields["session"])}
     return {"user": check_user(fields["user"], config)}
+
+
+def _validate_kill(fields: dict, config: Config) -> dict:
+    for name in ("pid", "user"):
+        if name not in fields:
+            raise AgentError("bad_request", f"{name}: required for kill-process")
+    pid = fields["pid"]
+    if type(pid) is not int or not 1 < pid <= PID_MAX:
+        raise AgentError("bad_pid", f"pid: must be a whole number from 2 to {PID_MAX}")
+    return {"pid": pid, "user": check_user(fields["user"], config)}
 
 
 def check_session(value: object) -> str:
@@ -437,6 +455,11 @@ def execute(verb: str, fields: dict, config: Config) -> dict:
     if verb in ("grant", "revoke"):
         with host_lock(config):
             return grant(config, **fields) if verb == "grant" else revoke(config, **fields)
+    if verb == "kill-process":
+        with host_lock(config):
+            return kill_process(**fields)
+    if verb == "telemetry":
+        return telemetry()
     return inventory(config) if verb == "inventory" else status(config)
 
 
@@ -468,6 +491,45 @@ def inventory(config: Config) -> dict:
         "hostname": socket.gethostname(),
         "kernel": os.uname().release,
     }
+
+
+def telemetry() -> dict:
+    """A reading of every device; a vendor whose tool fails is an error beside the others."""
+    samples, errors = sample_each(_probe_runner)
+    readings = []
+    for sample in samples:
+        reading = sample.as_dict()
+        for process in reading["processes"]:
+            process["system"] = _system_account(process["user"])
+        readings.append(reading)
+    return {
+        "samples": readings,
+        "errors": [{"vendor": vendor, "message": message} for vendor, message in errors],
+    }
+
+
+def _system_account(user: str | None) -> bool:
+    """Whether a process's owner is a system account (root, a daemon), never a squatter."""
+    if user is None:
+        return False  # the process ended between the probe and now: nothing to say
+    if user.isdigit():  # a uid without a passwd entry
+        return int(user) < UID_MIN
+    try:
+        return pwd.getpwnam(user).pw_uid < UID_MIN
+    except KeyError:
+        return False
+
+
+def kill_process(*, pid: int, user: str) -> dict:
+    """Kill one process of a user (a squatter), if it is still theirs; never a system one."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return {"killed": 0}  # no such user: nothing of theirs runs
+    if account.pw_uid < UID_MIN:
+        raise AgentError("bad_request", "user: a system account's processes are not killed")
+    uid = account.pw_uid
+    return {"killed": kill_processes(lambda p: p == pid and uid in _uids_of(p))}
 
 
 def _probe_runner(argv: list[str]) -> str:

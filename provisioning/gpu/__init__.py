@@ -132,10 +132,32 @@ def sample_all(
     A vendor whose tool is absent contributes nothing; a tool that is present but fails raises
     ProbeError. ``owner`` maps a pid to its user (default: ``process_owner`` on /proc).
     """
+    samples, errors = sample_each(runner, nvml=nvml, owner=owner)
+    if errors:
+        raise ProbeError(errors[0][1])
+    return samples
+
+
+def sample_each(
+    runner: Runner | None = None, *, nvml=None, owner: Owner | None = None
+) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Like ``sample_all``, but a vendor whose tool fails is reported, not raised: the samples
+    of the others, and (vendor, message) for each failure. Telemetry wants both: a broken
+    driver on one device type must not hide what the others do."""
     from provisioning.gpu import amd, fpga, intel, nvidia
 
     runner = runner or run_tool
-    samples = nvidia.sample(nvml, runner=runner, owner=owner or process_owner)
-    for vendor in (amd, intel, fpga):
-        samples.extend(vendor.sample(runner))
-    return samples
+    probes = {
+        "nvidia": lambda: nvidia.sample(nvml, runner=runner, owner=owner or process_owner),
+        "amd": lambda: amd.sample(runner),
+        "intel": lambda: intel.sample(runner),
+        "fpga": lambda: fpga.sample(runner),
+    }
+    samples: list[Sample] = []
+    errors: list[tuple[str, str]] = []
+    for vendor, probe in probes.items():
+        try:
+            samples.extend(probe())
+        except ProbeError as exc:
+            errors.append((vendor, exc.message))
+    return samples, errors

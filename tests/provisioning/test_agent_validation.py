@@ -467,3 +467,41 @@ def test_it_never_passes_a_non_package_to_apt(package):
 @pytest.mark.parametrize("verb", ["update", "upgrade"])
 def test_it_updates_and_upgrades_without_package_names(verb):
     assert apt.apt_arguments([verb]) == ["-y", verb]
+
+
+# -- kill-process (squatters) -------------------------------------------------------------------
+
+
+@a_fuzz
+@given(
+    pid=st.one_of(
+        st.integers(max_value=1),
+        st.integers(min_value=hostctl.PID_MAX + 1),
+        st.booleans(),  # JSON true is not a pid, though Python's bool is an int
+        st.floats(allow_nan=False, allow_infinity=False),  # JSON has neither
+        st.text(max_size=8),
+        st.just("1; reboot"),
+    )
+)
+def test_kill_process_refuses_what_is_not_a_pid(config, commands, pid):
+    answer = ask(config, {"verb": "kill-process", "pid": pid, "user": "alice"})
+    assert_refused(answer, "bad_pid", "pid", config, commands)
+
+
+@pytest.mark.parametrize("user", ["root", "porterbox", "porterbox-users", "Alice", "-rf", 7, None])
+def test_kill_process_refuses_accounts_it_must_not_touch(config, commands, user):
+    answer = ask(config, {"verb": "kill-process", "pid": 4242, "user": user})
+    assert_refused(answer, "bad_user", "user", config, commands)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        ({"verb": "kill-process", "user": "alice"}, "pid"),
+        ({"verb": "kill-process", "pid": 4242}, "user"),
+        ({"verb": "kill-process", "pid": 4242, "user": "alice", "signal": 9}, "signal"),
+        ({"verb": "telemetry", "vendor": "nvidia"}, "vendor"),
+    ],
+)
+def test_kill_process_and_telemetry_take_exactly_their_fields(config, commands, request_, field):
+    assert_refused(ask(config, request_), "bad_request", field, config, commands)
