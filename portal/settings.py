@@ -59,6 +59,8 @@ SECRET_KEY = env("SECRET_KEY") or (
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 SITE_NAME = env("SITE_NAME", "Debian porterbox portal")
+# The portal's own address, for links in the mails the worker sends (no request to read it from).
+SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 SITE_ID = 1
 
 INSTALLED_APPS = [
@@ -307,6 +309,16 @@ PORTERBOX_LEASE_SECONDS = envint("PORTAL_LEASE_SECONDS", 120)
 if PORTERBOX_LEASE_SECONDS < 30:
     raise ImproperlyConfigured("PORTAL_LEASE_SECONDS must be at least 30")
 
+# Telemetry and health (portal/operations/telemetry.py, health.py, activity.py): how often
+# the loop reads the devices, how long readings and their hourly rollups are kept, how long a
+# user is warned before an idle reservation is ended, and the token Prometheus scrapes
+# /metrics with (empty: staff sessions only).
+PORTERBOX_TELEMETRY_SECONDS = envint("PORTAL_TELEMETRY_SECONDS", 60)
+PORTERBOX_TELEMETRY_RAW_HOURS = envint("PORTAL_TELEMETRY_RAW_HOURS", 48)
+PORTERBOX_TELEMETRY_HOURLY_DAYS = envint("PORTAL_TELEMETRY_HOURLY_DAYS", 90)
+PORTERBOX_IDLE_WARNING_MINUTES = envint("PORTAL_IDLE_WARNING_MINUTES", 15)
+PORTERBOX_METRICS_TOKEN = env("PORTAL_METRICS_TOKEN", "")
+
 # Training jobs (portal/jobs/scheduler.py): how fast past usage fades from the fair share, and
 # how long a job gets between SIGTERM and SIGKILL at its walltime (its devices stay held).
 JOBS_USAGE_HALF_LIFE_HOURS = envint("JOBS_USAGE_HALF_LIFE_HOURS", 7 * 24)
@@ -327,6 +339,11 @@ CELERY_BEAT_SCHEDULE = {
         # Long enough for a busy worker or a polling broker (the file-system one polls once a
         # second) to take it; a pass that runs late is harmless (the per-host lease).
         "options": {"expires": max(10, 3 * PORTERBOX_RECONCILE_SECONDS)},
+    },
+    "telemetry retention": {
+        "task": "portal.operations.tasks.telemetry_retention",
+        "schedule": 3600,
+        "options": {"expires": 600},
     },
     "schedule training jobs": {
         "task": "portal.jobs.tasks.schedule",

@@ -431,9 +431,16 @@ def reservation_end_now(
     *, reservation: Reservation, actor: User, ip: str | None = None, now: datetime | None = None
 ) -> Reservation:
     """End a running reservation now: the devices are free at once, the loop revokes access."""
-    now = now or timezone.now()
     _may_change(reservation, actor)
+    return _end_now(reservation, actor, ip, now or timezone.now(), "end")
 
+
+def reservation_reclaim(*, reservation: Reservation, now: datetime) -> Reservation:
+    """End an idle reservation now, by the portal itself (portal/operations/activity.py)."""
+    return _end_now(reservation, None, None, now, "reclaim idle")
+
+
+def _end_now(reservation: Reservation, actor, ip, now: datetime, action: str) -> Reservation:
     def work() -> Reservation:
         current = _locked(reservation, now)
         if current.start >= now:
@@ -449,7 +456,7 @@ def reservation_end_now(
         current.end = now
         Allocation.objects.filter(reservation=current, active=True).update(end=now)
         current.save(update_fields=["end", "state", "updated"])
-        audit(actor, ip, "end", current, old_end=old.isoformat(), end=now.isoformat())
+        audit(actor, ip, action, current, old_end=old.isoformat(), end=now.isoformat())
         return current
 
     return _write(work)

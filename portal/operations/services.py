@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.mail import mail_admins, send_mail
+from django.core.mail import mail_admins
 from django.db.models import Prefetch, Q
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from portal.booking.models import Allocation, Reservation
 from portal.inventory.models import Host
+from portal.operations import activity, health, squatters, telemetry
 from portal.operations.agents import client_for, is_reachable_in_principle
 from portal.operations.jobs import JobPass, requeue_from_failed_host
+from portal.operations.mail import mail_user
 from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
 from provisioning.client import AgentClient, AgentError, DeviceRef
 from provisioning.transport import HostKeyMismatch, TransportError
@@ -166,9 +167,15 @@ class _Pass:
             found = sessions.get(name)
             if found is not None and want.matches(found):
                 self._mark_active(reservation)
+            elif self.host.state != Host.State.ACTIVE and reservation.granted_at is None:
+                # Drained or in maintenance: no new starts; running sessions go on.
+                why = self.host.drain_reason or self.host.get_state_display()
+                self._failed(reservation, f"The host is not taking new sessions: {why}")
             else:
                 self._grant(want)
         self._warn_ending()
+        self._watch_devices()
+        self.done += activity.track(self.host, status, self.now)
         JobPass(self.host, self.client, self.now, self.done).run(status.get("jobs", []))
         return f"{self.host.name}: " + (", ".join(self.done) or "in line")
 
@@ -189,12 +196,34 @@ class _Pass:
                 "reinstalled; otherwise treat it as an attack.",
             )
         log.warning("%s: %s", self.host.name, exc)
+        if problem := health.unreachable_problem(self.host, self.now):
+            health.update(self.host, [problem], self.now)
         if lost := requeue_from_failed_host(self.host, self.now):
             self.done.append(f"requeued {lost} jobs")
         # The users whose slot is running must see why they have no session.
         reason = f"The host cannot be reached: {exc}"
         for reservation in due_reservations(self.host, self.now):
             self._failed(reservation, reason)
+
+    def _watch_devices(self) -> None:
+        """Read the devices when due: store it, check the host's health, look for squatters."""
+        if not telemetry.due(self.host, self.now):
+            problems = self.host.health_problems or []
+            if any(p.get("code") == "unreachable" for p in problems):  # it answered this pass
+                rest = [p for p in problems if p.get("code") != "unreachable"]
+                health.update(self.host, rest, self.now)
+            return
+        try:
+            answer = self.client.telemetry()
+        except (TransportError, AgentError) as exc:
+            Host.objects.filter(pk=self.host.pk).update(telemetry_at=self.now)
+            problem = {"code": "agent_error", "message": f"Reading the devices failed: {exc}"}
+            health.update(self.host, [problem], self.now)
+            return
+        reading = telemetry.record(self.host, answer, self.now)
+        devices = list(self.host.accelerators.filter(retired=False))
+        health.update(self.host, health.telemetry_problems(self.host, reading, devices), self.now)
+        self.done += squatters.check(self.host, reading, self.now, self.client)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -273,9 +302,4 @@ def _mail_once(r: Reservation, flag: str, template: str) -> None:
     if not Reservation.objects.filter(pk=r.pk, **{flag: False}).update(**{flag: True}):
         return
     r = Reservation.objects.select_related("user", "host", "stack").get(pk=r.pk)
-    if not r.user.email:
-        return
-    with timezone.override(r.user.time_zone):
-        body = render_to_string(template, {"r": r, "site_name": settings.SITE_NAME})
-    subject, _, text = body.partition("\n\n")
-    send_mail(subject.strip(), text, None, [r.user.email], fail_silently=True)
+    mail_user(r.user, template, {"r": r})

@@ -33,3 +33,15 @@ def host_sync_inventory(host_id: int, **_kwargs) -> None:
     from portal.operations import registration
 
     registration.host_sync_inventory_by_id(host_id)
+
+
+@shared_task(ignore_result=True, soft_time_limit=600, time_limit=660)
+def telemetry_retention(**_kwargs) -> str:
+    """Beat, hourly: roll old readings into hourly rows and expire old rows."""
+    from django.utils import timezone
+
+    from portal.operations import telemetry
+
+    done = telemetry.retain(timezone.now())
+    return f"{done.rolled_up} hours rolled up, {done.readings_deleted} readings and " \
+        f"{done.hours_deleted} hours deleted"  # fmt: skip

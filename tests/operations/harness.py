@@ -8,6 +8,7 @@ dual RTX A5000 machine; people who log in with OpenSSH's ssh; a real Celery work
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,9 +38,46 @@ def prepare_host(host: TestHost, portal_pub: Path, tmp: Path) -> TestHost:
     # Jobs that outlive their walltime in seconds, not minutes.
     extra = {"porterbox_agent_job_min_walltime_s": 1}
     bootstrap(host, portal_pub=portal_pub, root_key=root_key, tmp=tmp, extra_vars=extra)
-    host.write_file("/usr/local/share/porterbox-test/nvidia-smi.xml", SMI_XML.read_text())
+    host.write_file(SMI_XML_ON_HOST, SMI_XML.read_text())
     host.write_file("/usr/bin/nvidia-smi", FAKE_SMI, 0o755)  # where Debian puts it
     return host
+
+
+SMI_XML_ON_HOST = "/usr/local/share/porterbox-test/nvidia-smi.xml"
+_PROCESSES = re.compile(r"<processes>.*?</processes>", re.S)
+_PROCESS = """<process_info>
+				<gpu_instance_id>N/A</gpu_instance_id>
+				<compute_instance_id>N/A</compute_instance_id>
+				<pid>{pid}</pid>
+				<type>C</type>
+				<process_name>python3</process_name>
+				<used_memory>{mib} MiB</used_memory>
+			</process_info>"""
+
+
+def smi_xml(
+    processes: dict[int, list[tuple[int, int]]] | None = None,
+    replace: dict[str, str] | None = None,
+) -> str:
+    """The recorded dual A5000 output, with the processes of GPU i set to processes[i]
+    ((pid, MiB) pairs, pids of the test host), and texts replaced (e.g. a temperature).
+
+    Only the process list and what `replace` names differ from what the real tool printed."""
+    text = SMI_XML.read_text()
+    if processes is not None:
+        blocks = iter(range(len(_PROCESSES.findall(text))))
+
+        def listed(_match) -> str:
+            entries = [
+                _PROCESS.format(pid=pid, mib=mib) for pid, mib in processes.get(next(blocks), [])
+            ]
+            return "<processes>" + "".join(entries) + "</processes>"
+
+        text = _PROCESSES.sub(listed, text)
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
 
 
 def host_fingerprint(host: TestHost) -> str:

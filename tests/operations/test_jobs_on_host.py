@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from portal.booking.models import Allocation
 from portal.booking.services import reservation_create
+from portal.inventory.models import Host
 from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.jobs.services import job_submit
@@ -135,6 +136,11 @@ def test_a_job_whose_host_fails_is_requeued_and_its_old_attempt_dropped(
     job.refresh_from_db()
     assert (job.state, job.requeues, job.host) == (J.REQUEUED, 1, None)
     assert not Allocation.objects.filter(job=job, end__gt=timezone.now()).exists()
+    # Unreachable past JOBS_HOST_FAILURE_SECONDS, the host was drained too; its first answer
+    # puts it back in service (docs/decisions.md, "Telemetry and health").
+    assert Host.objects.get(pk=registered.pk).state == Host.State.MAINTENANCE
+    services.reconcile_host(registered.pk)
+    assert Host.objects.get(pk=registered.pk).state == Host.State.ACTIVE
     # The host is back with the first attempt still running: it is stopped, and the requeued
     # job starts again as a new attempt.
     scheduler.schedule()

@@ -1,0 +1,366 @@
+"""Host health: find what is wrong with a host, drain it, and tell the people it affects.
+
+The reconcile loop turns each pass into a list of problems (`telemetry_problems` from the
+agent's reading, `unreachable_problem` when the host has not answered) and hands it to
+`update`. A host with a problem is drained: put in maintenance with the reason, so the booking
+service, the availability search and the job scheduler place nothing new on it, and staff and
+the owners of its upcoming reservations are mailed. Every change of the host's state is a
+conditional UPDATE (docs/architecture.md, "State machines"), so two workers never both drain,
+resume or mail; nothing here runs inside a transaction, and mails go out after the claim.
+
+A drain waits for staff (`resume`), with one exception taken from Slurm's ReturnToService for
+DOWN nodes: a host drained only because it could not be reached comes back by itself once it
+answers again with no problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from datetime import UTC, timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.mail import mail_admins
+from django.db.models import Max, Prefetch
+from django.urls import reverse
+from django.utils import timezone
+
+from portal.booking.availability import Need, availability, ceil_to
+from portal.booking.models import Allocation, BookingPolicy, Reservation
+from portal.inventory.hwspec import NATIVE_KIND, Hwspec
+from portal.inventory.models import Host
+from portal.operations.mail import mail_user
+
+log = logging.getLogger(__name__)
+
+Problem = dict  # {"code": str, "message": str}
+
+S = Reservation.State
+# Reservations whose session has not started yet: the ones a drain or a maintenance can still
+# spare their owner a wasted wait.
+NOT_STARTED = (S.PENDING_APPROVAL, S.SCHEDULED, S.FAILED)
+ALTERNATIVES = 3
+ALTERNATIVE_DAYS = 2
+
+UNREACHABLE = "Unreachable"
+# The reason of a drain made only because the host did not answer: the one `update` may undo
+# by itself. Anchored on what `unreachable_problem` writes, so a reason that joins other
+# problems (or one typed by staff in other words) never matches.
+_UNREACHABLE_ONLY = re.compile(
+    rf"{UNREACHABLE}: no answer since (it was added on )?\d{{4}}-\d\d-\d\d \d\d:\d\d UTC"
+)
+
+
+def _problem(code: str, message: str) -> Problem:
+    return {"code": code, "message": message}
+
+
+def _device(vendor: str, index) -> str:
+    return f"{vendor} #{index}"
+
+
+# -- finding problems -----------------------------------------------------------------------------
+
+
+def telemetry_problems(host, telemetry: dict, accelerators) -> list[Problem]:
+    """What the agent's telemetry answer says is wrong, against the host's inventory.
+
+    `accelerators` are the host's accelerators that are not retired. A vendor whose probe
+    failed is reported once as such, not again device by device.
+    """
+    problems = []
+    failed = set()
+    for error in telemetry.get("errors") or []:
+        vendor = str(error.get("vendor") or "unknown")
+        failed.add(vendor)
+        message = str(error.get("message") or "no detail").strip()[:500]
+        problems.append(_problem("probe_failed", f"The {vendor} probe failed: {message}"))
+
+    samples = [s for s in telemetry.get("samples") or [] if isinstance(s, dict)]
+    seen: dict[str, set] = defaultdict(set)
+    for sample in samples:
+        seen[str(sample.get("vendor"))].add(sample.get("index"))
+    sample_count: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        sample_count[str(sample.get("vendor"))] += 1
+    inventory: dict[str, list[int]] = defaultdict(list)
+    for acc in accelerators:
+        inventory[acc.vendor].append(acc.index)
+
+    for vendor in sorted(set(inventory) | set(sample_count)):
+        if vendor in failed:
+            continue
+        expected, found = len(inventory[vendor]), sample_count[vendor]
+        if expected != found:
+            problems.append(
+                _problem(
+                    "device_count",
+                    f"The host reports {found} {vendor} device{'s' if found != 1 else ''}; "
+                    f"the inventory has {expected}.",
+                )
+            )
+        for index in sorted(inventory[vendor]):
+            if index not in seen[vendor]:
+                problems.append(
+                    _problem(
+                        "device_missing",
+                        f"{_device(vendor, index)} is in the inventory but sent no reading.",
+                    )
+                )
+
+    limit = host.max_temperature_c
+    for sample in samples:
+        temperature = sample.get("temperature_c")
+        if isinstance(temperature, int | float) and temperature > limit:
+            problems.append(
+                _problem(
+                    "too_hot",
+                    f"{_device(sample.get('vendor'), sample.get('index'))} is at "
+                    f"{temperature:g} °C, above the host's limit of {limit} °C.",
+                )
+            )
+    return problems
+
+
+def unreachable_problem(host, now) -> Problem | None:
+    """A problem if the host has not answered for JOBS_HOST_FAILURE_SECONDS (or ever)."""
+    cutoff = now - timedelta(seconds=settings.JOBS_HOST_FAILURE_SECONDS)
+    if host.last_seen is None:
+        if host.created > cutoff:
+            return None  # just added: give the loop its first chance
+        since = f"it was added on {host.created.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    elif host.last_seen < cutoff:
+        since = f"{host.last_seen.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    else:
+        return None
+    return _problem("unreachable", f"{UNREACHABLE}: no answer since {since}")
+
+
+# -- acting on them -------------------------------------------------------------------------------
+
+
+def _reason(problems) -> str:
+    return "; ".join(p["message"] for p in problems)
+
+
+def update(host, problems: list[Problem], now) -> None:
+    """Record the host's problems now; drain it if it has any, or let it return by itself."""
+    problems = [dict(p) for p in problems]
+    Host.objects.filter(pk=host.pk).update(health_problems=problems)
+    host.health_problems = problems
+    if problems:
+        reason = _reason(problems)
+        if not drain(host, reason, now, problems=problems):
+            _keep_for_staff(host, reason)
+        return
+    _return_to_service(host, now)
+
+
+def _keep_for_staff(host, reason: str) -> None:
+    """A host drained as unreachable that answers with other problems now waits for staff."""
+    if _UNREACHABLE_ONLY.fullmatch(reason):
+        return
+    current = Host.objects.filter(pk=host.pk).values_list("drain_reason", flat=True).first()
+    if current is None or not _UNREACHABLE_ONLY.fullmatch(current):
+        return
+    if Host.objects.filter(
+        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False, drain_reason=current
+    ).update(drain_reason=reason):
+        host.drain_reason = reason
+        mail_admins(
+            f"{host.name} answers again, but stays drained: {_subject(reason)}",
+            f"{host.name} was drained because it could not be reached. It answers again, but "
+            f"reports:\n\n{_listed(host.health_problems)}\n\nIt stays drained until staff "
+            f"resume it:\n{_resume_howto(host)}",
+            fail_silently=True,
+        )
+
+
+def _return_to_service(host, now) -> None:
+    """Resume a host drained only for not answering, now that it answers with no problem."""
+    current = Host.objects.filter(pk=host.pk).values_list("state", "drain_reason").first()
+    if current is None:
+        return
+    state, reason = current
+    if state != Host.State.MAINTENANCE or not _UNREACHABLE_ONLY.fullmatch(reason):
+        return
+    back = Host.objects.filter(
+        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False, drain_reason=reason
+    ).update(state=Host.State.ACTIVE, drained_at=None, drain_reason="")
+    if not back:
+        return  # another worker, or staff, did it
+    host.state, host.drained_at, host.drain_reason = Host.State.ACTIVE, None, ""
+    log.warning("%s answers again with no problem: back in service", host.name)
+    mail_admins(
+        f"{host.name} is back in service",
+        f"{host.name} was drained because it could not be reached ({reason}). It answers "
+        f"again, at {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, with no problem, so it was put "
+        "back in service by itself.",
+        fail_silently=True,
+    )
+
+
+def drain(host, reason: str, now, *, problems=(), actor=None) -> bool:
+    """Take an active host out of service with a reason; True if this call did it.
+
+    The claim is one conditional UPDATE, so of two workers (or a worker and staff) only one
+    drains and mails. Users whose reservations on the host have not started are told, with
+    other slots to book.
+    """
+    reason = reason.strip() or "no reason given"
+    if not Host.objects.filter(pk=host.pk, state=Host.State.ACTIVE).update(
+        state=Host.State.MAINTENANCE, drained_at=now, drain_reason=reason
+    ):
+        return False
+    host.state, host.drained_at, host.drain_reason = Host.State.MAINTENANCE, now, reason
+    by = f" by {actor}" if actor is not None else ""
+    log.warning("%s drained%s: %s", host.name, by, reason)
+
+    # Everyone with a reservation still to start: the host is out until staff say otherwise.
+    upcoming = Reservation.objects.filter(host=host, state__in=NOT_STARTED, end__gt=now)
+    horizon = upcoming.aggregate(end=Max("end"))["end"]
+    told = 0
+    if horizon is not None:
+        told = notify_affected(host, now, horizon, reason, "operations/mail_drained.txt")
+    listed = _listed(problems) if problems else reason
+    mail_admins(
+        f"{host.name} drained: {_subject(reason)}",
+        f"{host.name} was taken out of service{by} at {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC."
+        f"\n\n{listed}\n\nNothing new starts on it; {told} user{'s' if told != 1 else ''} with "
+        f"an upcoming reservation {'were' if told != 1 else 'was'} told. Once it is fixed, "
+        f"resume it:\n{_resume_howto(host)}",
+        fail_silently=True,
+    )
+    return True
+
+
+def resume(host, actor, now=None) -> bool:
+    """Staff put a drained host back in service; False if it was not drained."""
+    now = now or timezone.now()
+    drained = Host.objects.filter(pk=host.pk).values_list("drained_at", "drain_reason").first()
+    if not Host.objects.filter(
+        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False
+    ).update(state=Host.State.ACTIVE, drained_at=None, drain_reason=""):
+        return False
+    host.state, host.drained_at, host.drain_reason = Host.State.ACTIVE, None, ""
+    drained_at, reason = drained or (None, "")
+    log.warning(
+        "%s resumed by %s at %s (drained at %s: %s)",
+        host.name, actor, now.isoformat(), drained_at.isoformat() if drained_at else "?", reason,
+    )  # fmt: skip
+    return True
+
+
+# -- telling people -------------------------------------------------------------------------------
+
+
+def _subject(reason: str) -> str:
+    line = " ".join(reason.split())
+    return line if len(line) <= 120 else line[:119] + "…"
+
+
+def _listed(problems) -> str:
+    return "\n".join(f"- {p['message']}" for p in problems)
+
+
+def site_url() -> str:
+    """The portal's address for links in mails (SITE_URL)."""
+    return settings.SITE_URL
+
+
+def _resume_howto(host) -> str:
+    page = site_url() + host.get_absolute_url()
+    return (
+        f"- on its page, {page} (Resume), or\n"
+        "- in the admin: Hosts, select it, action 'Resume the selected drained hosts'."
+    )
+
+
+def _need(r: Reservation) -> Need:
+    """What the reservation holds, as a need another host could meet."""
+    devices = [a.accelerator for a in r.active_allocations]
+    vendors = {d.vendor for d in devices}
+    hwspec = Hwspec(NATIVE_KIND[vendors.pop()]) if len(vendors) == 1 else None
+    return Need(count=max(len(devices), 1), hwspec=hwspec, stack=r.stack)
+
+
+def _alternatives(r: Reservation, now, step: timedelta, base: str, cache: dict) -> list[dict]:
+    need = _need(r)
+    earliest = ceil_to(max(r.start, now), step)
+    key = (need, r.end - r.start, earliest)
+    if key not in cache:
+        cache[key] = availability(
+            need,
+            duration=r.end - r.start,
+            earliest=earliest,
+            days=ALTERNATIVE_DAYS,
+            step=step,
+            limit=ALTERNATIVES,
+        )
+    found = []
+    for slot in cache[key]:
+        # The booking form reads ?start= (an aware time, so the reader's zone does not matter).
+        query = urlencode({"start": slot.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")})
+        url = f"{base}{reverse('booking:book', args=[slot.host.name])}?{query}"
+        found.append({"host": slot.host, "start": slot.start, "end": slot.end, "url": url})
+    return found
+
+
+def notify_affected(host, start, end, why: str, template: str) -> int:
+    """Mail the owner of every reservation on the host that overlaps [start, end) and has not
+    started its session, with up to three other slots; returns the number of mails."""
+    now = timezone.now()
+    affected = (
+        Reservation.objects.filter(
+            host=host,
+            state__in=NOT_STARTED,
+            granted_at__isnull=True,
+            start__lt=end,
+            end__gt=start,
+        )
+        .filter(end__gt=now)
+        .select_related("user", "stack", "host")
+        .prefetch_related(
+            Prefetch(
+                "allocations",
+                Allocation.objects.filter(active=True).select_related("accelerator"),
+                to_attr="active_allocations",
+            )
+        )
+        .order_by("start", "pk")
+    )
+    step = BookingPolicy.current().granularity
+    base = site_url()
+    cache: dict = {}  # reservations that need the same get the same search
+    told = 0
+    for r in affected:
+        if not r.user.email:
+            continue
+        context = {
+            "r": r,
+            "host": host,
+            "why": why,
+            "start": start,
+            "end": end,
+            "devices": ", ".join(
+                _device(a.accelerator.vendor, a.accelerator.index)
+                for a in sorted(r.active_allocations, key=lambda a: a.accelerator.index)
+            ),
+            "alternatives": _alternatives(r, now, step, base, cache),
+            "reservation_url": base + r.get_absolute_url(),
+        }
+        told += mail_user(r.user, template, context)
+    return told
+
+
+def maintenance_announce(window) -> int:
+    """Tell the owners of reservations that a new maintenance window overlaps."""
+    return notify_affected(
+        window.host,
+        window.start,
+        window.end,
+        f"maintenance: {window.reason}",
+        "operations/mail_maintenance.txt",
+    )

@@ -1,0 +1,163 @@
+"""Device telemetry: the loop's readings stored compactly, then rolled up and expired.
+
+The reconcile pass asks a host's agent for a reading (`telemetry` verb, docs/agent.md) once
+every PORTAL_TELEMETRY_SECONDS and `record`s it: one DeviceSample row per device, and the whole
+answer on the host (its processes, for the host page and the squatter check). `retain`, run
+hourly by beat, turns every full hour of readings older than PORTAL_TELEMETRY_RAW_HOURS into
+one hourly row, in the same transaction that deletes those readings (so an hour is either
+readings or a rollup, never both, and charts never count it twice), and deletes hourly rows
+older than PORTAL_TELEMETRY_HOURLY_DAYS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Avg, Count, Max
+from django.db.models.functions import TruncHour
+
+from portal.booking.availability import floor_to
+from portal.inventory.models import Accelerator, Host
+from portal.operations.models import DeviceSample
+
+R = DeviceSample.Resolution
+HOUR = timedelta(hours=1)
+
+
+def due(host: Host, now: datetime) -> bool:
+    """Whether this pass should read the host's devices."""
+    interval = timedelta(seconds=settings.PORTERBOX_TELEMETRY_SECONDS)
+    return host.telemetry_at is None or now - host.telemetry_at >= interval
+
+
+def _number(value: object) -> float | None:
+    """A reading as the agent sent it, or None: a host's answer is checked like any input."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _whole(value: object) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number < 2**31 else None
+
+
+def clean(answer: dict) -> dict:
+    """The agent's telemetry answer reduced to the schema (docs/agent.md), bad values dropped."""
+    samples = []
+    for sample in answer.get("samples") or []:
+        if not isinstance(sample, dict) or not isinstance(sample.get("vendor"), str):
+            continue
+        index = sample.get("index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            continue
+        processes = []
+        for process in sample.get("processes") or []:
+            pid = process.get("pid") if isinstance(process, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                continue
+            user = process.get("user")
+            processes.append(
+                {
+                    "pid": pid,
+                    "user": user[:64] if isinstance(user, str) else None,
+                    "used_memory_mib": _whole(process.get("used_memory_mib")),
+                    "system": process.get("system") is True,
+                }
+            )
+        samples.append(
+            {
+                "vendor": sample["vendor"][:16],
+                "index": index,
+                "utilization_pct": _number(sample.get("utilization_pct")),
+                "memory_used_mib": _whole(sample.get("memory_used_mib")),
+                "temperature_c": _number(sample.get("temperature_c")),
+                "power_w": _number(sample.get("power_w")),
+                "processes": processes,
+            }
+        )
+    errors = [
+        {"vendor": str(e.get("vendor"))[:16], "message": str(e.get("message"))[:2000]}
+        for e in answer.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    return {"samples": samples, "errors": errors}
+
+
+def record(host: Host, answer: dict, now: datetime) -> dict:
+    """Store one reading of the host's devices; returns the cleaned answer."""
+    reading = clean(answer)
+    devices = {(a.vendor, a.index): a for a in Accelerator.objects.filter(host=host, retired=False)}
+    rows = []
+    for s in reading["samples"]:
+        accelerator = devices.get((s["vendor"], s["index"]))
+        if accelerator is None:
+            continue  # not in the inventory: the health check says so
+        rows.append(
+            DeviceSample(
+                accelerator=accelerator,
+                at=now,
+                resolution=R.READING,
+                utilization_pct=s["utilization_pct"],
+                utilization_max_pct=s["utilization_pct"],
+                memory_used_mib=s["memory_used_mib"],
+                temperature_c=s["temperature_c"],
+                power_w=s["power_w"],
+            )
+        )
+    with transaction.atomic():
+        # Two passes in the same instant (a retried task) write the same rows once.
+        DeviceSample.objects.bulk_create(rows, ignore_conflicts=True)
+        Host.objects.filter(pk=host.pk).update(telemetry=reading, telemetry_at=now)
+    host.telemetry, host.telemetry_at = reading, now
+    return reading
+
+
+@dataclass(frozen=True)
+class Retained:
+    rolled_up: int  # hourly rows written
+    readings_deleted: int
+    hours_deleted: int
+
+
+def retain(now: datetime) -> Retained:
+    """Roll full hours of old readings into hourly rows, and expire old hourly rows."""
+    cutoff = floor_to(now - timedelta(hours=settings.PORTERBOX_TELEMETRY_RAW_HOURS), HOUR)
+    old = DeviceSample.objects.filter(resolution=R.READING, at__lt=cutoff)
+    with transaction.atomic():
+        hours = (
+            old.annotate(hour=TruncHour("at", tzinfo=UTC))
+            .values("accelerator_id", "hour")
+            .annotate(
+                utilization=Avg("utilization_pct"),
+                utilization_max=Max("utilization_max_pct"),
+                memory=Max("memory_used_mib"),
+                temperature=Max("temperature_c"),
+                power=Avg("power_w"),
+                readings=Count("id"),
+            )
+        )
+        rows = [
+            DeviceSample(
+                accelerator_id=h["accelerator_id"],
+                at=h["hour"],
+                resolution=R.HOUR,
+                readings=h["readings"],
+                utilization_pct=h["utilization"],
+                utilization_max_pct=h["utilization_max"],
+                memory_used_mib=h["memory"],
+                temperature_c=h["temperature"],
+                power_w=h["power"],
+            )
+            for h in hours
+        ]
+        # A retention run beside this one may have rolled the same hours: same rows, kept once.
+        DeviceSample.objects.bulk_create(rows, ignore_conflicts=True)
+        readings_deleted, _ = old.delete()
+    expiry = now - timedelta(days=settings.PORTERBOX_TELEMETRY_HOURLY_DAYS)
+    hours_deleted, _ = DeviceSample.objects.filter(resolution=R.HOUR, at__lt=expiry).delete()
+    return Retained(len(rows), readings_deleted, hours_deleted)
