@@ -3,12 +3,14 @@ from django.urls import include, path
 
 from portal import views
 from portal.accounts.urls import project_urlpatterns
+from portal.operations.metrics import metrics_endpoint
 
 admin.site.site_header = "Porterbox portal administration"
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics_endpoint, name="metrics"),
     path("", include("portal.booking.urls")),
     path("hosts/", include("portal.operations.urls")),
     path("hosts/", include("portal.inventory.urls")),
