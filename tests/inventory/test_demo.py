@@ -52,3 +52,14 @@ def test_it_books_a_few_slots_so_the_timelines_show_something(db):
     assert Reservation.objects.get(host__name="amd-mi210-01").whole_host
     call_command("demo", stdout=StringIO())
     assert Reservation.objects.count() == 3
+
+
+def test_it_gives_one_host_a_day_of_readings_so_its_charts_show_something(db):
+    from portal.operations.models import DeviceSample
+
+    call_command("demo", stdout=StringIO())
+    readings = DeviceSample.objects.filter(accelerator__host__name="nv-a100-01")
+    assert readings.count() == 4 * 144
+    assert readings.filter(utilization_pct__gt=50).exists()
+    call_command("demo", stdout=StringIO())
+    assert DeviceSample.objects.count() == 4 * 144

@@ -64,6 +64,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         created = self._inventory_and_users()
         created += self._reservations()
+        created += self._telemetry()
         self.stdout.write(f"demo: {created} object(s) created, the rest already there.")
 
     def _reservations(self) -> int:
@@ -99,6 +100,33 @@ class Command(BaseCommand):
             except BookingError as exc:
                 self.stderr.write(f"demo: {username} on {host_name}: {exc.message}")
         return made
+
+    def _telemetry(self) -> int:
+        """A day of readings every 10 minutes for one host, so its page has charts; only into
+        an empty table (the loop writes real ones for registered hosts)."""
+        import math
+
+        from portal.operations.models import DeviceSample
+
+        host = Host.objects.filter(name="nv-a100-01").first()
+        if host is None or DeviceSample.objects.exists():
+            return 0
+        now = timezone.now().replace(second=0, microsecond=0)
+        rows = []
+        for acc in host.accelerators.filter(index__lt=4):
+            for step in range(144):
+                at = now - timedelta(minutes=10 * step)
+                busy = max(0.0, math.sin(step / 12 + acc.index)) * 95
+                rows.append(
+                    DeviceSample(
+                        accelerator=acc, at=at, utilization_pct=round(busy, 1),
+                        utilization_max_pct=round(busy, 1),
+                        memory_used_mib=int(acc.memory_mib * busy / 120),
+                        temperature_c=round(32 + busy * 0.45, 1), power_w=round(55 + busy * 3, 1),
+                    )
+                )  # fmt: skip
+        DeviceSample.objects.bulk_create(rows)
+        return len(rows)
 
     @transaction.atomic
     def _inventory_and_users(self) -> int:
