@@ -1,8 +1,10 @@
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
 
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
-from portal.inventory.models import Host
+from portal.inventory.models import Accelerator, Host
+from portal.operations import charts
 
 
 def host_list(request):
@@ -19,7 +21,25 @@ def host_list(request):
 
 
 def host_detail(request, name):
-    host = get_object_or_404(Host.objects.prefetch_related("stacks", "accelerators"), name=name)
+    """The host, its health and policies, and its devices' telemetry over ?span=hour|day|week.
+
+    A bounded number of queries whatever the number of devices or samples (charts.py).
+    """
+    accelerators = Prefetch("accelerators", queryset=Accelerator.objects.order_by("index"))
+    host = get_object_or_404(Host.objects.prefetch_related("stacks", accelerators), name=name)
     if host.state == Host.State.RETIRED and not request.user.is_staff:
         return render(request, "inventory/host_retired.html", {"host": host}, status=410)
-    return render(request, "inventory/host_detail.html", {"host": host})
+    span_name = request.GET.get("span", charts.DEFAULT_SPAN)
+    span = charts.SPANS.get(span_name)
+    context = {"host": host, "spans": charts.SPANS.values(), "span": span, "charts": []}
+    if span:
+        context["charts"] = charts.host_charts(host, span)
+    else:
+        choices = ", ".join(charts.SPANS)
+        context["span_error"] = f"Unknown span “{span_name[:40]}”: choose one of {choices}."
+    if request.user.is_authenticated:
+        # Unix user names are for members, not anonymous visitors.
+        context["processes"] = charts.current_processes(host)
+    if request.user.is_staff:
+        context["probe_errors"] = charts.probe_errors(host)
+    return render(request, "inventory/host_detail.html", context, status=200 if span else 400)
