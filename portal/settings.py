@@ -318,6 +318,11 @@ PORTERBOX_TELEMETRY_RAW_HOURS = envint("PORTAL_TELEMETRY_RAW_HOURS", 48)
 PORTERBOX_TELEMETRY_HOURLY_DAYS = envint("PORTAL_TELEMETRY_HOURLY_DAYS", 90)
 PORTERBOX_IDLE_WARNING_MINUTES = envint("PORTAL_IDLE_WARNING_MINUTES", 15)
 PORTERBOX_METRICS_TOKEN = env("PORTAL_METRICS_TOKEN", "")
+# Device health checks (portal/operations/checks.py): every this many hours, one free device
+# of each vendor on each host runs the host's own check; 0: never.
+PORTERBOX_HEALTH_CHECK_HOURS = envint("PORTAL_HEALTH_CHECK_HOURS", 24)
+if PORTERBOX_HEALTH_CHECK_HOURS < 0:
+    raise ImproperlyConfigured("PORTAL_HEALTH_CHECK_HOURS must be 0 (never) or more")
 
 # Training jobs (portal/jobs/scheduler.py): how fast past usage fades from the fair share, and
 # how long a job gets between SIGTERM and SIGKILL at its walltime (its devices stay held).
@@ -351,6 +356,13 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": max(10, 3 * JOBS_SCHEDULE_SECONDS)},
     },
 }
+if PORTERBOX_HEALTH_CHECK_HOURS:
+    CELERY_BEAT_SCHEDULE["device health checks"] = {
+        "task": "portal.operations.tasks.health_checks",
+        "schedule": PORTERBOX_HEALTH_CHECK_HOURS * 3600,
+        # A run not started within the hour is dropped; the next one comes in time.
+        "options": {"expires": 3600},
+    }
 
 # Production hardening; every line here is something `check --deploy` looks for.
 # Trust X-Forwarded-Proto only when a TLS-terminating proxy that sets it stands in front.

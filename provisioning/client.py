@@ -155,3 +155,6 @@ class AgentClient:
 
     def kill_process(self, *, pid: int, user: str) -> dict:
         return self.call("kill-process", pid=pid, user=user)
+
+    def health_check(self, *, stack: str, device: DeviceRef) -> dict:
+        return self.call("health-check", stack=stack, device=device.as_dict())

@@ -5,6 +5,7 @@ from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, Host
 from portal.operations import charts
+from portal.operations.models import HealthCheck, Squatter
 
 
 def host_list(request):
@@ -42,4 +43,14 @@ def host_detail(request, name):
         context["processes"] = charts.current_processes(host)
     if request.user.is_staff:
         context["probe_errors"] = charts.probe_errors(host)
+        context["squatters"] = (
+            Squatter.objects.filter(host=host, gone_at__isnull=True)
+            .select_related("accelerator")
+            .order_by("-first_seen")[:20]
+        )
+        context["health_checks"] = (
+            HealthCheck.objects.filter(host=host)
+            .select_related("accelerator", "stack")
+            .order_by("-started")[:10]
+        )
     return render(request, "inventory/host_detail.html", context, status=200 if span else 400)

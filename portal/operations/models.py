@@ -71,3 +71,31 @@ class Squatter(models.Model):
 
     def __str__(self):
         return f"{self.unix_user} pid {self.pid} on {self.accelerator}"
+
+
+class HealthCheck(models.Model):
+    """One run of a host's own health check on one device (portal/operations/checks.py).
+
+    `passed` is null when the check did not run (none configured for the vendor, or the agent
+    could not be asked); `output` then says why.
+    """
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="health_checks")
+    accelerator = models.ForeignKey(
+        Accelerator, on_delete=models.CASCADE, related_name="health_checks"
+    )
+    stack = models.ForeignKey(
+        "inventory.DriverStack", on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    started = models.DateTimeField()
+    finished = models.DateTimeField(null=True, blank=True)
+    passed = models.BooleanField(null=True)
+    exit_status = models.IntegerField(null=True)
+    output = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started"]
+
+    def __str__(self):
+        result = {True: "passed", False: "failed", None: "did not run"}[self.passed]
+        return f"{self.accelerator} {self.started:%Y-%m-%d %H:%M} {result}"

@@ -45,3 +45,16 @@ def telemetry_retention(**_kwargs) -> str:
     done = telemetry.retain(timezone.now())
     return f"{done.rolled_up} hours rolled up, {done.readings_deleted} readings and " \
         f"{done.hours_deleted} hours deleted"  # fmt: skip
+
+
+# Checks run one host after another, each within the SSH command timeout; a day's run of a
+# few dozen hosts fits well inside the limit.
+@shared_task(ignore_result=True, soft_time_limit=3300, time_limit=3500)
+def health_checks(**_kwargs) -> str:
+    """Beat, every PORTERBOX_HEALTH_CHECK_HOURS: one device of each vendor on each host."""
+    from django.utils import timezone
+
+    from portal.operations import checks
+
+    done = checks.run_checks(timezone.now())
+    return "; ".join(done) or "no host to check"

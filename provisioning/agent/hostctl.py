@@ -31,6 +31,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from provisioning.accounts import RESERVED, keys_digest
 from provisioning.agent import (
@@ -54,6 +55,10 @@ MAX_KILL_ROUNDS = 50
 # on a device (a display server, a persistence daemon) are never squatters.
 UID_MIN = 1000
 PID_MAX = 4194304  # the kernel's limit (/proc/sys/kernel/pid_max on 64-bit)
+# A health check answers well within the portal's SSH command timeout (60 s by default).
+HEALTH_CHECK_TIMEOUT_S = 45
+HEALTH_CHECK_OUTPUT_CHARS = 4000
+MAX_HEALTH_CHECK_ARGS = 64
 
 SESSION = re.compile(r"[a-z][a-z0-9-]{0,39}")
 USER = re.compile(r"[a-z][a-z0-9-]{0,30}")
@@ -87,6 +92,7 @@ FIELDS = {
     "status": frozenset(),
     "telemetry": frozenset(),
     "kill-process": frozenset({"pid", "user"}),
+    "health-check": frozenset({"stack", "device"}),
     "grant": frozenset({"session", "user", "keys", "stack", "devices"}),
     "revoke": frozenset({"session", "user"}),
     # Training jobs: provisioning/agent/jobs.py.
@@ -129,6 +135,8 @@ class Config:
     state_dir: str = STATE_DIR
     home_base: str = "/home"
     job_min_walltime_s: int = 60  # the protocol's minimum; a test host's config lowers it
+    # vendor -> the argv of its health check, run inside a stack's chroot (health-check verb)
+    health_checks: dict[str, tuple[str, ...]] = dataclass_field(default_factory=dict)
 
 
 def load_config(path: str) -> Config:
@@ -144,6 +152,7 @@ def parse_config(data: object) -> Config:
     if not isinstance(data, dict):
         raise _bad_config("config", "must be a JSON object")
     known = {"stacks", "devices", "shared_nodes", "group", "state_dir", "home_base"}
+    known |= {"health_checks"}
     unknown = set(data) - known - {"job_min_walltime_s"}
     if unknown:
         raise _bad_config(f"config.{sorted(unknown)[0]}", "unknown key")
@@ -162,6 +171,7 @@ def parse_config(data: object) -> Config:
         state_dir=_config_path("config.state_dir", data.get("state_dir", STATE_DIR)),
         home_base=_config_path("config.home_base", data.get("home_base", "/home")),
         job_min_walltime_s=min_walltime,
+        health_checks=_config_health_checks(data.get("health_checks", {})),
     )
 
 
@@ -204,6 +214,22 @@ def _config_devices(devices: object) -> dict[str, dict[int, tuple[str, ...]]]:
         result[vendor] = {
             int(i): _config_paths(f"config.devices.{vendor}.{i}", n) for i, n in indices.items()
         }
+    return result
+
+
+def _config_health_checks(checks: object) -> dict[str, tuple[str, ...]]:
+    """vendor -> argv: a program by its absolute path, then its arguments (strings)."""
+    result = {}
+    for vendor, argv in _config_vendors("config.health_checks", checks):
+        field = f"config.health_checks.{vendor}"
+        if not isinstance(argv, list) or not 1 <= len(argv) <= MAX_HEALTH_CHECK_ARGS:
+            raise _bad_config(
+                field, f"must be an argv list of 1 to {MAX_HEALTH_CHECK_ARGS} strings"
+            )
+        for number, arg in enumerate(argv):
+            if not isinstance(arg, str) or "\0" in arg:
+                raise _bad_config(f"{field}[{number}]", "must be a string without NUL")
+        result[vendor] = (_config_path(f"{field}[0]", argv[0]), *argv[1:])
     return result
 
 
@@ -266,6 +292,8 @@ def validate(request: dict, config: Config) -> tuple[str, dict]:
         return verb, _validate_revoke(fields, config)
     if verb == "kill-process":
         return verb, _validate_kill(fields, config)
+    if verb == "health-check":
+        return verb, _validate_health_check(fields, config)
     if verb in JOB_VERBS:
         from provisioning.agent import jobs  # here: jobs builds on this module
 
@@ -302,6 +330,18 @@ def _validate_kill(fields: dict, config: Config) -> dict:
     if type(pid) is not int or not 1 < pid <= PID_MAX:
         raise AgentError("bad_pid", f"pid: must be a whole number from 2 to {PID_MAX}")
     return {"pid": pid, "user": check_user(fields["user"], config)}
+
+
+def _validate_health_check(fields: dict, config: Config) -> dict:
+    missing = FIELDS["health-check"] - set(fields)
+    if missing:
+        raise AgentError("bad_request", f"{sorted(missing)[0]}: required for health-check")
+    stack = check_stack(fields["stack"], config)
+    try:
+        device = check_devices([fields["device"]], config)
+    except AgentError as exc:  # the same rules as a grant's devices, named as this field
+        raise AgentError(exc.code, exc.message.replace("devices[0]", "device", 1)) from exc
+    return {"stack": stack, "device": device[0]}
 
 
 def check_session(value: object) -> str:
@@ -460,6 +500,9 @@ def execute(verb: str, fields: dict, config: Config) -> dict:
             return kill_process(**fields)
     if verb == "telemetry":
         return telemetry()
+    if verb == "health-check":
+        with host_lock(config):  # never beside a grant or revoke
+            return health_check(config, **fields)
     return inventory(config) if verb == "inventory" else status(config)
 
 
@@ -505,6 +548,25 @@ def telemetry() -> dict:
     return {
         "samples": readings,
         "errors": [{"vendor": vendor, "message": message} for vendor, message in errors],
+    }
+
+
+def health_check(config: Config, *, stack: str, device: tuple[str, int]) -> dict:
+    """Run the host's own check for the device's vendor in a throwaway schroot of the stack."""
+    vendor, _ = device
+    argv = config.health_checks.get(vendor)
+    if argv is None:
+        return {"ran": False, "reason": f"no health check is configured for {vendor}"}
+    env = [f"{name}={value}" for name, value in visible_devices_env((device,)).items()]
+    chroot = config.stacks[stack]
+    command = ["schroot", "-c", chroot, "-u", "root", "-d", "/", "--", "env", *env, *argv]
+    result = run(command, check=False, timeout=HEALTH_CHECK_TIMEOUT_S)
+    output = (result.stdout or "") + (result.stderr or "")
+    return {
+        "ran": True,
+        "passed": result.returncode == 0,
+        "exit_status": result.returncode,
+        "output": output[-HEALTH_CHECK_OUTPUT_CHARS:],
     }
 
 

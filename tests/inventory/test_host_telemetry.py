@@ -324,3 +324,25 @@ def test_it_keeps_the_queries_bounded(client, staff, span, django_assert_max_num
         assert page(client, small, f"?span={span}").status_code == 200
     with django_assert_max_num_queries(len(small_queries)):
         assert page(client, large, f"?span={span}").status_code == 200
+
+
+def test_it_shows_staff_the_squatters_and_the_latest_health_checks(client, host, acc, staff):
+    from portal.operations.models import HealthCheck, Squatter
+
+    Squatter.objects.create(host=host, accelerator=acc, pid=4242, unix_user="mallory")
+    Squatter.objects.create(
+        host=host, accelerator=acc, pid=77, unix_user="gone", gone_at=NOW - timedelta(hours=1)
+    )
+    HealthCheck.objects.create(
+        host=host, accelerator=acc, started=NOW - timedelta(hours=2), passed=False,
+        exit_status=3, output="CUDA error: uncorrectable ECC error encountered",
+    )  # fmt: skip
+
+    client.force_login(UserFactory())
+    html = page(client, host).content.decode()
+    assert "mallory" not in html and "ECC error" not in html  # for staff only
+
+    client.force_login(staff)
+    html = page(client, host).content.decode()
+    assert "<code>mallory</code>" in html and "<code>gone</code>" not in html  # open ones
+    assert "failed (3)" in html and "uncorrectable ECC error" in html

@@ -10,6 +10,7 @@ import io
 import json
 import pwd
 import struct
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -505,3 +506,90 @@ def test_kill_process_refuses_accounts_it_must_not_touch(config, commands, user)
 )
 def test_kill_process_and_telemetry_take_exactly_their_fields(config, commands, request_, field):
     assert_refused(ask(config, request_), "bad_request", field, config, commands)
+
+
+# -- health-check ---------------------------------------------------------------------------
+
+HEALTH = {"verb": "health-check", "stack": "trixie", "device": {"vendor": "nvidia", "index": 1}}
+NVIDIA_CHECK = ["/usr/bin/nvidia-smi", "--query-gpu=name", "--format=csv"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        ({**HEALTH, "stack": "sid"}, "unknown_stack", "stack"),
+        ({**HEALTH, "stack": "../trixie"}, "unknown_stack", "stack"),
+        ({**HEALTH, "stack": 5}, "unknown_stack", "stack"),
+        ({**HEALTH, "device": {"vendor": "nvidia", "index": 2}}, "unknown_device", "device"),
+        ({**HEALTH, "device": {"vendor": "tpu", "index": 0}}, "unknown_device", "device"),
+        ({**HEALTH, "device": {"vendor": "nvidia", "index": "1"}}, "bad_devices", "device.index"),
+        ({**HEALTH, "device": {"vendor": "nvidia", "index": True}}, "bad_devices", "device.index"),
+        ({**HEALTH, "device": {"vendor": "nvidia"}}, "bad_devices", "device"),
+        ({**HEALTH, "device": [{"vendor": "nvidia", "index": 1}]}, "bad_devices", "device"),
+        ({**HEALTH, "device": {"vendor": "nvidia", "index": 1, "x": 1}}, "bad_devices", "device"),
+        ({**HEALTH, "argv": ["/bin/sh", "-c", "reboot"]}, "bad_request", "argv"),
+        ({**HEALTH, "session": "r42"}, "bad_request", "session"),
+        ({"verb": "health-check", "stack": "trixie"}, "bad_request", "device"),
+        ({"verb": "health-check", "device": HEALTH["device"]}, "bad_request", "stack"),
+    ],
+)
+def test_health_check_refuses_what_is_not_a_stack_and_one_device(
+    tmp_path, monkeypatch, request_, code, field
+):
+    commands = spy_commands(monkeypatch)
+    config = hostctl.parse_config(
+        {**CONFIG, "state_dir": str(tmp_path / "state"), "health_checks": {"nvidia": NVIDIA_CHECK}}
+    )
+    assert_refused(ask(config, request_), code, field, config, commands)
+
+
+def test_health_check_runs_the_hosts_own_command_in_a_throwaway_schroot(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append((argv, kwargs))
+        return subprocess.CompletedProcess(argv, 3, stdout="x" * 5000, stderr="ecc error\n")
+
+    monkeypatch.setattr(hostctl, "run", fake_run)
+    config = hostctl.parse_config(
+        {**CONFIG, "state_dir": str(tmp_path / "state"), "health_checks": {"nvidia": NVIDIA_CHECK}}
+    )
+    answer = ask(config, HEALTH)
+    assert answer["ok"] is True
+    assert (answer["ran"], answer["passed"], answer["exit_status"]) == (True, False, 3)
+    assert len(answer["output"]) == 4000 and answer["output"].endswith("xecc error\n")
+    [(argv, kwargs)] = calls
+    assert argv == [
+        *("schroot", "-c", "pb-trixie", "-u", "root", "-d", "/", "--", "env"),
+        *("CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=1"),
+        *("ROCR_VISIBLE_DEVICES=", "ZE_AFFINITY_MASK="),
+        *NVIDIA_CHECK,
+    ]
+    assert kwargs == {"check": False, "timeout": hostctl.HEALTH_CHECK_TIMEOUT_S}
+
+
+def test_health_check_of_a_vendor_without_a_check_runs_nothing(config, commands):
+    answer = ask(config, {**HEALTH, "device": {"vendor": "amd", "index": 0}})
+    assert answer["ok"] is True and answer["ran"] is False
+    assert "amd" in answer["reason"]
+    assert commands == []
+
+
+@pytest.mark.parametrize(
+    ("checks", "field"),
+    [
+        ({"nvidia": "/usr/bin/nvidia-smi"}, "config.health_checks.nvidia"),
+        ({"nvidia": []}, "config.health_checks.nvidia"),
+        ({"nvidia": ["nvidia-smi"]}, "config.health_checks.nvidia[0]"),
+        ({"nvidia": ["/usr/bin/../bin/nvidia-smi"]}, "config.health_checks.nvidia[0]"),
+        ({"nvidia": ["/usr/bin/nvidia-smi", 5]}, "config.health_checks.nvidia[1]"),
+        ({"nvidia": ["/usr/bin/nvidia-smi", "a\0b"]}, "config.health_checks.nvidia[1]"),
+        ({"tpu": ["/usr/bin/true"]}, "config.health_checks"),
+        (["/usr/bin/true"], "config.health_checks"),
+    ],
+)
+def test_it_refuses_a_broken_health_check_configuration(checks, field):
+    with pytest.raises(hostctl.AgentError) as refused:
+        hostctl.parse_config({**CONFIG, "health_checks": checks})
+    assert refused.value.code == "bad_config"
+    assert refused.value.message.startswith(field)
