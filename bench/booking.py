@@ -114,6 +114,25 @@ def setup_django(bench_url: str, var_dir: str) -> None:
     call_command("migrate", verbosity=0)
 
 
+@contextlib.contextmanager
+def throwaway_django():
+    """Django on the throwaway database of DATABASE_URL's server, dropped at the end (for the
+    benchmarks that need nothing but the ORM: bench/scheduler.py, bench/telemetry.py)."""
+    admin_url = os.environ.get("DATABASE_URL", "")
+    if not admin_url.startswith("postgres"):
+        sys.exit("Set DATABASE_URL=postgres://...: the figures are for PostgreSQL.")
+    create_database(admin_url)
+    try:
+        bench_url = admin_url.rsplit("/", 1)[0] + "/" + BENCH_DB
+        setup_django(bench_url, tempfile.mkdtemp(prefix="porterbox-bench-"))
+        yield
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        create_database(admin_url, drop_only=True)
+
+
 RESERVATION_COLUMNS = (
     'id, user_id, host_id, stack_id, whole_host, purpose, start, "end", state, created, updated,'
     " last_error, ready_mailed, ending_mailed"

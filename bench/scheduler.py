@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import random
 import statistics
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -108,15 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
-    admin_url = bb.os.environ.get("DATABASE_URL", "")
-    if not admin_url.startswith("postgres"):
-        sys.exit("Set DATABASE_URL=postgres://...: the figures are for PostgreSQL.")
-    bench_url = admin_url.rsplit("/", 1)[0] + "/" + bb.BENCH_DB
-    bb.create_database(admin_url)
-    try:
-        import tempfile
-
-        bb.setup_django(bench_url, tempfile.mkdtemp(prefix="porterbox-bench-"))
+    with bb.throwaway_django():
         from django.db import connection, reset_queries
         from django.test.utils import CaptureQueriesContext
         from django.utils import timezone
@@ -148,11 +139,6 @@ def main() -> None:
             f"schedule(): {seconds:.2f} s for one pass that placed {len(done.placed)} jobs "
             f"({len(pass_queries)} queries: one transaction per placed job)"
         )
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        bb.create_database(admin_url, drop_only=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import random
 import statistics
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -83,15 +82,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--days", type=int, default=7, help="of hourly rows (default 7)")
     args = parser.parse_args()
-    admin_url = bb.os.environ.get("DATABASE_URL", "")
-    if not admin_url.startswith("postgres"):
-        sys.exit("Set DATABASE_URL=postgres://...: the figures are for PostgreSQL.")
-    bench_url = admin_url.rsplit("/", 1)[0] + "/" + bb.BENCH_DB
-    bb.create_database(admin_url)
-    try:
-        import tempfile
-
-        bb.setup_django(bench_url, tempfile.mkdtemp(prefix="porterbox-bench-"))
+    with bb.throwaway_django():
         from django.db import connection
         from django.utils import timezone
         from prometheus_client import CollectorRegistry, generate_latest
@@ -150,11 +141,6 @@ def main() -> None:
 
         line("/metrics collector, whole fleet", *timed(scrape, args.repeat))
         print(f"/metrics body: {scrape.size} bytes")
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        bb.create_database(admin_url, drop_only=True)
 
 
 if __name__ == "__main__":
