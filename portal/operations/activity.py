@@ -23,6 +23,7 @@ from portal.operations.mail import mail_user
 
 log = logging.getLogger(__name__)
 S = Reservation.State
+ACTIVITY_RESOLUTION = timedelta(minutes=1)
 
 
 def _used_devices(host: Host) -> dict[tuple[str, int], set[str]]:
@@ -64,7 +65,11 @@ def track(host: Host, status: dict, now: datetime) -> list[str]:
             d in used and (not used[d] or account in used[d]) for d in devices
         )
         if in_use:
-            Reservation.objects.filter(pk=r.pk).update(last_active_at=now, idle_warned_at=None)
+            # Written at most once a minute (not on every 5-second pass): the idle times are
+            # minutes long.
+            stale = r.last_active_at is None or now - r.last_active_at >= ACTIVITY_RESOLUTION
+            if stale or r.idle_warned_at is not None:
+                Reservation.objects.filter(pk=r.pk).update(last_active_at=now, idle_warned_at=None)
             continue
         since = r.last_active_at or r.granted_at or r.start
         if r.idle_warned_at is None:

@@ -148,8 +148,9 @@ def _reason(problems) -> str:
 def update(host, problems: list[Problem], now) -> None:
     """Record the host's problems now; drain it if it has any, or let it return by itself."""
     problems = [dict(p) for p in problems]
-    Host.objects.filter(pk=host.pk).update(health_problems=problems)
-    host.health_problems = problems
+    if problems != host.health_problems:  # most passes find what the last one found
+        Host.objects.filter(pk=host.pk).update(health_problems=problems)
+        host.health_problems = problems
     if problems:
         reason = _reason(problems)
         if not drain(host, reason, now, problems=problems):

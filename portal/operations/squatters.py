@@ -21,9 +21,10 @@ from django.db import IntegrityError, transaction
 
 from portal.booking.models import Allocation
 from portal.inventory.models import Accelerator, Host
+from portal.operations.jobs import job_account
 from portal.operations.mail import mail_user
 from portal.operations.models import Squatter
-from provisioning.accounts import JOB_ACCOUNT_PREFIX, unix_name
+from provisioning.accounts import unix_name
 from provisioning.client import AgentClient, AgentError
 from provisioning.transport import TransportError
 
@@ -63,8 +64,7 @@ def holders(host: Host, now: datetime) -> dict[int, Holder]:
             found[a.accelerator_id] = Holder(r.unix_user, f"reservation {r.pk}", (r.user,))
         elif a.job is not None:
             job = a.job
-            account = f"{JOB_ACCOUNT_PREFIX}{job.project_id}"
-            found[a.accelerator_id] = Holder(account, f"job {job.pk}", (job.submitter,))
+            found[a.accelerator_id] = Holder(job_account(job), f"job {job.pk}", (job.submitter,))
     return found
 
 
