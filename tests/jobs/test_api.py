@@ -224,3 +224,14 @@ def test_it_refuses_users_outside_any_approved_project(stack):
         }
     assert as_user(UserFactory()).get("/api/jobs/").json()["results"] == []
     assert not Job.objects.exists()
+
+
+def test_it_refuses_a_hwspec_the_stack_does_not_serve_with_a_400(api, stack):
+    rocm = DriverStackFactory(name="rocm-6", hwspecs=["rocm"])
+    HostFactory(name="mi1").stacks.add(rocm)
+    response = api.post("/api/jobs/", body(stack="rocm-6", hwspec="cuda"), format="json")
+    assert response.status_code == 400, response.json()
+    data = response.json()
+    assert (data["code"], list(data["errors"])) == ("stack_hwspec", ["stack"])
+    assert data["message"] == "The stack rocm-6 does not serve cuda."
+    assert not Job.objects.exists()

@@ -392,3 +392,11 @@ def test_it_offers_the_kept_output_to_the_projects_members_only(
     assert b"".join(response.streaming_content) == job.output.open("rb").read()
     client.force_login(UserFactory())
     assert client.get(url).status_code == 404
+
+
+def test_it_refuses_a_hwspec_the_stack_does_not_serve_as_the_finder_does(alice, member, devices):
+    HostFactory(name="mi1").stacks.add(DriverStackFactory(name="rocm-6", hwspecs=["rocm"]))
+    response = alice.post(reverse("jobs:submit"), form(member, stack="rocm-6", hwspec="cuda"))
+    assert response.status_code == 400
+    assert response.context["form"].errors["stack"] == ["The stack rocm-6 does not serve cuda."]
+    assert not Job.objects.exists()

@@ -147,3 +147,15 @@ def test_it_refuses_an_archive_the_host_would_refuse(member, stack):
     with pytest.raises(JobError, match="The archive"):
         submit(member, stack, input_archive=SimpleUploadedFile("in.tar.gz", b"not a tarball"))
     assert not Job.objects.exists()
+
+
+def test_it_refuses_a_hwspec_the_stack_does_not_serve_as_the_finder_does(member, stack):
+    rocm = DriverStackFactory(name="rocm-6", hwspecs=["rocm"])
+    HostFactory().stacks.add(rocm)
+    with pytest.raises(JobError) as refused:
+        submit(member, rocm, hwspec="cuda")
+    assert (refused.value.code, refused.value.field) == ("stack_hwspec", "stack")
+    assert refused.value.message == "The stack rocm-6 does not serve cuda."
+    assert not Job.objects.exists()
+    assert submit(member, rocm, hwspec="rocm:gfx90a").hwspec == "rocm:gfx90a"
+    assert submit(member, rocm, hwspec="cpu").hwspec == "cpu"
