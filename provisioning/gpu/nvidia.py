@@ -1,7 +1,9 @@
-"""NVIDIA GPUs, through NVML (pynvml) or, where pynvml is missing, ``nvidia-smi -q -x``."""
+"""NVIDIA GPUs, through NVML (pynvml) or, where pynvml is missing (the agent runs the host's
+own python3, which has none), through nvidia-smi."""
 
 from __future__ import annotations
 
+import csv
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -9,6 +11,10 @@ from dataclasses import replace
 from provisioning.gpu import Device, Owner, ProbeError, Process, Runner, Sample
 
 SMI_XML = ["nvidia-smi", "-q", "-x"]
+# What a Device needs, asked of nvidia-smi by name. compute_cap is the only source of the
+# sm_XY qualifier without NVML: the -q -x report has none.
+SMI_FIELDS = ("index", "name", "memory.total", "uuid", "pci.bus_id", "compute_cap")
+SMI_CSV = ["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv"]
 MIB = 1024 * 1024
 
 
@@ -67,13 +73,77 @@ def _from_smi(runner: Runner | None, parse):
 
 
 def _probe_smi(runner: Runner | None) -> list[Device]:
+    """The CSV query with compute_cap; the XML, without arch, where the driver predates that
+    field (R510: bullseye's 470 answers 'Field "compute_cap" is not a valid field to query.')."""
+    from provisioning.gpu import run_tool
+
+    try:
+        return parse_smi_csv((runner or run_tool)(SMI_CSV))
+    except FileNotFoundError:
+        return []
+    except ProbeError as exc:
+        if '"compute_cap" is not a valid field' not in exc.message:
+            raise
     return _from_smi(runner, parse_smi_xml)
+
+
+def parse_smi_csv(text: str) -> list[Device]:
+    """Devices from ``nvidia-smi --query-gpu=<SMI_FIELDS> --format=csv``.
+
+    Columns are found by their header ("memory.total [MiB]" is memory.total), so a capture
+    that asked for more fields reads the same. A compute_cap of "[N/A]" leaves ``arch`` "".
+    """
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise ProbeError("nvidia-smi --query-gpu printed nothing")
+    rows = list(csv.reader(lines, skipinitialspace=True))
+    header = [re.sub(r" \[.*\]$", "", name.strip()) for name in rows[0]]
+    lacking = [name for name in SMI_FIELDS if name not in header]
+    if lacking:
+        raise ProbeError(f"nvidia-smi --query-gpu output has no {', '.join(lacking)} column")
+    return [_smi_csv_gpu(header, row) for row in rows[1:]]
+
+
+def _smi_csv_gpu(header: list[str], row: list[str]) -> Device:
+    if len(row) != len(header):
+        raise ProbeError(f"nvidia-smi --query-gpu: row {row!r} does not match the header")
+    values = dict(zip(header, row, strict=True))
+    index = values["index"].strip()
+    if not index.isdigit():
+        raise ProbeError(f"nvidia-smi --query-gpu: index {index!r} is not a number")
+
+    def field(name: str) -> str:
+        value = values[name].strip()
+        if not value or value.startswith("[") or value == "N/A":  # [N/A], [Not Supported]
+            raise ProbeError(f"nvidia-smi --query-gpu: GPU {index} has no {name} ({value!r})")
+        return value
+
+    total = field("memory.total")
+    memory = re.fullmatch(r"(\d+) MiB", total)
+    if not memory:
+        raise ProbeError(
+            f"nvidia-smi --query-gpu: GPU {index} memory.total {total!r} is not 'N MiB'"
+        )
+    capability = values["compute_cap"].strip()
+    arch = re.fullmatch(r"(\d+)\.(\d+)", capability)
+    if arch is None and not capability.startswith("["):
+        raise ProbeError(f"nvidia-smi --query-gpu: GPU {index} compute_cap {capability!r}")
+    return Device(
+        vendor="nvidia",
+        index=int(index),
+        model=field("name"),
+        memory_mib=int(memory.group(1)),
+        uuid=field("uuid"),
+        pci_bus_id=field("pci.bus_id"),
+        arch=f"sm_{arch.group(1)}{arch.group(2)}" if arch else "",
+    )
 
 
 def parse_smi_xml(text: str) -> list[Device]:
     """Devices from ``nvidia-smi -q -x``.
 
-    The XML carries no compute capability, so ``arch`` is "" here (only NVML knows it). MIG
+    The XML carries no compute capability, so ``arch`` is "" here (NVML and the CSV query
+    know it; this is the path of drivers too old for the query's compute_cap). MIG
     instances are not listed: like NVML's device count, one entry per physical GPU.
     """
     if not text or not text.strip():

@@ -26,7 +26,11 @@ from tests.testhost import TestHost
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SMI_XML = REPO / "tests/fixtures/gpu/nvidia-smi/dual_a5000-v13.xml"
+# This machine's recording is its -q -x report: the inventory's query for compute_cap is refused
+# as drivers before R510 refuse it, so the probe reads the report, as it does on such a host.
 FAKE_SMI = "#!/bin/sh\n# Recorded output of a real machine (tests/fixtures/gpu/SOURCES.md).\n" \
+    'case "$*" in *compute_cap*) echo \'Field "compute_cap" is not a valid field to query.\'; ' \
+    "exit 2;; esac\n" \
     "exec cat /usr/local/share/porterbox-test/nvidia-smi.xml\n"  # fmt: skip
 
 

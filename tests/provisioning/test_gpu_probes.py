@@ -1,6 +1,8 @@
 """The device probes, fed with real recorded tool output (tests/fixtures/gpu/SOURCES.md)."""
 
 import csv
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,8 @@ from provisioning.gpu import Device, ProbeError, amd, fpga, intel, nvidia, probe
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 MIB = 1024 * 1024
+H100_CSV = "nvidia-smi-csv/h100-80gb-hbm3_drv590.48.01_load_query-gpu-all-fields.csv"
+FAKE_NVIDIA_SMI = Path(__file__).resolve().parent / "fake_nvidia_smi.py"
 
 
 def fixture(name: str) -> str:
@@ -209,14 +213,83 @@ def test_it_parses_recorded_nvidia_smi_xml(name, expected):
     assert {(d.vendor, d.arch) for d in devices} == {("nvidia", "")}
 
 
-def test_it_falls_back_to_nvidia_smi_without_pynvml(monkeypatch):
+def fake_nvidia_smi(tmp_path, monkeypatch, *options: str) -> None:
+    """An nvidia-smi first on PATH that answers from the recorded H100 capture (see
+    fake_nvidia_smi.py), and no pynvml: what the agent meets on a host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    argv = [sys.executable, str(FAKE_NVIDIA_SMI), str(FIXTURES / H100_CSV), *options, "--"]
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
-    runner = recorded({"nvidia-smi": "nvidia-smi/dual_a5000-v13.xml"})
 
-    devices = nvidia.probe(runner=runner)
 
-    assert [d.pci_bus_id for d in devices] == ["00000000:81:00.0", "00000000:C1:00.0"]
-    assert runner.calls == ["nvidia-smi"]
+def test_it_reads_the_compute_capability_from_nvidia_smi_without_pynvml(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch)
+
+    devices = nvidia.probe()  # the default runner: the nvidia-smi on PATH
+
+    assert devices == [
+        Device(
+            vendor="nvidia",
+            index=0,
+            model="NVIDIA H100 80GB HBM3",
+            memory_mib=81559,
+            uuid="GPU-00000000-0000-0000-0000-000000000000",
+            pci_bus_id="00000000:00:09.0",
+            arch="sm_90",
+        )
+    ]
+
+
+def test_it_falls_back_to_the_xml_where_the_driver_knows_no_compute_cap(tmp_path, monkeypatch):
+    # Drivers before R510 refuse the field; their -q -x still lists the GPUs.
+    xml = str(FIXTURES / "nvidia-smi/dual_a5000-v13.xml")
+    fake_nvidia_smi(tmp_path, monkeypatch, "--no-field", "compute_cap", "--xml", xml)
+
+    devices = nvidia.probe()
+
+    assert [(d.pci_bus_id, d.arch) for d in devices] == [
+        ("00000000:81:00.0", ""),
+        ("00000000:C1:00.0", ""),
+    ]
+
+
+def test_it_reports_an_nvidia_smi_that_refuses_another_field(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch, "--no-field", "pci.bus_id")
+
+    with pytest.raises(ProbeError, match=r'Field "pci\.bus_id" is not a valid field'):
+        nvidia.probe()
+
+
+def test_it_reads_the_whole_recorded_capture_by_its_header():
+    [device] = nvidia.parse_smi_csv(fixture(H100_CSV))  # 212 columns, the six among them
+
+    assert (device.index, device.memory_mib, device.arch) == (0, 81559, "sm_90")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda text: "", "printed nothing"),
+        (lambda text: fixture("nvidia-smi/tesla-t4.xml"), "has no index, name"),
+        (lambda text: text.replace(", 9.0,", ", 9,0,", 1), "does not match the header"),
+        (lambda text: text.replace(", 9.0,", ", 9.x,", 1), "compute_cap '9.x'"),
+        (lambda text: text.replace(", 81559 MiB,", ", [N/A],", 1), "has no memory.total"),
+        (lambda text: text.replace(", 81559 MiB,", ", 80 GiB,", 1), "is not 'N MiB'"),
+    ],
+)
+def test_it_rejects_unreadable_nvidia_smi_csv(change, message):
+    with pytest.raises(ProbeError, match=message):
+        nvidia.parse_smi_csv(change(fixture(H100_CSV)))
+
+
+def test_it_leaves_arch_empty_where_nvidia_smi_has_no_compute_capability():
+    text = fixture(H100_CSV).replace(", 9.0,", ", [N/A],", 1)
+
+    assert [d.arch for d in nvidia.parse_smi_csv(text)] == [""]
 
 
 def test_it_finds_no_nvidia_gpu_without_pynvml_or_nvidia_smi(monkeypatch):
