@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Min
+from django.db.models import F, Min, QuerySet
 from django.utils import timezone
 
 from portal.accounts.models import PartnerProject
@@ -61,13 +61,29 @@ def stop_grace() -> timedelta:
     return timedelta(seconds=settings.JOBS_STOP_GRACE_SECONDS)
 
 
+def charged_allocations(now: datetime) -> QuerySet[Allocation]:
+    """The job allocations that count as usage, each from its start to its end (or now).
+
+    Only the time a job ran counts: the loop moves the start of an attempt's allocations to
+    the moment the host started it (operations/jobs.py) and deactivates those of an attempt
+    that never ran. Until then, the allocations of the attempt that is scheduled or starting
+    (made since it was last queued) hold the devices but are not charged.
+    """
+    return Allocation.objects.filter(job__isnull=False, active=True, start__lt=now).exclude(
+        job__state__in=(Job.State.SCHEDULED, Job.State.STARTING),
+        start__gte=F("job__queued_at"),
+    )
+
+
 def decayed_usage(now: datetime) -> dict[int, float]:
     """Device-hours of each project's jobs, each hour weighed 1/2 per half-life of its age."""
     half_life = settings.JOBS_USAGE_HALF_LIFE_HOURS * HOUR
     usage: dict[int, float] = defaultdict(float)
-    rows = Allocation.objects.filter(
-        job__isnull=False, active=True, start__lt=now, end__gt=now - 10 * half_life
-    ).values_list("job__project_id", "start", "end")
+    rows = (
+        charged_allocations(now)
+        .filter(end__gt=now - 10 * half_life)
+        .values_list("job__project_id", "start", "end")
+    )
     for project, start, end in rows:
         end = min(end, now)
         usage[project] += (end - start) / HOUR * 0.5 ** ((now - end) / half_life)
@@ -78,9 +94,11 @@ def month_usage(now: datetime) -> dict[int, float]:
     """Device-hours each project's jobs held since the start of this month (UTC)."""
     month = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     used: dict[int, float] = defaultdict(float)
-    rows = Allocation.objects.filter(
-        job__isnull=False, active=True, start__lt=now, end__gt=month
-    ).values_list("job__project_id", "start", "end")
+    rows = (
+        charged_allocations(now)
+        .filter(end__gt=month)
+        .values_list("job__project_id", "start", "end")
+    )
     for project, start, end in rows:
         used[project] += (min(end, now) - max(start, month)) / HOUR
     return used

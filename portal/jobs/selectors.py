@@ -14,10 +14,16 @@ from django.db.models import QuerySet
 
 from portal.accounts.models import PartnerProject
 from portal.booking.availability import Need, availability, ceil_to
-from portal.booking.models import Allocation, BookingPolicy
+from portal.booking.models import BookingPolicy
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.jobs.models import Job
-from portal.jobs.scheduler import FairShare, decayed_usage, stop_grace, waiting_jobs
+from portal.jobs.scheduler import (
+    FairShare,
+    charged_allocations,
+    decayed_usage,
+    stop_grace,
+    waiting_jobs,
+)
 
 HOUR = timedelta(hours=1)
 ESTIMATED = 50  # waiting jobs that get a start estimate: each costs an availability search
@@ -25,9 +31,18 @@ ESTIMATED = 50  # waiting jobs that get a start estimate: each costs an availabi
 
 def running_jobs() -> QuerySet[Job]:
     return (
-        Job.objects.filter(state__in=Job.HOLDING)
+        Job.objects.filter(state=Job.State.RUNNING)
         .select_related("project", "stack", "host", "submitter")
         .order_by("started_at", "queued_at", "pk")
+    )
+
+
+def scheduled_jobs() -> QuerySet[Job]:
+    """Jobs placed on devices that the loop has not started yet (or is starting)."""
+    return (
+        Job.objects.filter(state__in=(Job.State.SCHEDULED, Job.State.STARTING))
+        .select_related("project", "stack", "host", "submitter")
+        .order_by("queued_at", "pk")
     )
 
 
@@ -130,9 +145,11 @@ def project_usage(project: PartnerProject, now: datetime, months: int = 12) -> U
     ends = [*starts[1:], now]
     by_month = [0.0] * months
     by_member: dict[str, float] = defaultdict(float)
-    rows = Allocation.objects.filter(
-        job__project=project, active=True, start__lt=now, end__gt=starts[0]
-    ).values_list("start", "end", "job__submitter__username")
+    rows = (
+        charged_allocations(now)
+        .filter(job__project=project, end__gt=starts[0])
+        .values_list("start", "end", "job__submitter__username")
+    )
     for start, end, username in rows:
         end = min(end, now)
         for i, (month_start, month_end) in enumerate(zip(starts, ends, strict=True)):
@@ -171,9 +188,11 @@ def trained_jobs() -> QuerySet[Job]:
 def device_hours(jobs: list[Job], now: datetime) -> dict[int, float]:
     """Device-hours each job held (its active allocations, cut at now)."""
     hours: dict[int, float] = defaultdict(float)
-    rows = Allocation.objects.filter(
-        job__in=[j.pk for j in jobs], active=True, start__lt=now
-    ).values_list("job_id", "start", "end")
+    rows = (
+        charged_allocations(now)
+        .filter(job__in=[j.pk for j in jobs])
+        .values_list("job_id", "start", "end")
+    )
     for job_id, start, end in rows:
         hours[job_id] += (min(end, now) - start) / HOUR
     return {pk: round(h, 2) for pk, h in hours.items()}

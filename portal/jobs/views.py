@@ -51,6 +51,7 @@ def queue(request):
     ]
     context = {
         "running": _with_hours(list(selectors.running_jobs())),
+        "scheduled": _with_hours(list(selectors.scheduled_jobs())),
         "waiting": waiting,
         "more": max(len(ordered) - QUEUE_SHOWN, 0),
         "held_back": held_back[:QUEUE_SHOWN],

@@ -110,9 +110,14 @@ class JobPass:
                 input=_input(job),
             )
         except AgentError as exc:
-            self._finish(job, J.FAILED, last_error=f"The host refused the job: {exc}")
+            self._finish(job, J.FAILED, ran=False, last_error=f"The host refused the job: {exc}")
             return
         if Job.move(job.pk, J.RUNNING, from_=(J.STARTING,), started_at=self.now):
+            # Usage counts from here, when it runs, not from when it was placed (the time
+            # before is past: shrinking the allocation frees nothing anyone could book).
+            Allocation.objects.filter(
+                job=job, active=True, end__gt=self.now, start__lt=self.now
+            ).update(start=self.now)
             self.done.append(f"started {job.session_name}")
 
     def _follow(self, job: Job) -> None:
@@ -161,10 +166,10 @@ class JobPass:
             )
             Job.objects.filter(pk=job.pk).update(output=job.output.name)
 
-    def _finish(self, job: Job, state: str, **fields) -> None:
+    def _finish(self, job: Job, state: str, *, ran: bool = True, **fields) -> None:
         if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):
             # The devices are free from now on; what was held until now is the job's usage.
-            Allocation.objects.filter(job=job, active=True, end__gt=self.now).update(end=self.now)
+            release(job, self.now, ran=ran)
 
 
 def requeue(job: Job, now: datetime, reason: str) -> None:
@@ -180,7 +185,17 @@ def requeue(job: Job, now: datetime, reason: str) -> None:
             last_error=reason, queued_at=now,
         )  # fmt: skip
     if moved:
-        Allocation.objects.filter(job=job, active=True, end__gt=now).update(end=now)
+        release(job, now, ran=job.state == J.RUNNING)
+
+
+def release(job: Job, now: datetime, *, ran: bool) -> None:
+    """Free the devices of the job's current attempt from now on. What a running attempt held
+    is its usage; an attempt that never ran (still scheduled or starting) is charged nothing."""
+    current = Allocation.objects.filter(job=job, active=True, end__gt=now)
+    if ran:
+        current.update(end=now)
+    else:
+        current.update(active=False)
 
 
 def requeue_from_failed_host(host: Host, now: datetime) -> int:

@@ -132,7 +132,7 @@ def test_it_shows_wait_reasons_estimates_and_held_back_jobs(
     assert "not estimated" in row[: row.index("</tr>")]
     held_back = page[page.index("Held back") :]
     assert f"#{suspended.pk} " in held_back
-    running_part = page[page.index("<h2>Running") : page.index("<h2>Waiting")]
+    running_part = page[page.index("<h2>Running") : page.index("<h2>Scheduled")]
     assert f"#{running.pk} {running.name}" in running_part and "gpu1" in running_part
 
 
@@ -321,6 +321,34 @@ def test_it_counts_usage_by_month_and_member_across_a_boundary_and_up_to_now(
     assert '<th scope="row">2026-10</th><td>4.0</td>' in page
     assert '<th scope="row">alice</th><td>12.0</td>' in page
     assert "<script" not in page
+
+
+def test_it_charges_and_shows_a_scheduled_job_that_never_started_as_scheduled(
+    alice, member, stack, devices
+):
+    from portal.jobs import scheduler
+
+    # Placed two hours ago on gpu1, never started (its host has not answered since).
+    placed = JobFactory(project=member.project, stack=stack, state="scheduled",
+                        host=devices[0].host, queued_at=NOW - 3 * H)  # fmt: skip
+    held(placed, devices[0], NOW - 2 * H, NOW + 2 * H)
+    running = JobFactory(project=member.project, stack=stack, state="running",
+                         host=devices[0].host, started_at=NOW - H)  # fmt: skip
+    held(running, devices[1], NOW - H, NOW + 3 * H)
+
+    usage = selectors.project_usage(member.project, NOW)
+    assert (usage.this_month, usage.total) == (1.0, 1.0)
+    assert selectors.device_hours([placed, running], NOW) == {running.pk: 1.0}
+    assert scheduler.month_usage(NOW)[member.project_id] == 1.0
+    assert scheduler.decayed_usage(NOW)[member.project_id] < 1.0 + 1e-9
+
+    page = alice.get(reverse("jobs:queue")).content.decode()
+    running_part = page[page.index("<h2>Running") : page.index("<h2>Scheduled")]
+    scheduled_part = page[page.index("<h2>Scheduled") : page.index("<h2>Waiting")]
+    assert f"#{placed.pk} " not in running_part and f"#{running.pk} " in running_part
+    assert f"#{placed.pk} " in scheduled_part and "state-scheduled" in scheduled_part
+    detail = alice.get(reverse("jobs:job_detail", args=[placed.pk])).content.decode()
+    assert "<dt>Device-hours</dt><dd>0.00</dd>" in detail
 
 
 def test_it_shows_usage_to_members_and_staff_only(client, member, staff):

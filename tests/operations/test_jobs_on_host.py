@@ -149,3 +149,19 @@ def test_a_job_whose_host_fails_is_requeued_and_its_old_attempt_dropped(
     assert job.session_name == f"j{job.pk}-1"
     assert not testhost.exists(f"/var/lib/porterbox/jobs/j{job.pk}")
     assert testhost.exists(f"/var/lib/porterbox/jobs/j{job.pk}-1")
+
+
+def test_it_charges_a_job_only_from_when_it_started_on_the_host(registered, member):
+    job = submit(member, registered, "sleep 1\n")
+    # Placed half an hour ago, and not started since (its host was away, say).
+    placed_at = timezone.now() - timedelta(minutes=30)
+    Job.objects.filter(pk=job.pk).update(queued_at=placed_at - timedelta(minutes=1))
+    assert list(scheduler.schedule(placed_at).placed) == [job.pk]
+    assert scheduler.month_usage(timezone.now()).get(member.project_id, 0) == 0
+
+    job = run_until(registered, job, Job.FINISHED)
+
+    assert job.state == J.SUCCEEDED, (job.last_error, job.log)
+    held = Allocation.objects.get(job=job)
+    assert (held.start, held.end) == (job.started_at, job.ended_at)
+    assert 0 < scheduler.month_usage(timezone.now())[member.project_id] < 1 / 60
