@@ -4,6 +4,7 @@ recent XRT releases)."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,10 +37,11 @@ def probe(runner: Runner) -> list[Device]:
 def parse_xbutil_examine(text: str) -> list[Device]:
     """Devices from the host section (``system.host.devices``) of an examine JSON report.
 
-    That section has no memory size and no architecture (``memory_mib`` 0, ``arch`` ""). Its
-    ``id`` is the shell's logic UUID, the same on every card flashed with that shell, so it is
-    not used as the device's ``uuid``. Alveo cards are named by their shell (``vbnv``), Ryzen
-    NPUs by ``name``.
+    That section has no memory size (``memory_mib`` 0: the card's memory banks are in the
+    per-card ``examine -d BDF -r memory`` report, of which no recording was at hand). Its ``id``
+    is the shell's logic UUID, the same on every card flashed with that shell, so it is not
+    used as the device's ``uuid``. Alveo cards are named by their shell (``vbnv``), Ryzen NPUs
+    by ``name``. ``arch`` is the platform a design must be built for (see ``_platform``).
     """
     if not text or not text.strip():
         raise ProbeError("xbutil examine report is empty")
@@ -72,8 +74,21 @@ def _device(index: int, entry) -> Device:
         memory_mib=0,
         uuid="",
         pci_bus_id=str(entry["bdf"]),
-        arch="",
+        arch=_platform(entry),
     )
+
+
+_QUALIFIER = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,31}")  # portal/inventory/hwspec.py's
+
+
+def _platform(entry: dict) -> str:
+    """The platform an xclbin targets: an Alveo card's shell (``vbnv``, e.g.
+    xilinx_u250_gen3x16_xdma_shell_4_1, without the constant "xilinx_"), else XRT's device
+    class ("Ryzen" for an NPU); "" where that is no hwspec qualifier (too long, odd letters),
+    since a cut name would name another platform."""
+    name = str(entry.get("vbnv") or entry.get("device_class") or "").lower()
+    name = name.removeprefix("xilinx_")
+    return name if _QUALIFIER.fullmatch(name) else ""
 
 
 # --- telemetry ------------------------------------------------------------------------------

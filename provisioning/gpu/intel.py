@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from dataclasses import replace
 
 from provisioning.gpu import Device, ProbeError, Runner, Sample
 
@@ -18,18 +20,28 @@ def dump(device_id: int) -> list[str]:
     return ["xpu-smi", "dump", "-d", str(device_id), "-m", DUMP_METRICS, "-n", "1"]
 
 
+def device_report(device_id: int) -> list[str]:
+    return ["xpu-smi", "discovery", "-d", str(device_id)]
+
+
 def probe(runner: Runner) -> list[Device]:
+    """The devices of the listing, each with the memory size of its own report."""
     try:
-        return parse_xpu_smi_discovery(runner(XPU_SMI_DISCOVERY))
+        devices = parse_xpu_smi_discovery(runner(XPU_SMI_DISCOVERY))
     except FileNotFoundError:
         return []
+    return [
+        replace(d, memory_mib=parse_xpu_smi_device_memory(runner(device_report(d.index)), d.index))
+        for d in devices
+    ]
 
 
 def parse_xpu_smi_discovery(text: str) -> list[Device]:
     """Devices from ``xpu-smi discovery -j``.
 
-    The listing names no memory size and no architecture, so ``memory_mib`` is 0 and ``arch``
-    "" (the per-device ``xpu-smi discovery -d N -j`` would have the memory; not read yet).
+    The listing names no memory size and no architecture, so ``memory_mib`` is 0 here (``probe``
+    reads it from each device's report) and ``arch`` "": no xpu-smi output names one, only a
+    PCI device id.
     """
     if not text or not text.strip():
         raise ProbeError("xpu-smi discovery -j printed nothing")
@@ -58,6 +70,27 @@ def _device(position: int, entry) -> Device:
         raise ProbeError(
             f"xpu-smi: device_list entry {position} is not as expected ({exc!r})"
         ) from exc
+
+
+_MEMORY = re.compile(r"^\|[^|]*\|\s*Memory Physical Size:\s*(.*?)\s*\|\s*$", re.M)
+
+
+def parse_xpu_smi_device_memory(text: str, index: int) -> int:
+    """The memory in MiB of device ``index``'s ``xpu-smi discovery -d N`` report.
+
+    That table is where xpu-smi prints the size ("Memory Physical Size: 14336.00 MiB"); a
+    device without one is an error rather than a device of 0 MiB, which no one could book by
+    memory.
+    """
+    found = _MEMORY.findall(text or "")
+    if len(found) != 1:
+        raise ProbeError(f"xpu-smi discovery -d {index}: no Memory Physical Size line")
+    size = re.fullmatch(r"(\d+(?:\.\d+)?) MiB", found[0])
+    if not size:
+        raise ProbeError(
+            f"xpu-smi discovery -d {index}: Memory Physical Size {found[0]!r} is not 'N MiB'"
+        )
+    return int(float(size.group(1)))
 
 
 # --- telemetry ------------------------------------------------------------------------------

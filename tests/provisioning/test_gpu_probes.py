@@ -87,15 +87,17 @@ def absent(argv):
     raise FileNotFoundError(argv[0])
 
 
-def recorded(outputs: dict[str, str]):
-    """A runner that answers each tool from a fixture; a tool not listed is not installed."""
+def recorded(outputs: dict[str | tuple[str, ...], str]):
+    """A runner that answers each tool from a fixture, by its whole command line where that is
+    listed, else by its name; a tool not listed is not installed."""
     calls = []
 
     def run(argv):
         calls.append(argv[0])
-        if argv[0] not in outputs:
+        key = tuple(argv) if tuple(argv) in outputs else argv[0]
+        if key not in outputs:
             raise FileNotFoundError(argv[0])
-        text = fixture(outputs[argv[0]])
+        text = fixture(outputs[key])
         if argv[0] in fpga.TOOLS:  # they write their report to --output, not stdout
             Path(argv[argv.index("--output") + 1]).write_text(text)
             return ""
@@ -461,6 +463,10 @@ def test_it_finds_no_amd_gpu_without_either_tool():
 # --- Intel --------------------------------------------------------------------------------
 
 
+XPU_LISTING = "xpu-smi/xpumanager-doc_discovery-j_windows_flex170.json"
+XPU_REPORT = "xpu-smi/xpumanager-doc_discovery-d0_windows_flex170.txt"  # the same machine's
+
+
 @pytest.mark.parametrize(
     ("name", "model", "uuid"),
     [
@@ -479,7 +485,7 @@ def test_it_finds_no_amd_gpu_without_either_tool():
 def test_it_parses_recorded_xpu_smi_discovery(name, model, uuid):
     devices = intel.parse_xpu_smi_discovery(fixture(f"xpu-smi/{name}"))
 
-    # The discovery listing names no memory size and no architecture.
+    # The listing names no memory size (each device's report does) and no architecture.
     assert devices == [
         Device(
             vendor="intel",
@@ -491,6 +497,51 @@ def test_it_parses_recorded_xpu_smi_discovery(name, model, uuid):
             arch="",
         )
     ]
+
+
+def test_it_reads_an_intel_gpus_memory_from_its_own_report():
+    runner = recorded(
+        {
+            ("xpu-smi", "discovery", "-j"): XPU_LISTING,
+            ("xpu-smi", "discovery", "-d", "0"): XPU_REPORT,
+        }
+    )
+
+    assert intel.probe(runner) == [
+        Device(
+            vendor="intel",
+            index=0,
+            model="Intel(R) Data Center GPU Flex Series 170",
+            memory_mib=14336,  # "Memory Physical Size: 14336.00 MiB"
+            uuid="01000000-0000-004d-0000-000856c08086",
+            pci_bus_id="0000:4d:00.0",
+            arch="",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "mib"),
+    [
+        ("xpumanager-doc_discovery-d_linux_0x020a.txt", 32768),
+        ("xpumanager-doc_discovery-d0_windows_flex170.txt", 14336),
+    ],
+)
+def test_it_parses_the_memory_of_recorded_xpu_smi_device_reports(name, mib):
+    assert intel.parse_xpu_smi_device_memory(fixture(f"xpu-smi/{name}"), 0) == mib
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda text: "", "no Memory Physical Size line"),
+        (lambda text: text.replace("Memory Physical Size", "Memory Size"), "no Memory Physical"),
+        (lambda text: text.replace("14336.00 MiB", "unknown     "), "'unknown' is not 'N MiB'"),
+    ],
+)
+def test_it_rejects_an_xpu_smi_device_report_without_memory(change, message):
+    with pytest.raises(ProbeError, match=message):
+        intel.parse_xpu_smi_device_memory(change(fixture(XPU_REPORT)), 0)
 
 
 @pytest.mark.parametrize(
@@ -521,7 +572,8 @@ def test_it_finds_no_intel_gpu_without_xpu_smi():
 def test_it_parses_a_recorded_xrt_examine_report():
     devices = fpga.parse_xbutil_examine(fixture("xrt-smi/ryzen-ai-doc_examine_json_npu.json"))
 
-    # The host report has no memory, no architecture, and only the shell's logic UUID.
+    # The host report has no memory and only the shell's logic UUID; the platform of an NPU is
+    # its device class.
     assert devices == [
         Device(
             vendor="fpga",
@@ -530,9 +582,29 @@ def test_it_parses_a_recorded_xrt_examine_report():
             memory_mib=0,
             uuid="",
             pci_bus_id="00c5:00:01.1",
-            arch="",
+            arch="ryzen",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("shell", "arch"),
+    [
+        ("xilinx_u250_gen3x16_xdma_shell_4_1", "u250_gen3x16_xdma_shell_4_1"),
+        ("xilinx_u55c_gen3x16_xdma_base_3", "u55c_gen3x16_xdma_base_3"),
+        # Longer than a hwspec qualifier: no arch rather than a cut name.
+        ("xilinx_vck5000_gen4x8_qdma_base_2_with_a_long_suffix", ""),
+    ],
+)
+def test_it_names_an_alveo_cards_platform_by_its_shell(shell, arch):
+    # An Alveo card's entry carries its shell in vbnv (XRT's XBUtilities::get_available_devices).
+    text = fixture("xrt-smi/ryzen-ai-doc_examine_json_npu.json").replace(
+        '"name": "NPU"', f'"vbnv": "{shell}"'
+    )
+
+    [device] = fpga.parse_xbutil_examine(text.replace('"Ryzen"', '"Alveo"'))
+
+    assert (device.model, device.arch) == (shell, arch)
 
 
 def test_it_runs_xbutil_with_a_report_file():
@@ -588,18 +660,19 @@ def test_it_merges_every_vendor():
     runner = recorded(
         {
             "amd-smi": "amd-smi/mi210_static_json.json",
-            "xpu-smi": "xpu-smi/xpumanager-doc_discovery-j_windows_flex170.json",
+            ("xpu-smi", "discovery", "-j"): XPU_LISTING,
+            ("xpu-smi", "discovery", "-d", "0"): XPU_REPORT,
             "xbutil": "xrt-smi/ryzen-ai-doc_examine_json_npu.json",
         }
     )
 
     devices = probe_all(runner, nvml=FakeNVML(h100_capture()))
 
-    assert [(d.vendor, d.model) for d in devices] == [
-        ("nvidia", "NVIDIA H100 80GB HBM3"),
-        ("amd", "AMD Instinct MI210"),
-        ("intel", "Intel(R) Data Center GPU Flex Series 170"),
-        ("fpga", "NPU"),
+    assert [(d.vendor, d.model, d.memory_mib, d.arch) for d in devices] == [
+        ("nvidia", "NVIDIA H100 80GB HBM3", 81559, "sm_90"),
+        ("amd", "AMD Instinct MI210", 65520, "gfx90a"),
+        ("intel", "Intel(R) Data Center GPU Flex Series 170", 14336, ""),
+        ("fpga", "NPU", 0, "ryzen"),
     ]
 
 
