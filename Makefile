@@ -16,17 +16,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Web server and a Celery worker with embedded beat; Ctrl-C stops all of them.
+# Web server and a Celery worker with embedded beat (manage.py rundev); Ctrl-C stops all of
+# them within seconds (tests/test_make_run.py).
 run: export DJANGO_DEBUG ?= 1
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py demo
 	@$(PY) manage.py ensure_admin
 	@echo "Portal: http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
-	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
-	  $(VENV)/bin/celery -A portal worker --beat --loglevel=INFO --concurrency=2 & \
-	  $(PY) manage.py runserver $(HOST):$(PORT) & \
-	  wait
+	@exec $(PY) manage.py rundev $(HOST):$(PORT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
