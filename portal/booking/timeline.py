@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from portal.booking.availability import ceil_to
 from portal.booking.models import Allocation, BookingPolicy
-from portal.inventory.models import Accelerator, MaintenanceWindow
+from portal.inventory.models import Accelerator, Host, MaintenanceWindow
 
 VIEWS = {
     "day": (timedelta(days=1), timedelta(hours=1)),
@@ -19,12 +19,30 @@ VIEWS = {
 }
 
 
+# What each state says in words (the cell's title and its screen-reader text).
+LABELS = {
+    "free": "free",
+    "mine": "yours",
+    "booked": "booked",
+    "maintenance": "maintenance",
+    "past": "past",
+    "closed": "not open for booking yet",
+    "unavailable": "host out of service",
+}
+
+
 @dataclass
 class Cell:
     start: datetime
     end: datetime
-    state: str  # free, booked, mine, maintenance, past
+    # free, booked, mine, maintenance, past; closed: beyond how far ahead one may book;
+    # unavailable: the host is not in service. Only a free cell offers a booking.
+    state: str
     book_from: datetime | None = None  # where a booking from this cell would start
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.state]
 
 
 @dataclass
@@ -78,7 +96,10 @@ def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timelin
     ):
         down.setdefault(w.host_id, []).append((w.start, w.end))
 
-    grid = BookingPolicy.current().granularity
+    policy = BookingPolicy.current()
+    grid = policy.granularity
+    # The booking service refuses a start beyond this (check_times): offer no "+" past it.
+    horizon = now + timedelta(days=policy.max_days_ahead)
     # Columns step in wall-clock time, so they stay on the hour across a DST change; an hour
     # that does not exist that day is skipped, one that happens twice is one wider cell.
     zone = timezone.get_current_timezone()
@@ -91,11 +112,11 @@ def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timelin
     rows = []
     for acc in accelerators:
         row = Row(acc)
+        in_service = acc.host.state == Host.State.ACTIVE
         for i, cell_start in enumerate(columns):
             cell_end = columns[i + 1] if i + 1 < len(columns) else end
-            row.cells.append(
-                _cell(cell_start, cell_end, held[acc.pk], down.get(acc.host_id, []), now, grid)
-            )
+            cell = _cell(cell_start, cell_end, held[acc.pk], down.get(acc.host_id, []), now, grid)
+            row.cells.append(_bookable(cell, in_service=in_service, horizon=horizon))
         rows.append(row)
     return Timeline(start, end, columns, rows, view, day)
 
@@ -114,3 +135,16 @@ def _cell(start, end, held, down, now, grid) -> Cell:
     if overlapping:
         return Cell(start, end, "mine" if all(overlapping) else "booked")
     return Cell(start, end, "free", book_from=max(start, ceil_to(now, grid)))
+
+
+def _bookable(cell: Cell, *, in_service: bool, horizon: datetime) -> Cell:
+    """A free cell that a booking from it would be refused for offers no booking."""
+    if cell.state != "free":
+        return cell
+    if not in_service:
+        return Cell(cell.start, cell.end, "unavailable")
+    if cell.book_from >= cell.end:  # the cell's last grid step has begun: the rest is the past
+        return Cell(cell.start, cell.end, "past")
+    if cell.book_from > horizon:
+        return Cell(cell.start, cell.end, "closed")
+    return cell
