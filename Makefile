@@ -19,6 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Web server and a Celery worker with embedded beat (manage.py rundev); Ctrl-C stops all of
 # them within seconds (tests/test_make_run.py).
 run: export DJANGO_DEBUG ?= 1
+run: export SITE_URL ?= http://$(HOST):$(PORT)
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py demo

@@ -7,6 +7,7 @@ one CI pass only (marker `once`).
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -83,6 +84,11 @@ def test_it_serves_and_stops_within_seconds(var_dir, tmp_path, signum):
     pgid = proc.pid
     try:
         wait_until_serving(proc, port, log)
+        # Links in mails (the worker's and allauth's) name the port it serves, not 8000.
+        with sqlite3.connect(var_dir / "portal.sqlite3") as db:
+            assert db.execute("SELECT domain FROM django_site").fetchall() == [
+                (f"127.0.0.1:{port}",)
+            ]
         time.sleep(2)  # a few of beat's ticks in flight
         began = time.monotonic()
         os.killpg(pgid, signum)  # what the terminal does on Ctrl-C: the whole foreground group

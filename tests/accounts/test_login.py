@@ -85,3 +85,25 @@ def test_it_saves_the_time_zone_and_refuses_an_unknown_one(client, user):
     bad = client.post(url, {"first_name": "", "last_name": "", "time_zone": "Mars/Olympus"})
     assert bad.status_code == 400
     assert "Select a valid choice" in bad.content.decode()
+
+
+def test_it_signs_mails_with_the_portals_name_not_example_com(client, db):
+    client.post(
+        reverse("account_signup"),
+        {"email": "new@example.org", "username": "newbie", "password1": PASSWORD,
+         "password2": PASSWORD},
+    )  # fmt: skip
+    body = mail.outbox[0].body
+    assert "example.com" not in body
+    assert "Debian porterbox portal" in body
+
+
+def test_it_renames_the_site_when_site_url_changes_at_the_next_migrate(db, settings):
+    from django.contrib.sites.models import Site
+    from django.core.management import call_command
+
+    settings.SITE_URL = "https://porterbox.debian.net"
+    settings.SITE_NAME = "Debian GPU porterboxes"
+    call_command("migrate", verbosity=0)
+    site = Site.objects.get_current()
+    assert (site.domain, site.name) == ("porterbox.debian.net", "Debian GPU porterboxes")
