@@ -416,8 +416,16 @@ def reservation_shorten(
         if end >= current.end:
             raise BookingError("not_earlier", "Shortening must move the end earlier.")
         _check_on_grid(policy, "end", end)
+        # Say what the page (and the API) offers instead: before the start that is a cancel,
+        # and "end now" exists only once the reservation has started.
+        if end <= current.start and current.start > now:
+            raise BookingError(
+                "before_start",
+                "The new end is not after the start; to give the reservation back, "
+                "cancel it instead.",
+            )
         if end <= now:
-            raise BookingError("in_past", "The new end has passed; use “end now” instead.")
+            raise BookingError("in_past", "The new end has passed; end it now instead.")
         if end - current.start < timedelta(minutes=policy.min_minutes):
             raise BookingError(
                 "too_short", f"A booking lasts at least {policy.min_minutes} minutes."
@@ -440,7 +448,19 @@ def reservation_reclaim(*, reservation: Reservation, now: datetime) -> Reservati
     return _end_now(reservation, None, None, now, "reclaim idle")
 
 
-def _end_now(reservation: Reservation, actor, ip, now: datetime, action: str) -> Reservation:
+def reservation_withdraw(*, reservation: Reservation, reason: str, now: datetime) -> Reservation:
+    """End a running reservation whose user may no longer hold it (inactive, not a member)."""
+    return _end_now(reservation, None, None, now, "withdraw access", reason=reason)
+
+
+def may_hold(user: User) -> bool:
+    """Whether the user may hold a session now: decided at every pass, not at booking time."""
+    return user.is_active and user.is_debian_member
+
+
+def _end_now(
+    reservation: Reservation, actor, ip, now: datetime, action: str, **detail
+) -> Reservation:
     def work() -> Reservation:
         current = _locked(reservation, now)
         if current.start >= now:
@@ -456,7 +476,7 @@ def _end_now(reservation: Reservation, actor, ip, now: datetime, action: str) ->
         current.end = now
         Allocation.objects.filter(reservation=current, active=True).update(end=now)
         current.save(update_fields=["end", "state", "updated"])
-        audit(actor, ip, action, current, old_end=old.isoformat(), end=now.isoformat())
+        audit(actor, ip, action, current, old_end=old.isoformat(), end=now.isoformat(), **detail)
         return current
 
     return _write(work)

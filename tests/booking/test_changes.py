@@ -82,13 +82,35 @@ def test_it_refuses_an_extension_off_the_grid_or_not_later(member, host, stack):
         assert exc.value.code == code
 
 
-def test_it_shortens_and_frees_the_rest(member, host, stack):
+def test_it_shortens_and_frees_the_rest(member, host, stack, policy):
     r = book(member, host, stack, end=START + 4 * H)
     reservation_shorten(reservation=r, end=START + H, actor=member, now=NOW)
     other = UserFactory(debian_member_source="salsa")
     book(other, host, stack, start=START + H, end=START + 2 * H)  # now free
-    with pytest.raises(BookingError, match="at least 15 minutes"):
-        reservation_shorten(reservation=r, end=START, actor=member, now=NOW)
+    policy.min_minutes = 30
+    policy.save()
+    with pytest.raises(BookingError, match="at least 30 minutes"):
+        reservation_shorten(reservation=r, end=START + H / 4, actor=member, now=NOW)
+
+
+def test_it_says_to_cancel_when_shortening_leaves_nothing_before_the_start(member, host, stack):
+    r = book(member, host, stack, start=START + 2 * H, end=START + 4 * H)
+    # The new end is at or before the start, whether still to come or already passed.
+    for end in (START + 2 * H, START + H, NOW - timedelta(minutes=7)):
+        with pytest.raises(BookingError) as exc:
+            reservation_shorten(reservation=r, end=end, actor=member, now=NOW)
+        assert exc.value.code == "before_start"
+        assert "cancel it instead" in exc.value.message and "end now" not in exc.value.message
+    r.refresh_from_db()
+    assert r.end == START + 4 * H
+
+
+def test_it_says_to_end_now_when_shortening_a_running_one_into_the_past(member, host, stack):
+    r = book(member, host, stack, end=START + 4 * H)
+    for end in (START + H, START, START - H):  # a started one cannot be cancelled
+        with pytest.raises(BookingError) as exc:
+            reservation_shorten(reservation=r, end=end, actor=member, now=START + 2 * H)
+        assert exc.value.code == "in_past" and "end it now instead" in exc.value.message
 
 
 def test_it_ends_a_running_reservation_now(member, host, stack):

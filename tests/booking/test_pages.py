@@ -187,3 +187,24 @@ def test_it_keeps_timeline_columns_on_the_hour_across_dst(client, host, alice):
     # 25 Oct 2026 in Berlin lasts 25 hours: the hour 02 happens twice and shows once.
     assert body.count('<th scope="col">02</th>') == 1
     assert body.count('<th scope="col">') == 1 + 24
+
+
+def test_it_points_to_the_cancel_button_when_shortening_an_upcoming_one_to_the_past(
+    logged_in, host
+):
+    logged_in.post(
+        "/hosts/gpu1/book/",
+        {"accelerators": ["0"], "stack": "cuda-12", "start": "2026-11-23T11:00",
+         "end": "2026-11-23T12:00"},
+    )  # fmt: skip
+    r = Reservation.objects.get()
+    page = logged_in.post(
+        reverse("booking:reservation_change", args=[r.pk, "shorten"]),
+        {"end": "2026-11-23T10:00"},  # 09:00 UTC, before now and before the start
+        follow=True,
+    ).content.decode()
+    assert "cancel it instead" in page and "end now" not in page.lower()
+    # ... and the page offers what the message names, not an "End it now" button.
+    assert "Cancel this reservation</button>" in page and "End it now" not in page
+    r.refresh_from_db()
+    assert r.end == datetime(2026, 11, 23, 11, tzinfo=UTC)
