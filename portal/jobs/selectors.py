@@ -114,11 +114,31 @@ def month_starts(now: datetime, months: int) -> list[datetime]:
     return starts[::-1]
 
 
+# The chart's bar area, in percent of its width (templates/jobs/_bars.html: labels before it,
+# figures after it); a chart's scale is at least this many device-hours, so that a few minutes
+# of use draw a short bar, not a full one.
+BAR_AREA_PCT = 58
+MIN_SCALE_HOURS = 1.0
+
+
 @dataclass
 class Bar:
     label: str
     hours: float
     width: float = 0.0  # percent of the chart's bar area, for the template's SVG
+
+    @property
+    def svg_width(self) -> str:
+        """The bar's width in percent of the whole chart, unlocalised for the SVG attribute."""
+        return f"{self.width * BAR_AREA_PCT / 100:.2f}"
+
+    @property
+    def shown(self) -> str:
+        """Hours as people read them: two decimals, so a quarter of an hour is 0.25, not 0.0,
+        and a little use is never shown as none."""
+        if self.hours and self.hours < 0.005:
+            return "< 0.01"
+        return f"{self.hours:.2f}"
 
 
 @dataclass
@@ -131,8 +151,9 @@ class Usage:
 
 def _scale(bars: list[Bar]) -> list[Bar]:
     top = max((b.hours for b in bars), default=0.0)
+    scale = max(top, MIN_SCALE_HOURS)
     for bar in bars:
-        bar.width = round(100 * bar.hours / top, 1) if top else 0.0
+        bar.width = round(100 * bar.hours / scale, 2)
     return bars
 
 
@@ -157,15 +178,15 @@ def project_usage(project: PartnerProject, now: datetime, months: int = 12) -> U
             if held > timedelta(0):
                 by_month[i] += held / HOUR
                 by_member[username] += held / HOUR
-    month_bars = [Bar(f"{s:%Y-%m}", round(h, 2)) for s, h in zip(starts, by_month, strict=True)]
+    month_bars = [Bar(f"{s:%Y-%m}", round(h, 4)) for s, h in zip(starts, by_month, strict=True)]
     member_bars = [
-        Bar(name, round(h, 2)) for name, h in sorted(by_member.items(), key=lambda i: (-i[1], i[0]))
+        Bar(name, round(h, 4)) for name, h in sorted(by_member.items(), key=lambda i: (-i[1], i[0]))
     ]
     return Usage(
         months=_scale(month_bars),
         members=_scale(member_bars),
-        total=round(sum(by_month), 2),
-        this_month=round(by_month[-1], 2),
+        total=round(sum(by_month), 4),
+        this_month=round(by_month[-1], 4),
     )
 
 

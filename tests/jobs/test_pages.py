@@ -318,8 +318,8 @@ def test_it_counts_usage_by_month_and_member_across_a_boundary_and_up_to_now(
     client.force_login(bob)
     page = client.get(reverse("jobs:project_usage", args=[project.slug])).content.decode()
     assert "<svg" in page and 'role="img"' in page
-    assert '<th scope="row">2026-10</th><td>4.0</td>' in page
-    assert '<th scope="row">alice</th><td>12.0</td>' in page
+    assert '<th scope="row">2026-10</th><td>4.00</td>' in page
+    assert '<th scope="row">alice</th><td>12.00</td>' in page
     assert "<script" not in page
 
 
