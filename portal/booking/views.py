@@ -165,6 +165,8 @@ def my_reservations(request):
     for r in mine[:200]:
         groups[r.phase(now)].append(r)
     groups["upcoming"].reverse()
+    for r in groups["current"] + groups["upcoming"]:
+        r.offers_login = offers_login(r, now)
     return render(request, "booking/my_reservations.html", {"groups": groups, "now": now})
 
 
@@ -177,13 +179,38 @@ def _own(request, pk) -> Reservation:
     return reservation
 
 
+# The states in which the ssh line leads somewhere: the session is open or will be. Not a
+# cancelled, ended or failed one (a failed one gets its login line back once the loop's retry
+# opens the session).
+LOGIN_STATES = (
+    Reservation.State.PENDING_APPROVAL,
+    Reservation.State.SCHEDULED,
+    Reservation.State.PROVISIONING,
+    Reservation.State.ACTIVE,
+)
+
+
+def offers_login(reservation: Reservation, now) -> bool:
+    return reservation.state in LOGIN_STATES and reservation.end > now
+
+
 @login_required
 def reservation_detail(request, pk):
     reservation = _own(request, pk)
     now = timezone.now()
-    context = {"reservation": reservation, "now": now, "end_form": EndForm()}
+    context = {
+        "reservation": reservation,
+        "now": now,
+        "end_form": EndForm(),
+        "offers_login": offers_login(reservation, now),
+    }
     if reservation.is_open(now):
         context["latest"], context["limit_reason"], _ = services.extension_limit(reservation, now)
+    if reservation.state == Reservation.State.CANCELLED:
+        # Cancelled by its owner, or rejected by staff: the audit log says which and when.
+        context["given_back"] = (
+            reservation.audit.filter(action__in=("cancel", "reject")).order_by("-at").first()
+        )
     context["devices"] = [
         a.accelerator for a in reservation.allocations.select_related("accelerator")
     ]

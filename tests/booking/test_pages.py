@@ -7,7 +7,7 @@ import time_machine
 from django.urls import reverse
 
 from portal.booking.models import AuditEntry, Reservation
-from portal.booking.services import reservation_create
+from portal.booking.services import reservation_create, reservation_decide, reservation_end_now
 from portal.inventory.models import MaintenanceWindow
 from tests.factories import UserFactory
 
@@ -208,3 +208,62 @@ def test_it_points_to_the_cancel_button_when_shortening_an_upcoming_one_to_the_p
     assert "Cancel this reservation</button>" in page and "End it now" not in page
     r.refresh_from_db()
     assert r.end == datetime(2026, 11, 23, 11, tzinfo=UTC)
+
+
+def _book(user, host, start, end):
+    return reservation_create(
+        user=user, host=host, stack=host.stacks.get(), accelerators=[host.accelerators.first()],
+        start=start, end=end,
+    )  # fmt: skip
+
+
+def test_it_shows_a_cancelled_reservation_as_cancelled_without_a_login(logged_in, alice, host):
+    r = _book(
+        alice, host, datetime(2026, 11, 23, 10, tzinfo=UTC), datetime(2026, 11, 23, 12, tzinfo=UTC)
+    )
+    logged_in.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]))
+    page = logged_in.get(r.get_absolute_url()).content.decode()
+    assert "This reservation was cancelled on Mon 23 Nov 2026 10:07" in page  # Berlin time
+    assert "ssh alice@" not in page and "Log in" not in page
+    assert "This reservation is over" not in page
+    listed = logged_in.get(reverse("booking:my_reservations")).content.decode()
+    assert "Past and cancelled" in listed and "ssh alice@" not in listed
+
+
+def test_it_shows_a_rejected_reservation_as_rejected_by_staff(logged_in, alice, host):
+    host.access = host.Access.APPROVAL
+    host.save()
+    r = _book(
+        alice, host, datetime(2026, 11, 23, 10, tzinfo=UTC), datetime(2026, 11, 23, 12, tzinfo=UTC)
+    )
+    reservation_decide(reservation=r, approve=False, actor=UserFactory(is_staff=True))
+    page = logged_in.get(r.get_absolute_url()).content.decode()
+    assert "Staff rejected this reservation on Mon 23 Nov 2026 10:07" in page
+    assert "ssh alice@" not in page
+
+
+def test_it_offers_no_login_for_an_ended_or_failed_reservation(logged_in, alice, host):
+    ended = _book(
+        alice, host, datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 23, 10, tzinfo=UTC)
+    )
+    reservation_end_now(reservation=ended, actor=alice, now=NOW + timedelta(minutes=30))
+    with time_machine.travel(NOW + timedelta(minutes=31), tick=False):
+        page = logged_in.get(ended.get_absolute_url()).content.decode()
+    assert "This reservation is over" in page and "ssh alice@" not in page
+    # Provisioning gave up: the portal retries while the slot lasts, but nobody can log in now.
+    failed = _book(
+        alice, host, datetime(2026, 11, 23, 11, tzinfo=UTC), datetime(2026, 11, 23, 13, tzinfo=UTC)
+    )
+    Reservation.objects.filter(pk=failed.pk).update(
+        state=Reservation.State.FAILED, last_error="schroot: no such chroot"
+    )
+    with time_machine.travel(NOW + timedelta(hours=3), tick=False):
+        page = logged_in.get(failed.get_absolute_url()).content.decode()
+        listed = logged_in.get(reverse("booking:my_reservations")).content.decode()
+    assert "schroot: no such chroot" in page and "keeps trying" in page
+    assert "ssh alice@" not in page and "ssh alice@" not in listed
+    assert "End it now" in page  # the slot is still the user's to give back
+    with time_machine.travel(NOW + timedelta(hours=5), tick=False):
+        page = logged_in.get(failed.get_absolute_url()).content.decode()
+    assert "The session could not be opened, and the slot is over." in page
+    assert "ssh alice@" not in page
