@@ -4,12 +4,13 @@ Times typed in a form are read in the user's time zone (UserTimezoneMiddleware a
 a time that does not exist or is ambiguous there (a daylight-saving change) is refused.
 """
 
+from dataclasses import replace
 from datetime import timedelta
 
 from django import forms
 from django.utils import timezone
 
-from portal.booking.availability import Need, availability, ceil_to
+from portal.booking.availability import Need, Slot, availability, ceil_to, free_accelerators
 from portal.booking.models import BookingPolicy
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack, Host
@@ -85,7 +86,7 @@ class NeedForm(forms.Form):
     def clean(self):
         data = super().clean()
         spec, stack = data.get("hwspec"), data.get("stack")
-        if spec and stack and spec.kind != "cpu" and spec.kind not in stack.hwspecs:
+        if spec and stack and not _serves(stack, spec):
             self.add_error("stack", f"The stack {stack.name} does not serve {spec.kind}.")
         return data
 
@@ -109,11 +110,34 @@ class NeedForm(forms.Form):
             step=self.policy.granularity,
         )
 
+    def stacks_for(self, slot: Slot) -> list[DriverStack]:
+        """The stacks a booking of `slot` may use: the one asked for, or, for "any stack", each
+        of the host's stacks that serves the need on devices free for the slot (free ones first).
+        """
+        need = self.need()
+        if need.stack is not None:
+            return [need.stack]
+        return sorted(
+            (
+                stack
+                for stack in slot.host.stacks.all()
+                if (need.hwspec is None or _serves(stack, need.hwspec))
+                and free_accelerators(
+                    replace(need, stack=stack), slot.start, slot.end, host=slot.host
+                )
+            ),
+            key=lambda stack: (not stack.is_free, stack.name),
+        )
+
     def earliest(self, now=None):
         """The search's start: the time asked for, but never before the current grid step."""
         now = ceil_to(now or timezone.now(), self.policy.granularity)
         start = self.cleaned_data.get("start")
         return max(ceil_to(start, self.policy.granularity), now) if start else now
+
+
+def _serves(stack: DriverStack, spec) -> bool:
+    return spec.kind == "cpu" or spec.kind in stack.hwspecs
 
 
 class ReservationForm(forms.Form):

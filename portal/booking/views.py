@@ -74,7 +74,8 @@ def finder(request):
     slots, status = None, 200
     if form.is_bound:
         if form.is_valid():
-            slots = form.slots()
+            # Each slot with the stacks it can be booked with, so "Book" works for "any stack".
+            slots = [(slot, form.stacks_for(slot)) for slot in form.slots()]
         else:
             status = 400
     return render(request, "booking/finder.html", {"form": form, "slots": slots}, status=status)

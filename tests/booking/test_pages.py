@@ -1,5 +1,6 @@
 """The booking pages, driven as a user would through forms (no JavaScript needed)."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -267,3 +268,30 @@ def test_it_offers_no_login_for_an_ended_or_failed_reservation(logged_in, alice,
         page = logged_in.get(failed.get_absolute_url()).content.decode()
     assert "The session could not be opened, and the slot is over." in page
     assert "ssh alice@" not in page
+
+
+def test_it_lets_a_found_slot_be_booked_when_any_stack_was_asked(logged_in, host):
+    from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory
+
+    host.stacks.add(DriverStackFactory(name="cuda-13"), DriverStackFactory(name="opencl-icd",
+                    hwspecs=["opencl"]))  # fmt: skip
+    single = HostFactory(name="gpu2")
+    single.stacks.add(DriverStackFactory(name="cuda-12"))
+    AcceleratorFactory(host=single, index=0, memory_mib=40960)
+    query = {"count": 1, "hwspec": "cuda", "hours": "2", "days": 1, "stack": ""}
+    body = logged_in.get(reverse("booking:finder"), query).content.decode()
+    # gpu1 serves cuda with two stacks: the row asks which (opencl-icd does not serve cuda).
+    assert '<label for="stack-1">Stack<span class="visually-hidden"> for gpu1</span>' in body
+    at = body.index('id="stack-1"')
+    choice = body[at : body.index("</select>", at)]
+    assert re.findall(r'<option value="([^"]+)"', choice) == ["cuda-12", "cuda-13"]
+    # gpu2 has one: the row books with it, and says so.
+    assert '<input type="hidden" name="stack" value="cuda-12">' in body
+    assert "with cuda-12" in body
+    response = logged_in.post(
+        reverse("booking:book_need"),
+        {**query, "host": "gpu1", "start": "2026-11-23T10:15", "stack": "cuda-13"},
+    )
+    r = Reservation.objects.get()
+    assert response["Location"] == r.get_absolute_url()
+    assert (r.host.name, r.stack.name) == ("gpu1", "cuda-13")

@@ -5,7 +5,7 @@ import zoneinfo
 import pytest
 
 from portal.booking.models import Reservation
-from tests.browser.conftest import login
+from tests.browser.conftest import login, screenshot
 from tests.factories import (
     PASSWORD,
     AcceleratorFactory,
@@ -50,3 +50,30 @@ def test_it_finds_books_shows_and_cancels_a_slot(page, live_server):
     assert reservation.state == Reservation.State.CANCELLED
     page.goto(f"{live_server.url}/hosts/gpu1/timeline/?date={local_day:%Y-%m-%d}")
     assert page.locator("td.cell.mine").count() == 0
+
+
+def test_it_books_a_found_slot_when_the_stack_was_left_at_any_stack(page, live_server):
+    host = HostFactory(name="gpu1")
+    host.stacks.add(
+        DriverStackFactory(name="cuda-12"),
+        DriverStackFactory(name="cuda-13"),
+        DriverStackFactory(name="rocm-6", hwspecs=["rocm"]),  # serves no cuda need
+    )
+    AcceleratorFactory(host=host, index=0)
+    UserFactory(username="alice", debian_member_source="salsa", time_zone="Europe/Berlin")
+
+    login(page, live_server, "alice", PASSWORD)
+    page.get_by_role("link", name="Find a slot").click()
+    page.get_by_label("Hardware spec").fill("cuda")
+    assert page.get_by_label("Driver stack").input_value() == ""  # left at "any stack"
+    page.get_by_role("button", name="Search").click()
+    choice = page.get_by_label("Stack for gpu1")
+    options = choice.locator("option").all_inner_texts()
+    assert [o.split()[0] for o in options] == ["cuda-12", "cuda-13"]
+    screenshot(page, "finder-any-stack-1280")
+    choice.select_option("cuda-13")
+    page.get_by_role("button", name="Book gpu1").click()
+    page.get_by_text("Booked.").wait_for()
+
+    reservation = Reservation.objects.get()
+    assert reservation.stack.name == "cuda-13" and reservation.allocations.count() == 1
