@@ -116,6 +116,46 @@ def _has_offset(text: str) -> bool:
     return tail.endswith(("Z", "z")) or "+" in tail or "-" in tail
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 0},
+            {
+                "type": "object",
+                "properties": {
+                    "vendor": {"type": "string", "enum": list(Accelerator.Vendor.values)},
+                    "index": {"type": "integer", "minimum": 0},
+                },
+                "required": ["vendor", "index"],
+            },
+        ],
+        "description": "A device's index, or {vendor, index} where two vendors share the index.",
+    }
+)
+class DeviceField(serializers.Field):
+    """A device of the host: its index, or (vendor, index) where the index alone is two
+    devices (NVIDIA #0 and AMD #0); ``None`` stands for "any vendor"."""
+
+    default_error_messages = {
+        "invalid": 'Give an index (0) or {"vendor": "amd", "index": 0}.',
+    }
+
+    def to_internal_value(self, data) -> tuple[str | None, int]:
+        if isinstance(data, dict) and set(data) == {"vendor", "index"}:
+            vendor, index = data["vendor"], data["index"]
+            if vendor not in Accelerator.Vendor.values:
+                self.fail("invalid")
+        else:
+            vendor, index = None, data
+        if type(index) is not int or index < 0:  # bool is an int: true is not device 1
+            self.fail("invalid")
+        return vendor, index
+
+    def to_representation(self, value):
+        vendor, index = value
+        return index if vendor is None else {"vendor": vendor, "index": index}
+
+
 class ReservationCreateSerializer(serializers.Serializer):
     """Chosen devices (`host` with `devices` or `whole_host`), or a need (`count`, ...)."""
 
@@ -125,9 +165,7 @@ class ReservationCreateSerializer(serializers.Serializer):
     stack = serializers.SlugRelatedField(queryset=DriverStack.objects.all(), slug_field="name")
     start = AwareDateTimeField()
     end = AwareDateTimeField()
-    devices = serializers.ListField(
-        child=serializers.IntegerField(min_value=0), required=False, max_length=256
-    )
+    devices = serializers.ListField(child=DeviceField(), required=False, max_length=256)
     whole_host = serializers.BooleanField(default=False)
     count = serializers.IntegerField(min_value=1, max_value=64, required=False)
     hwspec = serializers.CharField(max_length=64, required=False, allow_blank=True)

@@ -213,15 +213,9 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 )
             else:
                 host = data["host"]
-                found = {a.index: a for a in host.accelerators.all()}
-                missing = [i for i in data.get("devices", []) if i not in found]
-                if missing:
-                    raise ValidationError(
-                        {"devices": [f"{host.name} has no accelerator #{missing[0]}."]}
-                    )
                 made = services.reservation_create(
                     host=host, stack=data["stack"], whole_host=data["whole_host"],
-                    accelerators=[found[i] for i in data.get("devices", [])], **common,
+                    accelerators=_chosen(host, data.get("devices", [])), **common,
                 )  # fmt: skip
         except services.BookingError as exc:
             return _refused(exc, request.user)
@@ -278,6 +272,29 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return self._change(request, services.reservation_cancel)
 
 
+def _chosen(host: Host, devices: list[tuple[str | None, int]]) -> list[Accelerator]:
+    """The host's accelerators named by index, or by (vendor, index) where an index is two."""
+    accelerators = list(host.accelerators.all())
+    chosen = []
+    for vendor, index in devices:
+        found = [a for a in accelerators if a.index == index and vendor in (None, a.vendor)]
+        if not found:
+            name = f"{vendor} #{index}" if vendor else f"#{index}"
+            raise ValidationError({"devices": [f"{host.name} has no accelerator {name}."]})
+        if len(found) > 1:
+            vendors = ", ".join(sorted(a.vendor for a in found))
+            raise ValidationError(
+                {
+                    "devices": [
+                        f"{host.name} has two accelerators #{index} ({vendors}): give "
+                        f'{{"vendor": "{found[0].vendor}", "index": {index}}}.'
+                    ]
+                }
+            )
+        chosen.append(found[0])
+    return chosen
+
+
 @extend_schema(responses={200: dict})
 @api_view(["GET"])
 @permission_classes([permissions.IsAdminUser])
@@ -286,7 +303,8 @@ def ansible_inventory_view(request):
 
     Groups: `porterbox` (all), the vendors of each host's devices (`nvidia`, `amd`, `intel`,
     `fpga`), `stack_<name>` per stack and `state_<state>`; host variables say where to reach a
-    host and carry its pinned SSH host keys, so Ansible trusts the same keys as the portal.
+    host and carry its pinned SSH host keys, so Ansible trusts the same keys as the portal,
+    and its device map (`porterbox_devices`, `porterbox_shared_nodes`) as its agent reported it.
     """
     hosts = (
         Host.objects.exclude(state=Host.State.RETIRED)
@@ -309,6 +327,13 @@ def ansible_inventory_view(request):
             "porterbox_stack_names": stacks,
             "porterbox_host_keys": [k for k in host.host_keys.splitlines() if k.strip()],
         }
+        # The device map the host's agent reported: a playbook run from this inventory writes
+        # the agent's configuration, and a run without the map would empty it. A host that
+        # never reported one gets none (the role then keeps what the host has).
+        if host.device_nodes:
+            hostvars[host.name]["porterbox_devices"] = host.device_nodes
+        if host.shared_nodes:
+            hostvars[host.name]["porterbox_shared_nodes"] = host.shared_nodes
     inventory = {group: {"hosts": members} for group, members in sorted(groups.items())}
     inventory["_meta"] = {"hostvars": hostvars}
     return Response(inventory)

@@ -141,6 +141,11 @@ class Host(models.Model):
         help_text="End a running reservation with no login and no device use for this long, "
         "after a warning; 0: never.",
     )
+    # The device map of the agent's configuration on the host, as its inventory last reported
+    # it: vendor -> index -> device nodes, and vendor -> nodes all its users need. Ansible's
+    # inventory from the portal carries it, so that a run from there writes it back unchanged.
+    device_nodes = models.JSONField(default=dict, blank=True)
+    shared_nodes = models.JSONField(default=dict, blank=True)
     architecture = models.CharField(
         max_length=8, choices=Architecture.choices, default=Architecture.AMD64
     )
@@ -182,6 +187,8 @@ class Accelerator(models.Model):
         FPGA = "fpga", "FPGA"
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="accelerators")
+    # The vendor tool's own numbering: a device is its vendor and index on its host (NVIDIA #0
+    # and AMD #0 are two devices), as the agent's grants and readings name it.
     index = models.PositiveSmallIntegerField()
     vendor = models.CharField(max_length=8, choices=Vendor.choices)
     model = models.CharField(max_length=100)
@@ -198,9 +205,11 @@ class Accelerator(models.Model):
     retired = models.BooleanField(default=False)
 
     class Meta:
-        ordering = ["host", "index"]
+        ordering = ["host", "index", "vendor"]
         constraints = [
-            models.UniqueConstraint(fields=["host", "index"], name="one_accelerator_per_index"),
+            models.UniqueConstraint(
+                fields=["host", "vendor", "index"], name="one_accelerator_per_vendor_index"
+            ),
             models.UniqueConstraint(
                 fields=["uuid"], condition=~models.Q(uuid=""), name="accelerator_uuid_unique"
             ),

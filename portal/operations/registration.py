@@ -25,9 +25,10 @@ class RegistrationError(Exception):
 
 @dataclass
 class SyncResult:
-    created: list[int] = field(default_factory=list)
-    updated: list[int] = field(default_factory=list)
-    retired: list[int] = field(default_factory=list)
+    # Devices as (vendor, index).
+    created: list[tuple[str, int]] = field(default_factory=list)
+    updated: list[tuple[str, int]] = field(default_factory=list)
+    retired: list[tuple[str, int]] = field(default_factory=list)
     stacks: list[str] = field(default_factory=list)
     unknown_stacks: list[str] = field(default_factory=list)
 
@@ -65,20 +66,20 @@ def host_sync_inventory(host: Host) -> SyncResult:
         Host.objects.filter(pk=host.pk).update(last_error=f"Inventory failed: {exc}")
         raise RegistrationError(f"{host.name}: {exc}") from exc
     devices = answer.get("devices", [])
-    indexes = [d.get("index") for d in devices]
-    if len(set(indexes)) != len(indexes):
-        raise RegistrationError(
-            f"{host.name} reports two devices with the same index; the portal numbers the "
-            "devices of a host by one index, so mixed vendors need distinct indices."
-        )
+    # A device is its vendor and index (NVIDIA #0 and AMD #0 are two): the agent names devices
+    # that way in grants and readings, each vendor's tool numbering its own from 0.
+    refs = [(d.get("vendor"), d.get("index")) for d in devices]
+    if len(set(refs)) != len(refs):
+        twice = next(ref for ref in refs if refs.count(ref) > 1)
+        raise RegistrationError(f"{host.name} reports {twice[0]} device #{twice[1]} twice.")
+    device_map = answer.get("device_map") or {}
     present = sorted(s["name"] for s in answer.get("stacks", []) if s.get("present"))
     known = {s.name: s for s in DriverStack.objects.filter(name__in=present)}
     result = SyncResult(stacks=sorted(known), unknown_stacks=[n for n in present if n not in known])
     with transaction.atomic():
-        existing = {a.index: a for a in host.accelerators.select_for_update()}
+        existing = {(a.vendor, a.index): a for a in host.accelerators.select_for_update()}
         for d in devices:
             values = {
-                "vendor": d["vendor"],
                 "model": str(d.get("model", ""))[:100],
                 "memory_mib": int(d.get("memory_mib", 0)),
                 "uuid": str(d.get("uuid", ""))[:64],
@@ -86,20 +87,27 @@ def host_sync_inventory(host: Host) -> SyncResult:
                 "arch": str(d.get("arch", ""))[:32],
                 "retired": False,
             }
-            acc = existing.pop(d["index"], None)
+            ref = (d["vendor"], d["index"])
+            acc = existing.pop(ref, None)
             if acc is None:
-                Accelerator.objects.create(host=host, index=d["index"], **values)
-                result.created.append(d["index"])
+                Accelerator.objects.create(host=host, vendor=ref[0], index=ref[1], **values)
+                result.created.append(ref)
             elif any(getattr(acc, k) != v for k, v in values.items()):
                 Accelerator.objects.filter(pk=acc.pk).update(**values)
-                result.updated.append(d["index"])
+                result.updated.append(ref)
         for acc in existing.values():
             if not acc.retired:
                 acc.retired = True
                 acc.save(update_fields=["retired"])
-                result.retired.append(acc.index)
+                result.retired.append((acc.vendor, acc.index))
         host.stacks.set(known.values())
-        Host.objects.filter(pk=host.pk).update(last_error="")
+        # An agent too old to report its map leaves the one the portal knows.
+        mapped = {"last_error": ""}
+        if isinstance(device_map.get("devices"), dict):
+            mapped["device_nodes"] = device_map["devices"]
+        if isinstance(device_map.get("shared_nodes"), dict):
+            mapped["shared_nodes"] = device_map["shared_nodes"]
+        Host.objects.filter(pk=host.pk).update(**mapped)
     return result
 
 

@@ -533,6 +533,15 @@ def inventory(config: Config) -> dict:
         "agent_version": AGENT_VERSION,
         "hostname": socket.gethostname(),
         "kernel": os.uname().release,
+        # The configuration's device map, as Ansible writes it: the portal hands it back to
+        # Ansible's inventory, so that a run from there keeps it (docs/agent.md, inventory).
+        "device_map": {
+            "devices": {
+                vendor: {str(index): list(nodes) for index, nodes in sorted(indices.items())}
+                for vendor, indices in sorted(config.devices.items())
+            },
+            "shared_nodes": {v: list(n) for v, n in sorted(config.shared_nodes.items())},
+        },
     }
 
 

@@ -29,6 +29,21 @@ def fleet(db):
     return gpu
 
 
+def test_it_carries_the_device_map_the_hosts_agent_reported(client, fleet, staff):
+    fleet.device_nodes = {"nvidia": {"0": ["/dev/nvidia0"]}}
+    fleet.shared_nodes = {"nvidia": ["/dev/nvidiactl"]}
+    fleet.save()
+    client.force_login(staff)
+
+    hostvars = client.get(reverse("api:ansible-inventory")).json()["_meta"]["hostvars"]
+
+    assert hostvars["gpu1"]["porterbox_devices"] == {"nvidia": {"0": ["/dev/nvidia0"]}}
+    assert hostvars["gpu1"]["porterbox_shared_nodes"] == {"nvidia": ["/dev/nvidiactl"]}
+    # A host that never reported a map gets none: the role keeps the one on the host.
+    assert "porterbox_devices" not in hostvars["amd1"]
+    assert "porterbox_shared_nodes" not in hostvars["amd1"]
+
+
 def test_it_answers_only_staff(client, fleet):
     url = reverse("api:ansible-inventory")
     assert client.get(url).status_code == 401
