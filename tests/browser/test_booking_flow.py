@@ -48,6 +48,8 @@ def test_it_finds_books_shows_and_cancels_a_slot(page, live_server):
     page.get_by_text("Cancelled.").wait_for()
     reservation.refresh_from_db()
     assert reservation.state == Reservation.State.CANCELLED
+    page.get_by_text("This reservation was cancelled on").wait_for()
+    assert "ssh alice@" not in page.content()
     page.goto(f"{live_server.url}/hosts/gpu1/timeline/?date={local_day:%Y-%m-%d}")
     assert page.locator("td.cell.mine").count() == 0
 
