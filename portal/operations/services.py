@@ -23,6 +23,7 @@ from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from portal.booking.models import Allocation, Reservation
+from portal.booking.services import BookingError, may_hold, reservation_withdraw
 from portal.inventory.models import Host
 from portal.operations import activity, health, squatters, telemetry
 from portal.operations.agents import client_for, is_reachable_in_principle
@@ -150,7 +151,12 @@ class _Pass:
             return f"{self.host.name}: {exc}"
         self._host_seen()
         sessions = {s["session"]: s for s in status.get("sessions", [])}
-        due = {r.session_name: r for r in due_reservations(self.host, self.now)}
+        due = {}
+        for r in due_reservations(self.host, self.now):
+            if may_hold(r.user):
+                due[r.session_name] = r
+            else:  # never granted, and revoked below if it was
+                self._withdraw(r)
 
         # Revoke first, so devices are clean before the next slot's grant.
         left = {name for name in sessions if name not in due and not self._revoke(session=name)}
@@ -261,6 +267,22 @@ class _Pass:
         )  # fmt: skip
         self.done.append(f"{r.session_name} failed")
         log.warning("%s %s: %s", self.host.name, r.session_name, reason)
+
+    def _withdraw(self, r: Reservation) -> None:
+        """End the reservation of a user who may no longer hold it (ARCHITECTURE: access is
+        decided at every tick from the database as it is now)."""
+        reason = (
+            "your account was deactivated"
+            if not r.user.is_active
+            else "your account no longer has the Debian member role"
+        )
+        try:
+            reservation_withdraw(reservation=r, reason=reason, now=self.now)
+        except BookingError as exc:  # ended or changed meanwhile: the next pass sees it
+            log.info("%s: not withdrawn: %s", r.session_name, exc)
+            return
+        mail_user(r.user, "operations/mail_withdrawn.txt", {"r": r, "reason": reason})
+        self.done.append(f"withdrew {r.session_name}")
 
     def _revoke(self, *, session: str | None = None, user: str | None = None) -> bool:
         try:

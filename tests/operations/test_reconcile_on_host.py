@@ -130,6 +130,44 @@ def test_it_revokes_at_once_when_the_user_ends_the_reservation(registered, perso
     assert testhost.processes(testhost.uid(dave.unix)) == []
 
 
+@pytest.mark.parametrize("withdrawn", ["deactivated", "member role removed"])
+def test_it_revokes_within_one_pass_a_user_who_may_no_longer_hold_a_session(
+    registered, person, testhost, withdrawn
+):
+    from portal.booking.models import AuditEntry
+
+    frank = person(f"frank{len(withdrawn)}")
+    reservation = book_now(frank, registered, [0])
+    reconcile(registered)
+    assert frank.ssh("true").returncode == 0
+    frank.ssh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null &")
+
+    # Staff take access away in the admin; nothing touches the reservation itself.
+    if withdrawn == "deactivated":
+        frank.user.is_active = False
+    else:
+        frank.user.debian_member_source = ""
+    frank.user.save()
+    done = reconcile(registered)
+
+    assert f"withdrew r{reservation.pk}" in done and f"revoked r{reservation.pk}" in done
+    assert state_of(reservation) == S.ENDED
+    assert frank.ssh("true").returncode == 255
+    assert testhost.processes(testhost.uid(frank.unix)) == []
+    entry = AuditEntry.objects.get(reservation=reservation, action="withdraw access")
+    assert entry.actor is None
+    assert (
+        entry.detail["reason"]
+        == {
+            "deactivated": "your account was deactivated",
+            "member role removed": "your account no longer has the Debian member role",
+        }[withdrawn]
+    )
+    assert "was ended" in mail.outbox[-1].subject and mail.outbox[-1].to == [frank.user.email]
+    # And no new session for them at the next pass either.
+    assert f"granted r{reservation.pk}" not in reconcile(registered)
+
+
 def test_it_refuses_a_host_whose_key_changed_and_sends_it_nothing(
     registered, person, testhost, keys_dir, settings
 ):
