@@ -157,12 +157,18 @@ class ReservationForm(forms.Form):
     def __init__(self, host: Host, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.host = host
-        usable = host.accelerators.filter(retired=False).order_by("index")
+        usable = list(host.accelerators.filter(retired=False).order_by("index", "vendor"))
+        # A device is its index, or vendor:index where two vendors number one so (NVIDIA #0
+        # and AMD #0 of one host).
+        indexes = [a.index for a in usable]
+        self.usable = {
+            f"{a.vendor}:{a.index}" if indexes.count(a.index) > 1 else str(a.index): a
+            for a in usable
+        }
         self.fields["accelerators"].choices = [
-            (str(a.index), f"#{a.index} {a.model}, {a.memory_gib} GiB") for a in usable
+            (key, f"#{a.index} {a.model}, {a.memory_gib} GiB") for key, a in self.usable.items()
         ]
         self.fields["stack"].queryset = host.stacks.all()
-        self.usable = {str(a.index): a for a in usable}
 
     def clean(self):
         data = super().clean()

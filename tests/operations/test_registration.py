@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -126,6 +127,21 @@ def test_booking_grant_and_readings_find_the_device_of_its_vendor(mixed_host, ag
     assert booked.status_code == 201, booked.json()
     reservation = Reservation.objects.get(pk=booked.json()["id"])
     assert [a.accelerator for a in reservation.allocations.all()] == [amd]
+
+    # The booking page names each #0 by its vendor, and books the one chosen.
+    client = Client()
+    client.force_login(user)
+    page = client.get("/hosts/mixed/book/").content.decode()
+    assert 'value="amd:0"' in page and 'value="nvidia:0"' in page
+    by_page = client.post(
+        "/hosts/mixed/book/",
+        {"accelerators": ["nvidia:0"], "stack": "opencl", "start": "2026-11-23T09:15",
+         "end": "2026-11-23T10:00"},
+    )  # fmt: skip
+    assert by_page.status_code == 302
+    nvidia = mixed_host.accelerators.get(vendor="nvidia")
+    assert [a.accelerator for a in Reservation.objects.latest("pk").allocations.all()] == [nvidia]
+    Reservation.objects.latest("pk").delete()
 
     # Grant: the loop asks for AMD #0, and the agent's map gives that card's nodes.
     [due] = services.due_reservations(mixed_host, NOW)
