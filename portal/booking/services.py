@@ -241,7 +241,7 @@ def reservation_create(
     )
 
     def work() -> Reservation:
-        User.objects.select_for_update().filter(pk=user.pk).first()  # quota race
+        User.objects.select_for_update().filter(pk=user.pk).first()  # quota race (and extend)
         locked = list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
         if any(a.retired for a in locked):  # retired while we were validating
             raise BookingError("retired_device", "An accelerator was retired a moment ago.")
@@ -375,6 +375,9 @@ def reservation_extend(
     _may_change(reservation, actor)
 
     def work() -> Reservation:
+        # The user's row first, as create takes it: the weekly sum below must see every other
+        # extension or booking of theirs (without it, four at once overran the quota).
+        User.objects.select_for_update().filter(pk=reservation.user_id).first()
         current = _locked(reservation, now)
         if end <= current.end:
             raise BookingError("not_later", "An extension must end later than the reservation.")

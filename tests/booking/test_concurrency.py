@@ -15,7 +15,12 @@ import pytest
 from django.db import connection
 
 from portal.booking.models import Allocation, BookingPolicy
-from portal.booking.services import Conflict, reservation_create, reservation_extend
+from portal.booking.services import (
+    BookingError,
+    Conflict,
+    reservation_create,
+    reservation_extend,
+)
 from portal.inventory.models import Accelerator, DriverStack, Host
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
@@ -157,3 +162,52 @@ def book_one(user, host, stack, index, start, end):
     return reservation_create(
         user=user, host=host, stack=stack, accelerators=accs, start=start, end=end, now=NOW
     )
+
+
+@pytest.mark.postgres  # on SQLite writers are serialized anyway; the row lock is PostgreSQL's
+def test_it_keeps_the_weekly_quota_under_concurrent_extensions():
+    # One user, four reservations on four devices, each extended at once by 5 h: the quota
+    # leaves room for one extension only (the race once reached 72 device-hours against 60).
+    BookingPolicy.objects.update_or_create(
+        pk=1, defaults={"max_concurrent_reservations": 10, "max_device_hours_per_week": 60}
+    )
+    host = HostFactory(name="quota")
+    stack = DriverStackFactory(name="cuda-12")
+    host.stacks.add(stack)
+    devices = [AcceleratorFactory(host=host, index=i) for i in range(4)]
+    user = UserFactory(debian_member_source="salsa")
+    start = NOW + timedelta(hours=1)
+    reservations = [
+        reservation_create(
+            user=user,
+            host=host,
+            stack=stack,
+            start=start,
+            end=start + timedelta(hours=13),
+            accelerators=[d],
+            now=NOW,
+        )
+        for d in devices
+    ]  # fmt: skip  (52 device-hours of 60)
+    barrier = threading.Barrier(len(reservations))
+    outcomes = []
+
+    def extend(r):
+        try:
+            barrier.wait()
+            reservation_extend(reservation=r, end=r.end + timedelta(hours=5), actor=user, now=NOW)
+            outcomes.append("extended")
+        except BookingError as exc:
+            outcomes.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=extend, args=(r,)) for r in reservations]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(outcomes) == ["extended"] + ["quota_hours"] * 3
+    held = sum(((a.end - a.start) for a in Allocation.objects.filter(active=True)), timedelta())
+    assert held == timedelta(hours=57)
