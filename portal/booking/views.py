@@ -135,10 +135,15 @@ def book(request, name):
 
 
 def _prefill(request, host: Host) -> dict:
-    """Initial values from a timeline cell: ?accelerator=<index>&start=<ISO time>."""
+    """Initial values from a timeline cell: ?accelerator=<vendor>:<index>&start=<ISO time>."""
     initial = {}
-    if request.GET.get("accelerator", "").isdigit():
-        initial["accelerators"] = [request.GET["accelerator"]]
+    wanted = request.GET.get("accelerator", "")
+    # The form names a device by its index, or by vendor:index where two vendors number one
+    # alike; the timeline's link always says vendor:index (a bare index is still understood).
+    for key, acc in ReservationForm(host).usable.items():
+        if wanted in (key, f"{acc.vendor}:{acc.index}"):
+            initial["accelerators"] = [key]
+            break
     field = ReservationForm.base_fields["start"]
     try:
         start = field.clean(request.GET.get("start")) if request.GET.get("start") else None

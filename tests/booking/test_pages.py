@@ -36,11 +36,12 @@ def test_it_books_from_a_free_timeline_cell(logged_in, host):
     page = logged_in.get(reverse("booking:host_timeline", args=["gpu1"]))
     assert page.status_code == 200
     # 09:07 UTC is 10:07 in Berlin: the 10:00 cell is current, and books from the next 15 minutes.
-    link = "/hosts/gpu1/book/?accelerator=2&amp;start=2026-11-23T10:15"
+    link = "/hosts/gpu1/book/?accelerator=nvidia:2&amp;start=2026-11-23T10:15"
     assert link in page.content.decode()
-    form = logged_in.get("/hosts/gpu1/book/?accelerator=2&start=2026-11-23T10:15")
+    form = logged_in.get("/hosts/gpu1/book/?accelerator=nvidia:2&start=2026-11-23T10:15")
     assert form.status_code == 200
     assert 'value="2026-11-23T10:15"' in form.content.decode()
+    assert 'value="2" id="id_accelerators_2" checked' in form.content.decode()
     response = logged_in.post(
         "/hosts/gpu1/book/",
         {"accelerators": ["2"], "stack": "cuda-12", "start": "2026-11-23T10:15",

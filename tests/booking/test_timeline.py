@@ -12,7 +12,7 @@ from portal.inventory.models import Host
 from tests.factories import UserFactory
 
 NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)  # a Monday; 10:07 in Berlin
-BOOK_LINK = re.compile(r'/hosts/gpu1/book/\?accelerator=(\d+)&amp;start=([0-9T:-]+)"')
+BOOK_LINK = re.compile(r'/hosts/gpu1/book/\?accelerator=([a-z]+:\d+)&amp;start=([0-9T:-]+)"')
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +26,14 @@ def alice(client, db):
     alice = UserFactory(username="alice", debian_member_source="salsa", time_zone="Europe/Berlin")
     client.force_login(alice)
     return alice
+
+
+def _checked(form) -> list[str]:
+    """The devices a booking form arrives with ticked."""
+    return re.findall(
+        r'<input type="checkbox" name="accelerators" value="([^"]+)"[^>]* checked',
+        form.content.decode(),
+    )
 
 
 def _week(client, **query) -> str:
@@ -53,7 +61,7 @@ def test_it_books_from_the_last_cell_it_offers(client, alice, host, policy):
     form = client.get(f"/hosts/gpu1/book/?accelerator={accelerator}&start={start}")
     prefilled = dict(re.findall(r'name="(start|end)" value="([^"]+)"', form.content.decode()))
     response = client.post(
-        "/hosts/gpu1/book/", {"accelerators": [accelerator], "stack": "cuda-12", **prefilled}
+        "/hosts/gpu1/book/", {"accelerators": _checked(form), "stack": "cuda-12", **prefilled}
     )
     assert response.status_code == 302, response.content.decode()
     assert Reservation.objects.get().start == datetime(2026, 11, 25, 5, tzinfo=UTC)
@@ -88,3 +96,15 @@ def test_it_offers_no_booking_in_the_past_or_in_maintenance(client, alice, host)
     hours = sorted({start[11:] for _, start in BOOK_LINK.findall(body)})
     # Past: before 10:00 Berlin; maintenance: 13:00 to 15:00 Berlin; the current cell from 10:15.
     assert hours == ["10:15", "11:00", "12:00", *(f"{h}:00" for h in range(15, 24))]
+
+
+def test_it_preselects_the_device_of_the_cell_on_a_host_of_two_vendors(client, alice, host):
+    from tests.factories import AcceleratorFactory
+
+    # gpu1 has NVIDIA #0 to #3; an AMD card numbered #0 by its own vendor's tools joins them.
+    AcceleratorFactory(host=host, index=0, vendor="amd", model="AMD Instinct MI210", arch="gfx90a")
+    body = client.get(reverse("booking:host_timeline", args=["gpu1"])).content.decode()
+    link = re.search(r'href="(/hosts/gpu1/book/\?accelerator=[^"]+)" aria-label="Book gpu1 #0 '
+                     r'\(AMD Instinct MI210\)', body)  # fmt: skip
+    assert link, "no book link on the AMD row"
+    assert _checked(client.get(link.group(1).replace("&amp;", "&"))) == ["amd:0"]
