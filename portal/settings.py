@@ -100,6 +100,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "portal.accounts.middleware.UserTimezoneMiddleware",
+    "portal.accounts.middleware.StaffNeedMFAMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -186,7 +187,11 @@ ACCOUNT_RATE_LIMITS = {
 }
 ACCOUNT_EMAIL_SUBJECT_PREFIX = f"[{SITE_NAME}] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"
-MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# Security keys and passkeys beside authenticator apps; staff must have one of the two
+# (portal.accounts.middleware.StaffNeedMFAMiddleware). Plain http is allowed for WebAuthn only
+# in development (make run on 127.0.0.1).
+MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 MFA_TOTP_ISSUER = SITE_NAME
 
 SALSA_URL = env("SALSA_URL", "https://salsa.debian.org")

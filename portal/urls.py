@@ -6,6 +6,9 @@ from portal.accounts.urls import project_urlpatterns
 from portal.operations.metrics import metrics_endpoint
 
 admin.site.site_header = "Porterbox portal administration"
+# The admin logs in through allauth, like every page: its own form would skip the second
+# factor (and the login rate limits).
+admin.site.login = views.admin_login
 
 urlpatterns = [
     path("", views.home, name="home"),

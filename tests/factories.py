@@ -2,6 +2,7 @@ from datetime import timedelta
 
 import factory
 from allauth.account.models import EmailAddress
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 
 from portal.accounts.models import PartnerMembership, PartnerProject, User
 from portal.inventory.models import Accelerator, DriverStack, Host
@@ -22,6 +23,12 @@ class UserFactory(factory.django.DjangoModelFactory):
     def verified_email(self, create, extracted, **kwargs):
         if create:
             EmailAddress.objects.create(user=self, email=self.email, verified=True, primary=True)
+
+    @factory.post_generation
+    def mfa(self, create, extracted, **kwargs):
+        """Staff have a second factor, as the portal requires (mfa=False: one who has none)."""
+        if create and self.is_staff and extracted is not False:
+            TOTP.activate(self, generate_totp_secret())
 
 
 class PartnerProjectFactory(factory.django.DjangoModelFactory):
