@@ -4,14 +4,29 @@ the portal drives over SSH and that users log in to; a second run changes nothin
 import json
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
 
+from portal.inventory.models import DriverStack, Host
+from portal.operations.agents import reset_transport
 from provisioning.transport import Target, Transport
-from tests.ansible.bootstrap import ANSIBLE_DIR, BIN, bootstrap, environment, missing, recap
+from tests.ansible.bootstrap import (
+    ANSIBLE_DIR,
+    BIN,
+    HOST_VARS,
+    bootstrap,
+    environment,
+    missing,
+    recap,
+)
 from tests.conftest import require
+from tests.factories import UserFactory
 from tests.provisioning.sshd import keygen
 from tests.testhost import TestHost
 
@@ -57,7 +72,10 @@ def bootstrapped(tmp_path_factory):
             output = bootstrap(host, portal_pub=portal_pub, root_key=keys["root"], tmp=base / "run")
             runs.append(SimpleNamespace(output=output, seconds=time.monotonic() - started))
         (base / "known_hosts").write_text(host.known_hosts)
-        yield SimpleNamespace(host=host, keys=keys, runs=runs, known_hosts=base / "known_hosts")
+        yield SimpleNamespace(
+            host=host, keys=keys, runs=runs, known_hosts=base / "known_hosts",
+            portal_pub=portal_pub, alice_pub=(base / "alice.pub").read_text().strip(),
+        )  # fmt: skip
     finally:
         host.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -138,3 +156,88 @@ def test_a_granted_user_logs_in_to_the_stack_with_her_gpu_until_revoked(bootstra
     refused = login(bootstrapped, "alice", "true")
     assert refused.returncode == 255, refused
     assert "Permission denied" in refused.stderr
+
+
+DEVICE_MAP = ("porterbox_devices", "porterbox_shared_nodes")
+
+
+def agent_config(bootstrapped) -> dict:
+    return json.loads(bootstrapped.host.run("cat", "/etc/porterbox/hostctl.json"))
+
+
+def run_from_the_portal(bootstrapped, live_server) -> str:
+    """ansible-playbook -i inventory/portal.py site.yml, as ansible/README.md tells staff: a
+    staff token, root, the portal's key; plus what only the test host needs (its stack, no
+    systemd, no driver), none of it the device map."""
+    token = Token.objects.create(user=UserFactory(is_staff=True)).key
+    # A short directory: ssh's control sockets live under it, and their paths have a limit.
+    with tempfile.TemporaryDirectory(prefix="pb-") as short:
+        return _run_from_the_portal(bootstrapped, live_server, token, Path(short))
+
+
+def _run_from_the_portal(bootstrapped, live_server, token: str, tmp_path: Path) -> str:
+    extra = tmp_path / "extra.json"
+    extra.write_text(
+        json.dumps(
+            {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(bootstrapped.keys["root"]),
+                "porterbox_portal_public_key": bootstrapped.portal_pub.strip(),
+                **{k: v for k, v in HOST_VARS.items() if k not in DEVICE_MAP},
+            }
+        )
+    )
+    env = environment(tmp_path) | {
+        "PORTAL_URL": live_server.url,
+        "PORTAL_TOKEN": token,
+        "PORTAL_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+    }
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "inventory/portal.py", "-e", f"@{extra}",
+         "site.yml"],
+        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_from_the_portals_inventory_keeps_the_device_map(
+    bootstrapped, agent, live_server, settings
+):
+    # Staff register the host as the README says: keys confirmed by fingerprint, inventory
+    # pulled from its agent over the portal's own key.
+    settings.PORTERBOX_SSH_KEY_FILE = str(bootstrapped.keys["portal"])
+    reset_transport()
+    DriverStack.objects.create(name="cuda-12", hwspecs=["cuda"], chroot="cuda-12")
+    fingerprint = bootstrapped.host.run(
+        "ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"
+    ).split()[1]
+    call_command(
+        "register_host", "testhost", "127.0.0.1", port=bootstrapped.host.port,
+        fingerprint=fingerprint,
+    )  # fmt: skip
+    reset_transport()
+    host = Host.objects.get(name="testhost")
+    assert host.device_nodes == HOST_VARS["porterbox_devices"]
+    before = agent_config(bootstrapped)
+
+    # The portal's inventory carries the map the agent reported; and where it has none (a host
+    # registered before agents reported theirs), the role keeps the one on the host.
+    for known in (True, False):
+        if not known:
+            Host.objects.filter(pk=host.pk).update(device_nodes={}, shared_nodes={})
+        output = run_from_the_portal(bootstrapped, live_server)
+        assert recap(output, "testhost")["failed"] == 0, output
+
+        config = agent_config(bootstrapped)
+        assert config["devices"] == HOST_VARS["porterbox_devices"], output
+        assert config["shared_nodes"] == HOST_VARS["porterbox_shared_nodes"], output
+        assert config == before
+        grant = agent(
+            "grant", session=f"map{int(known)}", user="alice", keys=[bootstrapped.alice_pub],
+            stack="cuda-12", devices=[{"vendor": "nvidia", "index": 1}],
+        )  # fmt: skip
+        assert grant["ok"], grant
+        assert agent("revoke", session=f"map{int(known)}")["ok"]
