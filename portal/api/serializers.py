@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.accounts.models import PartnerProject, SSHKey
+from portal.booking import bounds
 from portal.booking.models import Reservation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
@@ -104,10 +105,14 @@ class AwareDateTimeField(serializers.DateTimeField):
         moment = super().to_internal_value(value)
         if isinstance(value, str) and not _has_offset(value):
             self.fail("naive")
+        if not bounds.in_bounds(moment.date()):
+            self.fail("out_of_range")
         return moment
 
     default_error_messages = {
         "naive": "Give the time with a UTC offset or Z, as in 2026-11-23T10:00:00+01:00.",
+        "out_of_range": bounds.MESSAGE,
+        "overflow": bounds.MESSAGE,  # DRF's own, when the conversion to UTC leaves the range
     }
 
 

@@ -11,6 +11,7 @@ from django import forms
 from django.utils import timezone
 
 from portal.booking.availability import Need, Slot, availability, ceil_to, free_accelerators
+from portal.booking.bounds import validate_moment
 from portal.booking.models import BookingPolicy
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack, Host
@@ -51,7 +52,11 @@ class NeedForm(forms.Form):
         label="Hours", min_value=0, max_digits=5, decimal_places=2, initial=2
     )
     start = forms.DateTimeField(
-        label="From", required=False, widget=DateTimeInput(), help_text="In your time zone."
+        label="From",
+        required=False,
+        widget=DateTimeInput(),
+        help_text="In your time zone.",
+        validators=[validate_moment],
     )
     days = forms.IntegerField(label="Search days ahead", min_value=1, initial=7, required=False)
 
@@ -150,8 +155,8 @@ class ReservationForm(forms.Form):
     stack = forms.ModelChoiceField(
         label="Driver stack", queryset=DriverStack.objects.none(), to_field_name="name"
     )
-    start = forms.DateTimeField(label="Start", widget=DateTimeInput())
-    end = forms.DateTimeField(label="End", widget=DateTimeInput())
+    start = forms.DateTimeField(label="Start", widget=DateTimeInput(), validators=[validate_moment])
+    end = forms.DateTimeField(label="End", widget=DateTimeInput(), validators=[validate_moment])
     purpose = forms.CharField(label="Purpose", max_length=200, required=False)
 
     def __init__(self, host: Host, *args, **kwargs):
@@ -181,4 +186,4 @@ class ReservationForm(forms.Form):
 
 
 class EndForm(forms.Form):
-    end = forms.DateTimeField(label="New end", widget=DateTimeInput())
+    end = forms.DateTimeField(label="New end", widget=DateTimeInput(), validators=[validate_moment])

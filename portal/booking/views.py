@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from portal.booking import services, timeline
+from portal.booking import bounds, services, timeline
 from portal.booking.forms import EndForm, NeedForm, ReservationForm
 from portal.booking.models import Reservation
 from portal.inventory import selectors
@@ -32,9 +32,12 @@ def _day_and_view(request) -> tuple[date, str, int]:
     if not text:
         return timezone.localdate(), view, 200
     try:
-        return date.fromisoformat(text), view, 200
+        day = date.fromisoformat(text)
     except ValueError:
         return timezone.localdate(), view, 400
+    if not bounds.in_bounds(day):
+        return timezone.localdate(), view, 400
+    return day, view, 200
 
 
 def host_timeline(request, name):
