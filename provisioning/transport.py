@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer, NoValidConnectionsError
@@ -126,6 +127,9 @@ class _RejectUnknownHostKey(paramiko.RejectPolicy):
         )
 
 
+STREAM_CHUNK = 256 * 1024
+
+
 class Transport:
     """Runs commands on hosts over SSH, reusing one connection per (host, port, user).
 
@@ -158,12 +162,26 @@ class Transport:
         # One lock per target, so a slow or dead host does not hold up calls to the others.
         self._target_locks: dict[tuple[str, int, str], threading.Lock] = {}
 
-    def call(self, target: Target, argv: list[str] | None = None, stdin: bytes = b"") -> Result:
-        """Run argv on target (a forced-command key ignores it), feeding stdin, and wait for it."""
+    def call(
+        self,
+        target: Target,
+        argv: list[str] | None = None,
+        stdin: bytes = b"",
+        *,
+        body: BinaryIO | None = None,
+        sink: BinaryIO | None = None,
+    ) -> Result:
+        """Run argv on target (a forced-command key ignores it), feeding stdin, and wait for it.
+
+        Streams, for the agent's large inputs and outputs (docs/agent.md, "Protocol"): body
+        is read to its end, a block at a time, and sent after stdin; with a sink, stdout's
+        first line is the result's stdout and everything after it is written to the sink. The
+        command timeout then bounds the time without progress, not the whole transfer.
+        """
         command = _command_line(argv)
         chan = self._open_session(target)
         try:
-            return self._run(chan, target, command, stdin)
+            return self._run(chan, target, command, stdin, body, sink)
         finally:
             chan.close()
 
@@ -276,28 +294,53 @@ class Transport:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _run(self, chan: paramiko.Channel, target: Target, command: str, stdin: bytes) -> Result:
+    def _run(
+        self,
+        chan: paramiko.Channel,
+        target: Target,
+        command: str,
+        stdin: bytes,
+        body: BinaryIO | None = None,
+        sink: BinaryIO | None = None,
+    ) -> Result:
         deadline = time.monotonic() + self.command_timeout
         timed_out = CommandTimeout(
             f"{target}: command ran longer than {self.command_timeout:g}s and was abandoned"
         )
         chan.settimeout(self.command_timeout)  # bounds the blocking sends below
         out, err = bytearray(), bytearray()
+        in_head = True  # with a sink: still reading stdout's first line
         try:
             chan.exec_command(command)
-            if stdin:
-                try:
+            try:
+                if stdin:
                     chan.sendall(stdin)
-                except OSError:
-                    # A command may exit without reading all its input; its output still counts.
-                    if not chan.closed:
-                        raise
+                while body is not None and (chunk := body.read(STREAM_CHUNK)):
+                    chan.sendall(chunk)
+                    deadline = time.monotonic() + self.command_timeout  # it moves on
+            except OSError:
+                # A command may exit without reading all its input; its output still counts.
+                if not chan.closed:
+                    raise
             chan.shutdown_write()
             while True:
                 # Data always arrives before EOF, so once EOF is seen the buffers are complete.
                 finished = chan.eof_received or chan.closed
                 while chan.recv_ready():
-                    out += chan.recv(65536)
+                    data = chan.recv(65536)
+                    if sink is None:
+                        out += data
+                        continue
+                    deadline = time.monotonic() + self.command_timeout
+                    if not in_head:
+                        sink.write(data)
+                        continue
+                    out += data
+                    end = out.find(b"\n")
+                    if end >= 0:
+                        in_head = False
+                        sink.write(out[end + 1 :])
+                        del out[end + 1 :]
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 if finished:

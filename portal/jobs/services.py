@@ -6,7 +6,6 @@ job is refused at submission with a clear message rather than failing on a host 
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 
 from django.conf import settings
@@ -79,15 +78,16 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
             "bad_input", f"The archive is over {settings.JOBS_MAX_ARCHIVE_MB} MB.", "input_archive"
         )
     if archive is not None:
-        # Checked now, with the host's own rules, so a broken archive is refused here.
-        archive.seek(0)
-        encoded = base64.b64encode(archive.read()).decode()
+        # Checked now, with the host's own rules, so a broken archive is refused here; read
+        # through from the upload's file, never into memory whole.
         archive.seek(0)
         try:
-            agent_jobs.check_archive(encoded)
+            agent_jobs.check_archive(archive)
         except AgentRefusal as exc:
             detail = exc.message.removeprefix("input.archive: ")
             raise JobError("bad_input", f"The archive: {detail}", "input_archive") from None
+        finally:
+            archive.seek(0)
 
 
 def job_submit(

@@ -6,6 +6,7 @@ Views parse and render; submitting and cancelling are the job service's
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -115,6 +116,7 @@ def job_detail(request, pk):
         "job": job,
         "log_tail": selectors.log_tail(job, TAIL_LINES),
         "tail_lines": TAIL_LINES,
+        "dropped_marker": dropped_marker(job) if job.log_dropped else "",
         "walltime_hours": job.walltime / HOUR,
         "device_hours": selectors.device_hours([job], timezone.now()).get(job.pk, 0.0),
         "waiting": job.state in Job.WAITING,
@@ -125,10 +127,20 @@ def job_detail(request, pk):
     return render(request, "jobs/job_detail.html", context)
 
 
+def dropped_marker(job: Job) -> str:
+    return (
+        f"[porterbox: the log's first {job.log_dropped} characters are dropped; the portal "
+        f"keeps its last {settings.JOBS_MAX_LOG_KB} KiB.]"
+    )
+
+
 @login_required
 def job_log(request, pk):
     job = _visible_job(request, pk)
-    response = HttpResponse(job.log, content_type="text/plain; charset=utf-8")
+    text = job.log
+    if job.log_dropped:  # said in the file too: its head is missing, not empty
+        text = f"{dropped_marker(job)}\n{text}"
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.log"'
     return response
 

@@ -7,12 +7,15 @@ killed half-way is simply followed by the next pass.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import logging
+import tempfile
 from datetime import datetime, timedelta
+from typing import BinaryIO
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files import File
+from django.db import DatabaseError, transaction
 from django.db.models import Prefetch
 
 from portal.booking.models import Allocation
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 J = Job.State
 # What the agent's job-status says of a finished job -> the job's state in the portal.
 FINISHED = {"succeeded": J.SUCCEEDED, "failed": J.FAILED, "timed_out": J.TIMED_OUT}
-LOG_CHUNK = 256 * 1024
+LOG_CHUNK = 256 * 1024  # bytes of the host's log per job-logs call
 
 
 def job_account(job: Job) -> str:
@@ -34,13 +37,24 @@ def job_account(job: Job) -> str:
     return f"{JOB_ACCOUNT_PREFIX}{job.project_id}"
 
 
-def _input(job: Job) -> dict:
+def _input(job: Job) -> tuple[dict, BinaryIO | None]:
+    """The job-start input, and the archive file to stream after the request (never read
+    into memory: docs/decisions.md, "Job inputs and outputs travel as raw bytes")."""
     if job.input_git_url:
-        return {"git": job.input_git_url, "ref": job.input_git_ref or "HEAD"}
+        # No ref: the remote's default branch (the agent leaves --branch out).
+        ref = {"ref": job.input_git_ref} if job.input_git_ref else {}
+        return {"git": job.input_git_url, **ref}, None
     if job.input_archive:
-        with job.input_archive.open("rb") as archive:
-            return {"archive": base64.b64encode(archive.read()).decode()}
-    return {}
+        return {"archive_bytes": job.input_archive.size}, job.input_archive.open("rb")
+    return {}, None
+
+
+def storable(text: str) -> str:
+    """text as a PostgreSQL text column holds it: NUL, which it cannot store, and any lone
+    surrogate become U+FFFD, visibly (the agent already decodes invalid UTF-8 so)."""
+    if text.isascii() and "\0" not in text:
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\0", "\ufffd")
 
 
 class JobPass:
@@ -75,6 +89,10 @@ class JobPass:
             except TransportError as exc:  # the host went away mid-pass: the next pass goes on
                 log.warning("%s %s: %s", self.host.name, job.session_name, exc)
                 return
+            except Exception:
+                # One job that breaks the pass must not hold up the others of the host (a
+                # scheduled job of another project would never start, its devices held).
+                log.exception("%s %s: following the job failed", self.host.name, job.session_name)
         for found in on_host:
             if found.get("job") not in expected:
                 self._drop(found["job"], running=bool(found.get("running")))
@@ -97,18 +115,21 @@ class JobPass:
             (DeviceRef(a.accelerator.vendor, a.accelerator.index) for a in job.held),
             key=lambda d: (d.vendor, d.index),
         )
+        source, archive = _input(job)
         try:
-            self.client.job_start(
-                job=job.session_name,
-                account=job_account(job),
-                stack=job.stack.name,
-                devices=devices,
-                script=job.script,
-                env=job.env,
-                walltime_s=int(job.walltime.total_seconds()),
-                grace_s=settings.JOBS_STOP_GRACE_SECONDS,
-                input=_input(job),
-            )
+            with archive or contextlib.nullcontext():
+                self.client.job_start(
+                    job=job.session_name,
+                    account=job_account(job),
+                    stack=job.stack.name,
+                    devices=devices,
+                    script=job.script,
+                    env=job.env,
+                    walltime_s=int(job.walltime.total_seconds()),
+                    grace_s=settings.JOBS_STOP_GRACE_SECONDS,
+                    input=source,
+                    archive=archive,
+                )
         except AgentError as exc:
             self._finish(job, J.FAILED, ran=False, last_error=f"The host refused the job: {exc}")
             return
@@ -127,7 +148,10 @@ class JobPass:
             requeue(job, self.now, f"{self.host.name} no longer knows the job")
             self.done.append(f"requeued {job.session_name}")
             return
-        self._copy_log(job)
+        try:
+            self._copy_log(job, status.get("log_bytes", 0))
+        except AgentError as exc:  # the log can wait; the job's end must not
+            log.warning("%s %s: copying the log failed: %s", self.host.name, job.session_name, exc)
         if state == "running":
             if job.stop_requested:
                 self.client.job_stop(job=job.session_name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
@@ -138,33 +162,64 @@ class JobPass:
         self.client.job_clean(job=job.session_name)
         self.done.append(f"{job.session_name} {final}")
 
-    def _copy_log(self, job: Job) -> None:
-        """Append what the host's log gained since the last pass; keep the tail."""
-        answer = self.client.job_logs(job=job.session_name, offset=job.log_offset, limit=LOG_CHUNK)
-        if answer.get("offset", job.log_offset) == job.log_offset:
+    def _copy_log(self, job: Job, log_bytes: int) -> None:
+        """Append what the host's log gained since the last pass, keeping its tail.
+
+        A pass copies at most the kept size (JOBS_MAX_LOG_KB): a log that grew by more since
+        the last pass is read from that far before its end, and what lies before is dropped
+        unread (counted in log_dropped; the pages mark it). Offsets advance by the host's
+        bytes, so a part that cannot be stored is passed over, never read again and again.
+        """
+        keep = settings.JOBS_MAX_LOG_KB * 1024
+        offset = skipped = job.log_offset
+        if log_bytes - offset > keep:
+            offset = log_bytes - keep
+        skipped = offset - skipped
+        parts, budget = [], keep
+        while budget > 0:
+            answer = self.client.job_logs(
+                job=job.session_name, offset=offset, limit=min(LOG_CHUNK, budget)
+            )
+            moved = answer.get("offset", offset) - offset
+            if moved <= 0:
+                break
+            parts.append(answer.get("data", ""))
+            offset, budget = offset + moved, budget - moved
+            if answer.get("eof"):
+                break
+        if offset == job.log_offset:
             return
-        whole = job.log + answer.get("data", "")
-        text = whole[-settings.JOBS_MAX_LOG_KB * 1024 :]
-        dropped = job.log_dropped + len(whole) - len(text)
-        Job.objects.filter(pk=job.pk).update(
-            log=text, log_offset=answer["offset"], log_dropped=dropped
-        )
-        job.log, job.log_offset, job.log_dropped = text, answer["offset"], dropped
+        # Past a skip, the new part alone is the tail: the earlier one is dropped with it.
+        earlier = "" if skipped else job.log
+        whole = earlier + storable("".join(parts))
+        text = whole[-keep:]
+        dropped = job.log_dropped + skipped + len(whole) - len(text) + len(job.log) - len(earlier)
+        try:
+            with transaction.atomic():
+                Job.objects.filter(pk=job.pk).update(
+                    log=text, log_offset=offset, log_dropped=dropped
+                )
+        except (DatabaseError, ValueError):  # psycopg refuses some text before sending it
+            log.exception("%s %s: storing the log failed", self.host.name, job.session_name)
+            note = f"\n[porterbox: {offset - job.log_offset} bytes of the log could not be kept]\n"
+            text = (job.log + note)[-keep:]
+            dropped = job.log_dropped + len(job.log) + len(note) - len(text)
+            Job.objects.filter(pk=job.pk).update(log=text, log_offset=offset, log_dropped=dropped)
+        job.log, job.log_offset, job.log_dropped = text, offset, dropped
 
     def _keep_output(self, job: Job) -> None:
-        """Fetch what the job left in its output directory before the host removes it."""
+        """Fetch what the job left in its output directory before the host removes it: the
+        archive streams from the host to a temporary file, then into the storage."""
         limit = settings.JOBS_MAX_OUTPUT_MB * 1024 * 1024
-        answer = self.client.job_output(job=job.session_name, limit=limit)
-        if answer.get("too_large"):
-            note = f"Its output is over {settings.JOBS_MAX_OUTPUT_MB} MB compressed; not kept."
-            Job.objects.filter(pk=job.pk).update(last_error=note)
-        elif answer.get("archive"):
-            job.output.save(
-                f"job-{job.pk}-output.tar.gz",
-                ContentFile(base64.b64decode(answer["archive"])),
-                save=False,
-            )
-            Job.objects.filter(pk=job.pk).update(output=job.output.name)
+        with tempfile.TemporaryFile() as sink:
+            answer = self.client.job_output(job=job.session_name, limit=limit, sink=sink)
+            if answer.get("too_large"):
+                note = f"Its output is over {settings.JOBS_MAX_OUTPUT_MB} MB compressed; not kept."
+                Job.objects.filter(pk=job.pk).update(last_error=note)
+            elif answer.get("bytes"):
+                sink.seek(0)
+                job.output.save(f"job-{job.pk}-output.tar.gz", File(sink), save=False)
+                Job.objects.filter(pk=job.pk).update(output=job.output.name)
 
     def _finish(self, job: Job, state: str, *, ran: bool = True, **fields) -> None:
         if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):

@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -32,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from typing import BinaryIO
 
 from provisioning.accounts import RESERVED, keys_digest
 from provisioning.agent import (
@@ -487,11 +489,11 @@ def run(
     return result
 
 
-def execute(verb: str, fields: dict, config: Config) -> dict:
+def execute(verb: str, fields: dict, config: Config, body: BinaryIO | None = None) -> dict:
     if verb in JOB_VERBS:
         from provisioning.agent import jobs  # here: jobs builds on this module
 
-        return jobs.execute(verb, fields, config)
+        return jobs.execute(verb, fields, config, body)
     if verb in ("grant", "revoke"):
         with host_lock(config):
             return grant(config, **fields) if verb == "grant" else revoke(config, **fields)
@@ -950,11 +952,16 @@ def _make_dir(path: str) -> None:
 # -- entry point ----------------------------------------------------------------------------
 
 
-def handle(raw: bytes, config: Config) -> dict:
-    """The answer to one request: validated completely first, then executed."""
+def handle(raw: bytes, config: Config, body: BinaryIO | None = None) -> dict:
+    """The answer to one request: validated completely first, then executed.
+
+    raw is the request's line; body the rest of stdin, read only by a verb whose request
+    announces raw bytes after it (job-start's input.archive_bytes). An answer with "_body" (a
+    file) has that many bytes to follow its line (job-output's archive): main() writes them.
+    """
     try:
         verb, fields = validate(parse_request(raw), config)
-        return {"ok": True, **execute(verb, fields, config)}
+        return {"ok": True, **execute(verb, fields, config, body)}
     except AgentError as exc:
         return _error(exc.code, exc.message)
     except OSError as exc:
@@ -975,12 +982,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     args = parser.parse_args(argv)
-    raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+    # The request is one line (what follows it, if anything, is raw bytes it announces), or,
+    # from an older portal, everything up to the end of stdin.
+    raw = sys.stdin.buffer.readline(MAX_REQUEST_BYTES + 1)
     try:
-        answer = handle(raw, load_config(args.config))
+        answer = handle(raw, load_config(args.config), body=sys.stdin.buffer)
     except AgentError as exc:
         answer = _error(exc.code, exc.message)
+    body = answer.pop("_body", None)
     sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    if body is not None:
+        with body:
+            shutil.copyfileobj(body, sys.stdout.buffer, 1024 * 1024)
+        sys.stdout.buffer.flush()
     return 0 if answer["ok"] else 1
 
 

@@ -147,7 +147,8 @@ class Supervisor:
         self._step("preparing the job's directory", self._fork(lambda: self._prepare(script)))
         source = record["input"]
         if "git" in source:
-            self.say(f"cloning {source['git']} at {source['ref']}")
+            at = source.get("ref", "its default branch")
+            self.say(f"cloning {source['git']} at {at}")
             self._step("cloning the input", self._popen(self._git_argv(source), self.log))
         elif "archive" in source:
             path = os.path.join(jobs.job_dir(self.state_dir, job), "input.tar.gz")
@@ -172,11 +173,14 @@ class Supervisor:
 
     def _git_argv(self, source: dict) -> list[str]:
         # https only (redirects included); -C: git, not root, enters the account's directory.
+        # Without a ref, git checks out what the remote's HEAD names (its default branch):
+        # "--branch HEAD" would look for a branch called HEAD.
+        branch = ["--branch", source["ref"]] if "ref" in source else []
         return [
             *("git", "-C", self.work, "-c", "protocol.allow=never"),
             *("-c", "protocol.https.allow=always", "clone", "--depth", "1"),
-            *("--branch", source["ref"], "--", source["git"], "input"),
-        ]
+            *branch, "--", source["git"], "input",
+        ]  # fmt: skip
 
     def _script(self) -> int:
         record, account = self.record, self.account

@@ -9,7 +9,7 @@ in the schroot profile's fstab), in ``<state_dir>/jobs/<job>/``:
 
     record.json    the cleaned job-start request (the env may hold secrets: 0600)
     script         the script as the portal sent it (0600)
-    input.tar.gz   the archive input, if any (0600)
+    input.tar.gz   the archive input, if any (0600), streamed in after the request line
     lock           held (flock) by the supervisor while it lives: a crash or a reboot frees it
     log            the job's stdout and stderr, and the supervisor's own lines (0600)
     stop.json      a stop request from job-stop, which the supervisor polls for
@@ -22,11 +22,8 @@ turn a root write into a write elsewhere.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import fcntl
-import io
 import json
 import os
 import posixpath
@@ -37,9 +34,11 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from typing import BinaryIO
 
 import provisioning
 from provisioning.agent import hostctl as h
@@ -54,7 +53,10 @@ MAX_SCRIPT_BYTES = 64 * 1024
 MAX_WALLTIME_S = 30 * 24 * 3600
 MAX_GRACE_S = 600
 MAX_LOG_CHUNK = 1024 * 1024
-MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
+# An archive input travels as raw bytes after the request line and is spooled to disk, never
+# held in memory: this bounds what one request may announce, the portal's limit is lower.
+MAX_ARCHIVE_BYTES = 4 * 1024**3
+SPOOL_CHUNK = 1024 * 1024
 # A few hundred KiB of gzip can unpack to a GiB; past these the archive is refused unread.
 MAX_ARCHIVE_MEMBERS = 100_000
 MAX_ARCHIVE_CONTENT = 4 * 1024**3
@@ -87,8 +89,9 @@ SETUID_DROPPED_ENV = frozenset(
 # How long job-stop waits for the supervisor to record the end before it answers anyway
 # (the portal's SSH command timeout is 60 s); the stop goes on, and job-status tells the end.
 STOP_WAIT_S = 20
-# The most of a finished job's output/ that job-output hands the portal, compressed.
-MAX_OUTPUT_BYTES = 256 * 1024 * 1024
+# The most of a finished job's output/ that job-output hands the portal, compressed: spooled
+# to disk and streamed after the answer's line, never held in memory.
+MAX_OUTPUT_BYTES = 4 * 1024**3
 LOCK_WAIT_S = 5
 SUPERVISOR_GONE = "the supervisor ended without recording an outcome (a reboot or a crash)"
 # Where this copy of the agent was imported from: the supervisor runs the same code.
@@ -174,14 +177,27 @@ def check_grace(value: object) -> int:
     return _integer("grace_s", value, 0, MAX_GRACE_S, "bad_walltime")
 
 
+INPUT_SHAPES = (set(), {"git"}, {"git", "ref"}, {"archive_bytes"})
+
+
 def check_input(value: object) -> dict:
-    """{} or {"git", "ref"}, or {"archive": bytes} (decoded and read through, never written)."""
-    if not isinstance(value, dict) or set(value) not in (set(), {"git", "ref"}, {"archive"}):
-        raise h.AgentError("bad_input", 'input: must be {}, {"git", "ref"} or {"archive"}')
-    if "archive" in value:
-        return {"archive": check_archive(value["archive"])}
+    """{}, {"git"} (the remote's default branch), {"git", "ref"}, or {"archive_bytes": N}: N raw
+    bytes of a .tar.gz follow the request line on stdin (checked by receive_archive())."""
+    if not isinstance(value, dict) or set(value) not in INPUT_SHAPES:
+        message = 'input: must be {}, {"git"}, {"git", "ref"} or {"archive_bytes"}'
+        raise h.AgentError("bad_input", message)
+    if "archive_bytes" in value:
+        size = value["archive_bytes"]
+        return {
+            "archive_bytes": _integer(
+                "input.archive_bytes", size, 1, MAX_ARCHIVE_BYTES, "bad_input"
+            )
+        }
     if "git" in value:
-        return {"git": check_git_url(value["git"]), "ref": check_git_ref(value["ref"])}
+        cleaned = {"git": check_git_url(value["git"])}
+        if "ref" in value:
+            cleaned["ref"] = check_git_ref(value["ref"])
+        return cleaned
     return {}
 
 
@@ -207,17 +223,12 @@ def check_git_ref(value: object) -> str:
     return value
 
 
-def check_archive(value: object) -> bytes:
+def check_archive(file: BinaryIO) -> None:
     """A .tar.gz whose members all stay inside input/; the checks tarfile's "data" filter and
-    the supervisor repeat against the real file system when it is extracted."""
-    if not isinstance(value, str) or len(value) > (MAX_ARCHIVE_BYTES + 2) // 3 * 4:
-        raise h.AgentError("bad_input", "input.archive: must be base64 of at most 64 MiB")
+    the supervisor repeat against the real file system when it is extracted. Read through
+    from file (seekable), a block at a time: a GiB archive is never held in memory."""
     try:
-        data = base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise h.AgentError("bad_input", "input.archive: not base64") from exc
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        with tarfile.open(fileobj=file, mode="r:gz") as archive:
             content = 0
             for count, member in enumerate(archive, start=1):
                 check_member(member)
@@ -226,7 +237,34 @@ def check_archive(value: object) -> bytes:
                     raise h.AgentError("bad_input", "input.archive: too many or too large members")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise h.AgentError("bad_input", f"input.archive: not a .tar.gz: {exc}") from exc
-    return data
+
+
+def receive_archive(config: h.Config, body: BinaryIO | None, size: int) -> str:
+    """Spool the size bytes that follow the request line into a root-only file of the agent's
+    (a block at a time) and check them as an archive; the file's path. Removed if refused."""
+    if body is None:
+        raise h.AgentError("bad_input", "input.archive_bytes: no archive follows the request")
+    spool = os.path.join(config.state_dir, "spool")
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=spool, prefix="input-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            left = size
+            while left:
+                chunk = body.read(min(left, SPOOL_CHUNK))
+                if not chunk:
+                    got = size - left
+                    message = f"input.archive_bytes: the archive ended after {got} of {size} bytes"
+                    raise h.AgentError("bad_input", message)
+                file.write(chunk)
+                left -= len(chunk)
+        with open(path, "rb") as file:
+            check_archive(file)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return path
 
 
 def check_member(member: tarfile.TarInfo) -> None:
@@ -260,9 +298,9 @@ def _utf8(text: str, code: str, field: str) -> bytes:
 # -- execution ------------------------------------------------------------------------------
 
 
-def execute(verb: str, fields: dict, config: h.Config) -> dict:
+def execute(verb: str, fields: dict, config: h.Config, body: BinaryIO | None = None) -> dict:
     if verb == "job-start":
-        return job_start(config, **fields)
+        return job_start(config, body=body, **fields)
     if verb == "job-stop":
         return job_stop(config, **fields)
     if verb == "job-logs":
@@ -275,7 +313,26 @@ def execute(verb: str, fields: dict, config: h.Config) -> dict:
 
 
 def job_start(
-    config: h.Config, *, job, account, stack, devices, script, env, walltime_s, grace_s, input
+    config: h.Config, *, job, account, stack, devices, script, env, walltime_s, grace_s, input,
+    body: BinaryIO | None = None,
+) -> dict:  # fmt: skip
+    if read_job(config.state_dir, job) is not None:
+        return {"job": job, "started": False}  # already started: changes nothing, reads nothing
+    archive = None
+    if "archive_bytes" in input:
+        # Spooled before the host lock: a slow upload never holds up grants and revokes.
+        archive = receive_archive(config, body, input["archive_bytes"])
+    try:
+        return _start(config, job, account, stack, devices, script, env, walltime_s, grace_s,
+                      input, archive)  # fmt: skip
+    finally:
+        if archive is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(archive)  # not taken: a job that started meanwhile
+
+
+def _start(
+    config, job, account, stack, devices, script, env, walltime_s, grace_s, input, archive
 ) -> dict:
     with h.host_lock(config):
         if read_job(config.state_dir, job) is not None:
@@ -289,8 +346,8 @@ def job_start(
             for stale in ("status.json", "stop.json", "input.tar.gz"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, stale))
-            if "archive" in input:
-                _write_bytes(os.path.join(directory, "input.tar.gz"), input["archive"])
+            if archive is not None:
+                os.rename(archive, os.path.join(directory, "input.tar.gz"))
             record = {
                 "job": job,
                 "account": account,
@@ -304,7 +361,7 @@ def job_start(
                 "env": env,
                 "walltime_s": walltime_s,
                 "grace_s": grace_s,
-                "input": {"archive": True} if "archive" in input else input,
+                "input": {"archive": True} if archive is not None else input,
                 "started_at": utc_now(),
             }
             # Written last: its existence is what makes a repeated job-start a no-op.
@@ -459,9 +516,13 @@ def job_clean(config: h.Config, *, job: str) -> dict:
 
 
 def job_output(config: h.Config, *, job: str, limit: int) -> dict:
-    """The finished job's output/ as a .tar.gz (base64), made as the account, so that nothing
-    the account could not read itself gets in; links are stored as links, never followed."""
-    answer = {"job": job, "archive": None, "bytes": 0, "too_large": False}
+    """The finished job's output/ as a .tar.gz, made as the account, so that nothing the
+    account could not read itself gets in; links are stored as links, never followed.
+
+    The archive is spooled to an unlinked file of the agent's, and "_body" hands it to
+    hostctl.main(), which writes its `bytes` bytes after the answer's line.
+    """
+    answer = {"job": job, "bytes": 0, "too_large": False}
     record = read_job(config.state_dir, job)
     if record is None:
         return answer
@@ -481,19 +542,31 @@ def job_output(config: h.Config, *, job: str, limit: int) -> dict:
 
     pid = as_account(account, pack)
     os.close(write_end)
-    data = bytearray()
-    with os.fdopen(read_end, "rb") as pipe:
-        while chunk := pipe.read(1 << 20):
-            if len(data) + len(chunk) > limit:
-                answer["too_large"] = True
-                os.kill(pid, signal.SIGKILL)
-                break
-            data += chunk
-    if wait_child(pid) != 0 and not answer["too_large"]:
-        raise h.AgentError("command_failed", f"job: packing the output of {job} failed")
-    answer["bytes"] = len(data)
-    if not answer["too_large"]:
-        answer["archive"] = base64.b64encode(bytes(data)).decode()
+    spool = os.path.join(config.state_dir, "spool")
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    # Unlinked at once, nothing is left behind; main() closes it once written out.
+    kept = tempfile.TemporaryFile(dir=spool)  # noqa: SIM115
+    size = 0
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            while chunk := pipe.read(SPOOL_CHUNK):
+                if size + len(chunk) > limit:
+                    answer["too_large"] = True
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                kept.write(chunk)
+                size += len(chunk)
+        if wait_child(pid) != 0 and not answer["too_large"]:
+            raise h.AgentError("command_failed", f"job: packing the output of {job} failed")
+    except BaseException:
+        kept.close()
+        raise
+    answer["bytes"] = size
+    if answer["too_large"]:
+        kept.close()
+    else:
+        kept.seek(0)
+        answer["_body"] = kept
     return answer
 
 
@@ -582,12 +655,6 @@ def _hold_lock(directory: str) -> int:
                 message = "job: its lock is held by another process"
                 raise h.AgentError("host_error", message) from None
             time.sleep(0.05)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
 
 
 def release_nodes(state_dir: str, account: str, nodes: list[str], job: str) -> None:

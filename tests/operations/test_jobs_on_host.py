@@ -4,10 +4,23 @@ The scheduler places jobs in the database; the reconcile loop starts them on the
 the agent, copies their logs, records how they ended and frees their devices.
 """
 
+import hashlib
+import io
+import ipaddress
+import os
+import ssl
+import subprocess
 import tarfile
-from datetime import timedelta
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from portal.booking.models import Allocation
@@ -16,8 +29,11 @@ from portal.inventory.models import Host
 from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.jobs.services import job_submit
+from portal.operations import jobs as loop_jobs
 from portal.operations import services
-from tests.factories import PartnerMembershipFactory
+from provisioning.client import AgentClient
+from tests.browser.conftest import browser, login, page, screenshot  # noqa: F401 - fixtures
+from tests.factories import PASSWORD, PartnerMembershipFactory
 from tests.operations.harness import wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
@@ -165,3 +181,259 @@ def test_it_charges_a_job_only_from_when_it_started_on_the_host(registered, memb
     held = Allocation.objects.get(job=job)
     assert (held.start, held.end) == (job.started_at, job.ended_at)
     assert 0 < scheduler.month_usage(timezone.now())[member.project_id] < 1 / 60
+
+
+# -- inputs, outputs and logs of every size and kind ----------------------------------------
+
+
+class GitHandler(BaseHTTPRequestHandler):
+    """git's smart HTTP protocol through `git http-backend` (CGI), as a forge serves it."""
+
+    root = ""
+
+    def do_GET(self):
+        self._backend()
+
+    def do_POST(self):
+        self._backend()
+
+    def _backend(self):
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": self.root,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": self.command,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, check=True
+        ).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def _certificate(directory):
+    """A self-signed certificate for 127.0.0.1: (certificate file, key file, PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    (directory / "cert.pem").write_bytes(pem)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory / "cert.pem", directory / "key.pem", pem
+
+
+def _git(*argv, cwd):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
+    subprocess.run(["git", *argv], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def git_server(testhost, tmp_path_factory):
+    """https://127.0.0.1:<port>/repo.git, a repository whose default branch is "trunk" (not
+    main), with a tag v1 and a branch "feature"; which.txt says which one was checked out.
+    The host trusts the server's certificate as it would a forge's (its CA bundle)."""
+    base = tmp_path_factory.mktemp("git")
+    work = base / "work"
+    work.mkdir()
+    _git("init", "-q", "-b", "trunk", cwd=work)
+    _git("config", "user.email", "ci@example.org", cwd=work)
+    _git("config", "user.name", "CI", cwd=work)
+    for what, step in (("tagged", ["tag", "v1"]), ("trunk", None)):
+        (work / "which.txt").write_text(f"{what}\n")
+        _git("add", "which.txt", cwd=work)
+        _git("commit", "-q", "-m", what, cwd=work)
+        if step:
+            _git(*step, cwd=work)
+    _git("branch", "feature", "v1", cwd=work)
+    _git("checkout", "-q", "feature", cwd=work)
+    (work / "which.txt").write_text("feature\n")
+    _git("commit", "-q", "-am", "feature", cwd=work)
+    _git("checkout", "-q", "trunk", cwd=work)
+    _git("clone", "-q", "--bare", str(work), str(base / "repo.git"), cwd=base)
+
+    cert, key, pem = _certificate(base)
+    bundle = testhost.path("/etc/ssl/certs/ca-certificates.crt")
+    original = bundle.read_bytes()
+    bundle.write_bytes(original + pem)
+    handler = type("Handler", (GitHandler,), {"root": str(base)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/repo.git"
+    finally:
+        server.shutdown()
+        server.server_close()
+        bundle.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    ("ref", "checked_out"), [("", "trunk"), ("v1", "tagged"), ("feature", "feature")]
+)
+def test_it_clones_a_git_input_at_the_default_branch_a_tag_or_a_branch(
+    registered, member, git_server, ref, checked_out
+):
+    job = submit(member, registered, "cat which.txt\n", input_git_url=git_server,
+                 input_git_ref=ref)  # fmt: skip
+    scheduler.schedule()
+
+    job = run_until(registered, job, Job.FINISHED)
+
+    assert job.state == J.SUCCEEDED, (job.last_error, job.log)
+    lines = [line for line in job.log.splitlines() if not line.startswith("porterbox: ")]
+    assert checked_out in lines, job.log
+    at = ref or "its default branch"
+    assert f"porterbox: cloning {git_server} at {at}" in job.log
+
+
+@pytest.mark.browser
+def test_it_keeps_binary_output_readable_and_another_projects_job_still_runs(
+    registered,
+    member,
+    settings,
+    tmp_path,
+    live_server,
+    page,  # noqa: F811 - the fixture
+):
+    """NUL bytes and invalid UTF-8 in a log: replaced visibly, never a pass that fails again
+    and again (PostgreSQL's text refuses NUL), so the job ends and the host's other jobs run."""
+    settings.MEDIA_ROOT = tmp_path
+    script = (
+        "printf 'before\\000after \\377\\376 end\\n'\n"
+        "printf 'x\\000y' > \"$PORTERBOX_OUTPUT/bin.dat\"\n"
+    )
+    binary = submit(member, registered, script)
+    other = PartnerMembershipFactory(project__slug="other", project__max_walltime_hours=48)
+    later = submit(other, registered, "echo other project\n")
+    assert set(scheduler.schedule().placed) == {binary.pk, later.pk}
+
+    def both_finished():
+        services.reconcile_host(registered.pk)
+        return set(
+            Job.objects.filter(pk__in=[binary.pk, later.pk]).values_list("state", flat=True)
+        ) <= set(Job.FINISHED)
+
+    wait_for(both_finished, timeout=60, interval=0.3, what="both jobs finished")
+    binary, later = Job.objects.get(pk=binary.pk), Job.objects.get(pk=later.pk)
+    assert (binary.state, later.state) == (J.SUCCEEDED, J.SUCCEEDED), (binary.log, later.log)
+    assert "before\ufffdafter \ufffd\ufffd end" in binary.log
+    assert "\0" not in binary.log and "other project" in later.log
+    with tarfile.open(fileobj=binary.output.open("rb"), mode="r:gz") as kept:
+        assert kept.extractfile("output/bin.dat").read() == b"x\0y"
+
+    login(page, live_server, member.user.username, PASSWORD)
+    page.goto(f"{live_server.url}/jobs/{binary.pk}/")
+    assert "before\ufffdafter \ufffd\ufffd end" in page.locator("pre.log").text_content()
+    screenshot(page, "job-binary-output")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="What the job left").click()
+    with tarfile.open(download.value.path(), mode="r:gz") as fetched:
+        assert fetched.extractfile("output/bin.dat").read() == b"x\0y"
+
+
+def test_it_streams_a_10_mb_archive_in_and_its_output_out(registered, member, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    data = os.urandom(10 * 1024 * 1024)  # incompressible: the archive is as large
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("data/weights.bin")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    upload = SimpleUploadedFile("input.tar.gz", buffer.getvalue())
+    assert upload.size > 10 * 1024 * 1024
+    script = 'sha256sum data/weights.bin\ncp data/weights.bin "$PORTERBOX_OUTPUT/"\n'
+    job = submit(member, registered, script, input_archive=upload)
+    scheduler.schedule()
+
+    job = run_until(registered, job, Job.FINISHED)
+
+    assert job.state == J.SUCCEEDED, (job.last_error, job.log)
+    assert f"{hashlib.sha256(data).hexdigest()}  data/weights.bin" in job.log
+    with tarfile.open(fileobj=job.output.open("rb"), mode="r:gz") as kept:
+        assert kept.extractfile("output/weights.bin").read() == data
+
+
+def test_it_keeps_the_tail_of_a_50_mb_log_copying_a_bounded_amount_per_pass(
+    registered, member, settings, client, monkeypatch
+):
+    settings.JOBS_MAX_LOG_KB = 256
+    keep = 256 * 1024
+    copied = []  # bytes of the host's log each pass read
+    job_logs = AgentClient.job_logs
+
+    def counted(self, **kwargs):
+        answer = job_logs(self, **kwargs)
+        copied[-1] += answer["offset"] - kwargs["offset"]
+        return answer
+
+    monkeypatch.setattr(AgentClient, "job_logs", counted)
+    line = "0123456789abcdefghijklmnopqrstuvwxyz" * 2
+    script = f"yes {line} | head -c 52428800\necho\necho the-end\n"
+    job = submit(member, registered, script)
+    scheduler.schedule()
+
+    def finished():
+        copied.append(0)
+        services.reconcile_host(registered.pk)
+        return Job.objects.get(pk=job.pk).state in Job.FINISHED
+
+    wait_for(finished, timeout=120, interval=0.3, what="the job finished")
+    job = Job.objects.get(pk=job.pk)
+
+    assert job.state == J.SUCCEEDED, (job.last_error, job.log[-500:])
+    assert max(copied) <= keep + loop_jobs.LOG_CHUNK
+    assert len(job.log) <= keep and job.log.endswith("the-end\nporterbox: job succeeded\n")
+    assert job.log_dropped >= 50 * 1024 * 1024 - keep
+    client.force_login(member.user)
+    html = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f"the log&#x27;s first {job.log_dropped} characters are dropped" in html
+    whole = client.get(f"/jobs/{job.pk}/log/").content.decode()
+    assert whole.startswith("[porterbox: the log's first") and "\nthe-end\n" in whole

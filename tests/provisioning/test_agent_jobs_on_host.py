@@ -2,7 +2,6 @@
 the supervisor runs detached after the agent's answer, in a schroot session of the job account.
 See tests/testhost.py for the host; its busybox stack has sh, echo, sleep, env, cat, id, ls."""
 
-import base64
 import io
 import json
 import shutil
@@ -65,9 +64,11 @@ def agent(host, portal_key):
     target = Target("127.0.0.1", host.port, "porterbox", host.host_keys)
     with Transport(portal_key, connect_timeout=5, command_timeout=60, retries=0) as transport:
 
-        def call(verb, **fields):
-            raw = json.dumps({"verb": verb, **fields}).encode()
-            result = transport.call(target, None, raw)
+        def call(verb, body=None, **fields):
+            # One request line; an archive's raw bytes after it (docs/agent.md, "Protocol").
+            raw = json.dumps({"verb": verb, **fields}).encode() + b"\n"
+            stream = io.BytesIO(body) if body is not None else None
+            result = transport.call(target, None, raw, body=stream)
             answer = json.loads(result.stdout)
             assert result.exit_status == (0 if answer["ok"] else 1), result
             return answer
@@ -94,8 +95,8 @@ def start(agent):
     """Start a job; cleaned (stopped first if need be) after the test."""
     started = []
 
-    def run(job, script, **options):
-        answer = agent("job-start", **job_request(job, script, **options))
+    def run(job, script, body=None, **options):
+        answer = agent("job-start", body=body, **job_request(job, script, **options))
         assert answer == {"ok": True, "job": job, "started": True}, answer
         started.append(job)
         return answer
@@ -242,14 +243,18 @@ def make_archive(members):
                 data = content.encode()
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def archive_input(archive: bytes) -> dict:
+    return {"input": {"archive_bytes": len(archive)}, "body": archive}
 
 
 def test_an_archive_is_extracted_into_input_as_the_account(agent, host, start):
     archive = make_archive(
         [("data", None), ("data/hello.txt", "hello\n"), ("greeting", ("link", "data/hello.txt"))]
     )
-    start("j6", "cat greeting; ls data", input={"archive": archive})
+    start("j6", "cat greeting; ls data", **archive_input(archive))
 
     assert ended(agent, "j6")["state"] == "succeeded"
     log = read_log(agent, "j6")
@@ -265,12 +270,14 @@ def test_an_archive_is_extracted_into_input_as_the_account(agent, host, start):
 def test_an_archive_with_a_member_outside_input_is_refused(agent, host, name):
     archive = make_archive([("data", None), (name, "evil\n")])
 
-    answer = agent("job-start", **job_request("j7", "true", input={"archive": archive}))
+    request = job_request("j7", "true", input={"archive_bytes": len(archive)})
+    answer = agent("job-start", body=archive, **request)
 
     assert answer["ok"] is False
     assert answer["error"]["code"] == "bad_input"
     assert answer["error"]["message"].startswith("input.archive")
     assert not host.exists("/var/lib/porterbox/jobs/j7")
+    assert host.run("ls", "-A", "/var/lib/porterbox/spool") == ""  # the spooled bytes too
     assert not host.exists("/tmp/evil") and not host.exists(f"{HOME}/jobs/evil")
 
 

@@ -68,12 +68,30 @@ def commands(monkeypatch):
     return spy_commands(monkeypatch)
 
 
-def make_archive(*members: tarfile.TarInfo) -> str:
+def make_archive(*members: tarfile.TarInfo) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for member in members:
             archive.addfile(member, io.BytesIO(b"x" * member.size) if member.isreg() else None)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def ask_with_archive(config, archive: bytes, announced: int | None = None) -> dict:
+    """job-start as the portal sends it: the request line, then the archive's raw bytes."""
+    size = len(archive) if announced is None else announced
+    line = json.dumps({**START, "input": {"archive_bytes": size}}).encode() + b"\n"
+    return hostctl.handle(line, config, body=io.BytesIO(archive))
+
+
+def assert_archive_refused(answer, field, config, commands):
+    """Refused with nothing run and nothing kept: the spooled bytes are removed."""
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == "bad_input", answer
+    assert answer["error"]["message"].startswith(field), answer
+    assert commands == []
+    spool = os.path.join(config.state_dir, "spool")
+    assert os.listdir(spool) == [] if os.path.exists(spool) else True
+    assert not os.path.exists(os.path.join(config.state_dir, "jobs"))
 
 
 def member(name, kind=tarfile.REGTYPE, linkname="", size=1, mode=0o644):
@@ -296,9 +314,10 @@ def test_it_refuses_git_refs_that_could_be_options_or_are_not_refs(config, comma
         None,
         [],
         "https://salsa.debian.org/x.git",
-        {"git": "https://salsa.debian.org/x.git"},
         {"ref": "main"},
         {"git": "https://salsa.debian.org/x.git", "ref": "main", "archive": ""},
+        {"git": "https://salsa.debian.org/x.git", "archive_bytes": 10},
+        {"archive": base64.b64encode(make_archive(member("a"))).decode()},  # the old form
         {"url": "https://salsa.debian.org/x.git", "ref": "main"},
     ],
 )
@@ -306,12 +325,33 @@ def test_it_refuses_input_of_another_shape(config, commands, value):
     assert_refused(ask(config, {**START, "input": value}), "bad_input", "input", config, commands)
 
 
+def test_it_takes_a_git_input_without_a_ref_as_the_default_branch(config):
+    url = "https://salsa.debian.org/x.git"
+    cleaned = jobs.validate("job-start", {**START, "input": {"git": url}}, config)
+    assert cleaned["input"] == {"git": url}
+
+
+@pytest.mark.parametrize("size", [0, -1, "10", 1.5, True, None, jobs.MAX_ARCHIVE_BYTES + 1])
+def test_it_refuses_an_archive_size_out_of_range(config, commands, size):
+    answer = ask(config, {**START, "input": {"archive_bytes": size}})
+    assert_refused(answer, "bad_input", "input.archive_bytes", config, commands)
+
+
+def test_it_refuses_an_archive_shorter_than_announced_or_missing(config, commands):
+    archive = make_archive(member("a.txt"))
+    answer = ask_with_archive(config, archive, announced=len(archive) + 1)
+    assert_archive_refused(answer, "input.archive_bytes", config, commands)
+    assert "ended after" in answer["error"]["message"]
+    line = json.dumps({**START, "input": {"archive_bytes": len(archive)}}).encode()
+    answer = hostctl.handle(line, config)  # nothing follows the request
+    assert_archive_refused(answer, "input.archive_bytes", config, commands)
+
+
 @pytest.mark.parametrize(
     "archive",
     [
-        "not base64!",
-        base64.b64encode(b"not gzip").decode(),
-        base64.b64encode(b"\x1f\x8b" + b"\0" * 20).decode(),
+        b"not gzip",
+        b"\x1f\x8b" + b"\0" * 20,
         make_archive(member("/etc/cron.d/evil")),
         make_archive(member("../evil")),
         make_archive(member("data"), member("data/../../evil")),
@@ -325,8 +365,8 @@ def test_it_refuses_input_of_another_shape(config, commands, value):
     ],
 )
 def test_it_refuses_archives_that_are_broken_or_reach_outside_input(config, commands, archive):
-    answer = ask(config, {**START, "input": {"archive": archive}})
-    assert_refused(answer, "bad_input", "input.archive", config, commands)
+    answer = ask_with_archive(config, archive)
+    assert_archive_refused(answer, "input.archive", config, commands)
 
 
 def test_it_accepts_an_archive_whose_links_stay_inside(config):
@@ -337,8 +377,9 @@ def test_it_accepts_an_archive_whose_links_stay_inside(config):
         member("c.txt", tarfile.SYMTYPE, "data/../data/a.txt"),
         member("d.txt", tarfile.LNKTYPE, "data/a.txt"),
     )
-    cleaned = jobs.validate("job-start", {**START, "input": {"archive": archive}}, config)
-    assert cleaned["input"] == {"archive": base64.b64decode(archive)}
+    request = {**START, "input": {"archive_bytes": len(archive)}}
+    assert jobs.validate("job-start", request, config)["input"] == {"archive_bytes": len(archive)}
+    jobs.check_archive(io.BytesIO(archive))  # what receive_archive() runs on the spooled file
 
 
 # -- the other verbs ---------------------------------------------------------------------------
@@ -438,7 +479,7 @@ def test_extraction_refuses_a_link_that_leaves_through_another_link(tmp_path, ex
     destination.mkdir()
 
     with pytest.raises(tarfile.TarError):
-        jobrun.extract_archive(io.BytesIO(base64.b64decode(archive)), str(destination))
+        jobrun.extract_archive(io.BytesIO(archive), str(destination))
 
     assert not (tmp_path / "evil").exists()
 
@@ -452,7 +493,7 @@ def test_extraction_drops_setuid_bits_and_keeps_links_inside(tmp_path, extractio
     destination = tmp_path / "input"
     destination.mkdir()
 
-    jobrun.extract_archive(io.BytesIO(base64.b64decode(archive)), str(destination))
+    jobrun.extract_archive(io.BytesIO(archive), str(destination))
 
     assert stat.S_IMODE((destination / "data" / "tool").stat().st_mode) == 0o755
     assert (destination / "data" / "link").read_bytes() == b"x"
