@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "django.contrib.sites",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "csp",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -101,6 +102,7 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
     "portal.accounts.middleware.UserTimezoneMiddleware",
     "portal.accounts.middleware.StaffNeedMFAMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -404,6 +406,21 @@ SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts, styles and images from this site only, no
+# inline script anywhere (the pages have none; tests/browser/test_csp.py looks for violations).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        # A login with salsa posts here, then goes on to salsa's authorization page.
+        "form-action": ["'self'", SALSA_URL],
+    }
+}
 SESSION_COOKIE_HTTPONLY = True
 
 LOGGING = {
