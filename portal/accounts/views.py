@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
@@ -35,10 +36,14 @@ def profile(request):
 @login_required
 @require_POST
 def api_token_rotate(request):
+    """Show the new token once, in this answer only: a flash message would keep it in a cookie
+    (Django's message storage), readable by anything that sees the browser's cookies."""
     Token.objects.filter(user=request.user).delete()
     token = Token.objects.create(user=request.user)
-    messages.success(request, f"New API token: {token.key}. The old one no longer works.")
-    return redirect("accounts:profile")
+    context = {"form": ProfileForm(instance=request.user), "token": token, "new_token": token.key}
+    response = render(request, "accounts/profile.html", context)
+    add_never_cache_headers(response)  # no-store: not kept by the browser or a proxy either
+    return response
 
 
 @login_required
