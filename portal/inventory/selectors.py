@@ -52,3 +52,20 @@ def host_list(
     return hosts.prefetch_related(
         "stacks", Prefetch("accelerators", queryset=Accelerator.objects.order_by("index"))
     )
+
+
+def devices_held(user, host: Host, now) -> set[tuple[str, int]]:
+    """(vendor, index) of the host's devices the user holds now: by their own reservation, or
+    by a job of a partner project they belong to."""
+    holds = Q(allocations__reservation__user=user) | Q(
+        allocations__job__project__partnermembership__user=user
+    )
+    return set(
+        Accelerator.objects.filter(
+            holds,
+            host=host,
+            allocations__active=True,
+            allocations__start__lte=now,
+            allocations__end__gt=now,
+        ).values_list("vendor", "index")
+    )

@@ -1,5 +1,6 @@
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
 
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
@@ -39,8 +40,14 @@ def host_detail(request, name):
         choices = ", ".join(charts.SPANS)
         context["span_error"] = f"Unknown span “{span_name[:40]}”: choose one of {choices}."
     if request.user.is_authenticated:
-        # Unix user names are for members, not anonymous visitors.
-        context["processes"] = charts.current_processes(host)
+        # Who runs what is for staff and for the holders of those devices: others see only
+        # how many processes run on devices they do not hold.
+        processes = charts.current_processes(host)
+        if not request.user.is_staff:
+            held = selectors.devices_held(request.user, host, timezone.now())
+            context["others_processes"] = sum(p.key not in held for p in processes)
+            processes = [p for p in processes if p.key in held]
+        context["processes"] = processes
     if request.user.is_staff:
         context["probe_errors"] = charts.probe_errors(host)
         context["squatters"] = (

@@ -298,6 +298,7 @@ def _clamp(value: float, low: float, high: float) -> float:
 @dataclass(frozen=True)
 class Process:
     device: str
+    key: tuple  # (vendor, index), to match the devices a user holds
     pid: int | None
     user: str
     used_memory_mib: int | None
@@ -319,6 +320,7 @@ def current_processes(host: Host) -> list[Process]:
             processes.append(
                 Process(
                     device=device,
+                    key=(vendor, index),
                     pid=process.get("pid"),
                     user=str(process.get("user") or "unknown"),
                     used_memory_mib=process.get("used_memory_mib"),

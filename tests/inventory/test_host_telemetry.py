@@ -7,9 +7,10 @@ import time_machine
 from django.db.models import prefetch_related_objects
 from django.urls import reverse
 
+from portal.booking.models import Allocation, Reservation
 from portal.operations import charts
 from portal.operations.models import DeviceSample
-from tests.factories import AcceleratorFactory, HostFactory, UserFactory
+from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
 NOW = datetime(2026, 5, 4, 12, 30, tzinfo=UTC)
 HOUR = DeviceSample.Resolution.HOUR
@@ -254,15 +255,34 @@ def test_it_refuses_an_unknown_span(client, busy_host):
     assert "<polyline" not in html
 
 
-def test_it_shows_processes_to_members_only(client, busy_host):
+ROW = "<td>#0 H100</td><td>4242</td><td>alice</td><td>8000 MiB</td>"
+
+
+def test_it_shows_process_owners_to_staff_and_the_devices_holders_only(
+    client, busy_host, acc, staff
+):
     html = page(client, busy_host).content.decode()
     assert "alice" not in html and "4242" not in html and "Current processes" not in html
 
-    client.force_login(UserFactory())
+    client.force_login(UserFactory())  # a member who holds nothing here
     html = page(client, busy_host).content.decode()
     assert "Current processes" in html and "As of Mon 4 May 2026 12:29:30" in html
-    assert "<td>#0 H100</td><td>4242</td><td>alice</td><td>8000 MiB</td>" in html
+    assert "alice" not in html and "4242" not in html
+    assert "1 process on devices you do not hold" in html
     assert "rocm-smi exited" not in html  # probe errors are for staff
+
+    holder = UserFactory()
+    reservation = Reservation.objects.create(
+        user=holder, host=busy_host, stack=DriverStackFactory(), start=NOW - timedelta(hours=1),
+        end=NOW + timedelta(hours=1), state=Reservation.State.ACTIVE,
+    )  # fmt: skip
+    Allocation.objects.create(accelerator=acc, reservation=reservation, start=reservation.start,
+                              end=reservation.end)  # fmt: skip
+    client.force_login(holder)
+    assert ROW in page(client, busy_host).content.decode()
+
+    client.force_login(staff)
+    assert ROW in page(client, busy_host).content.decode()
 
 
 def test_it_shows_staff_the_probe_errors(client, busy_host, staff):
