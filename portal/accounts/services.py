@@ -6,6 +6,7 @@ from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
+from portal.accounts.audit import staff_log
 from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, PublicKey, parse_public_keys
 
@@ -151,6 +152,7 @@ def project_decide(*, project: PartnerProject, actor: User, approve: bool) -> bo
     )
     if done:
         project.state = to
+        staff_log(actor, project, "Application approved" if approve else "Application rejected")
     return bool(done)
 
 

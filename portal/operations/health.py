@@ -27,6 +27,7 @@ from django.db.models import Max, Prefetch
 from django.urls import reverse
 from django.utils import timezone
 
+from portal.accounts.audit import staff_log
 from portal.booking.availability import Need, availability, ceil_to
 from portal.booking.models import Allocation, BookingPolicy, Reservation
 from portal.inventory.hwspec import NATIVE_KIND, Hwspec
@@ -251,6 +252,8 @@ def resume(host, actor, now=None) -> bool:
         "%s resumed by %s at %s (drained at %s: %s)",
         host.name, actor, now.isoformat(), drained_at.isoformat() if drained_at else "?", reason,
     )  # fmt: skip
+    when = f"{drained_at:%Y-%m-%d %H:%M} UTC" if drained_at else "an unknown time"
+    staff_log(actor, host, f"Resumed; it was drained at {when}: {reason}")
     return True
 
 

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from portal.accounts.audit import staff_log
 from portal.booking.availability import floor_to
 from portal.booking.forms import DateTimeInput
 from portal.inventory.models import Host, MaintenanceWindow
@@ -67,6 +68,8 @@ def host_register(request):
     host.save()
     try:
         registration.host_pin_keys(host, offered)
+        fingerprints = ", ".join(line.split()[-1] for line in offered)  # "type blob SHA256:…"
+        staff_log(request.user, host, f"Host keys pinned as confirmed: {fingerprints}")
         result = registration.host_sync_inventory(host)
     except (registration.RegistrationError, ValidationError) as exc:
         messages.error(request, f"Keys pinned, but the inventory failed: {exc}")
@@ -84,6 +87,7 @@ def host_inventory(request, name):
     except registration.RegistrationError as exc:
         messages.error(request, f"The inventory failed: {exc}")
     else:
+        staff_log(request.user, host, f"Inventory pulled: {result}")
         messages.success(request, f"Inventory of {host.name}: {result}.")
     return redirect(host)
 
@@ -146,6 +150,11 @@ def host_maintenance(request, name):
         )
     window = form.save()
     told = health.maintenance_announce(window)
+    staff_log(
+        request.user, host,
+        f"Maintenance planned from {window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} "
+        f"UTC ({window.reason or 'no reason given'}); {told} users told",
+    )  # fmt: skip
     start, end = timezone.localtime(window.start), timezone.localtime(window.end)
     messages.success(
         request,

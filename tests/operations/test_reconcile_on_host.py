@@ -220,6 +220,12 @@ def test_it_registers_a_host_from_the_staff_page_after_the_keys_are_confirmed(
     assert sorted(host.host_keys.splitlines()) == sorted(testhost.host_keys.splitlines())
     assert host.accelerators.count() == 2
     assert "gpu7 registered: 2 new" in done.content.decode()
+    from django.contrib.admin.models import LogEntry
+
+    (pinned,) = LogEntry.objects.filter(object_id=str(host.pk), user=staff)
+    assert pinned.change_message == f"Host keys pinned as confirmed: {fingerprint}" or (
+        fingerprint in pinned.change_message
+    )
 
     tampered = client.post(url, {**form, "confirm": "1", "key": keys[:1]})
     assert tampered.status_code == 409
