@@ -428,3 +428,20 @@ def test_it_refuses_a_hwspec_the_stack_does_not_serve_as_the_finder_does(alice, 
     assert response.status_code == 400
     assert response.context["form"].errors["stack"] == ["The stack rocm-6 does not serve cuda."]
     assert not Job.objects.exists()
+
+
+def test_it_stops_showing_and_taking_jobs_from_a_member_removed_from_the_project(
+    alice, member, devices
+):
+    job = JobFactory(project=member.project, submitter=member.user, state=Job.State.RUNNING)
+    assert alice.get(reverse("jobs:job_detail", args=[job.pk])).status_code == 200
+
+    member.delete()  # a manager removes alice
+
+    assert alice.get(reverse("jobs:job_detail", args=[job.pk])).status_code == 404
+    assert alice.get(reverse("jobs:job_log", args=[job.pk])).status_code == 404
+    assert alice.post(reverse("jobs:job_cancel", args=[job.pk])).status_code == 404
+    assert alice.post(reverse("jobs:submit"), form(member)).status_code == 403  # no project left
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING  # the project's job goes on
+    assert Job.objects.count() == 1
