@@ -88,7 +88,10 @@ class JobForm(forms.Form):
         help_text="An https:// repository, cloned before the script runs.",
     )
     input_git_ref = forms.CharField(
-        label="Input: git ref", required=False, max_length=100, help_text="A branch or a tag."
+        label="Input: git ref",
+        required=False,
+        max_length=100,
+        help_text="A branch or a tag; left empty, the repository's default branch.",
     )
     input_archive = forms.FileField(
         label="Input: archive",
