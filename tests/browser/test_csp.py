@@ -14,7 +14,9 @@ PAGES = [
     "/projects/", "/account/keys/", "/account/profile/", "/accounts/2fa/",
     "/accounts/2fa/webauthn/add/", "/accounts/password/change/",
 ]  # fmt: skip
-STAFF_PAGES = ["/admin/", "/admin/booking/reservation/", "/admin/inventory/host/add/", "/hosts/register/"]
+STAFF_PAGES = [
+    "/admin/", "/admin/booking/reservation/", "/admin/inventory/host/add/", "/hosts/register/",
+]  # fmt: skip
 
 
 def logged_in(browser, live_server, user):
