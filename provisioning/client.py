@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from provisioning.transport import Target, Transport, TransportError
@@ -175,7 +177,9 @@ class AgentClient:
         keys: Sequence[str],
         stack: str,
         devices: Sequence[DeviceRef],
+        end: datetime,
     ) -> dict:
+        """Open (or update) a session; the host revokes it by itself at `end`."""
         return self.call(
             "grant",
             session=session,
@@ -183,6 +187,7 @@ class AgentClient:
             keys=list(keys),
             stack=stack,
             devices=[d.as_dict() for d in devices],
+            end=epoch_seconds(end),
         )
 
     def revoke(self, *, session: str | None = None, user: str | None = None) -> dict:
@@ -245,3 +250,10 @@ class AgentClient:
 
     def health_check(self, *, stack: str, device: DeviceRef) -> dict:
         return self.call("health-check", stack=stack, device=device.as_dict())
+
+
+def epoch_seconds(moment: datetime) -> int:
+    """An aware time as whole Unix seconds, rounded up: a session never ends early."""
+    if moment.tzinfo is None:
+        raise ValueError("an aware datetime is needed")
+    return math.ceil(moment.timestamp())

@@ -30,7 +30,7 @@ from portal.operations.agents import client_for, is_reachable_in_principle
 from portal.operations.jobs import JobPass, requeue_from_failed_host
 from portal.operations.mail import mail_user
 from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
-from provisioning.client import AgentClient, AgentError, DeviceRef
+from provisioning.client import AgentClient, AgentError, DeviceRef, epoch_seconds
 from provisioning.transport import HostKeyMismatch, TransportError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class Wanted:
             and found.get("stack") == self.stack
             and found.get("keys_sha256") == keys_digest(list(self.keys))
             and devices == {(d.vendor, d.index) for d in self.devices}
+            # The host's own end (it revokes by itself then) follows an extension or a
+            # shortening: a different end is a new grant.
+            and found.get("end") == epoch_seconds(self.reservation.end)
         )
 
 
@@ -246,6 +249,7 @@ class _Pass:
                 keys=want.keys,
                 stack=want.stack,
                 devices=want.devices,
+                end=r.end,
             )
         except (TransportError, AgentError) as exc:
             self._failed(r, f"Opening the session failed: {exc}")

@@ -95,7 +95,7 @@ FIELDS = {
     "telemetry": frozenset(),
     "kill-process": frozenset({"pid", "user"}),
     "health-check": frozenset({"stack", "device"}),
-    "grant": frozenset({"session", "user", "keys", "stack", "devices"}),
+    "grant": frozenset({"session", "user", "keys", "stack", "devices", "end"}),
     "revoke": frozenset({"session", "user"}),
     # Training jobs: provisioning/agent/jobs.py.
     "job-start": frozenset(
@@ -313,6 +313,7 @@ def _validate_grant(fields: dict, config: Config) -> dict:
         "keys": check_keys(fields["keys"]),
         "stack": check_stack(fields["stack"], config),
         "devices": check_devices(fields["devices"], config),
+        "end": check_end(fields["end"]),
     }
 
 
@@ -344,6 +345,15 @@ def _validate_health_check(fields: dict, config: Config) -> dict:
     except AgentError as exc:  # the same rules as a grant's devices, named as this field
         raise AgentError(exc.code, exc.message.replace("devices[0]", "device", 1)) from exc
     return {"stack": stack, "device": device[0]}
+
+
+def check_end(value: object) -> int:
+    """The slot's end, Unix seconds: the host revokes the session then by itself (--expire)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**40:
+        raise AgentError("bad_request", "end: must be the slot's end in Unix seconds")
+    if value <= time.time():
+        raise AgentError("bad_request", "end: the slot is over; nothing to grant")
+    return value
 
 
 def check_session(value: object) -> str:
@@ -631,6 +641,7 @@ def status(config: Config) -> dict:
             "stack": r["stack"],
             "devices": r["devices"],
             "keys_sha256": r["keys_sha256"],
+            "end": r.get("end"),
             "alive": session_alive(r["session"]),
         }
         for r in read_records(config.state_dir)
@@ -671,7 +682,7 @@ def _shadow() -> dict[str, tuple[str, str]]:
     return entries
 
 
-def grant(config: Config, *, session, user, keys, stack, devices) -> dict:
+def grant(config: Config, *, session, user, keys, stack, devices, end) -> dict:
     previous = read_record(config, session)
     if previous and (previous["user"], previous["stack"]) != (user, stack):
         raise AgentError("session_conflict", "session: already granted to another user or stack")
@@ -688,6 +699,7 @@ def grant(config: Config, *, session, user, keys, stack, devices) -> dict:
         "keys_sha256": keys_digest(list(keys)),
         "env": visible_devices_env(devices),
         "since": previous["since"] if previous else time.time(),
+        "end": end,  # a later grant moves it (an extension); --expire acts on it
     }
     # Recorded before anything is started, so a grant cut short is still found by revoke.
     write_file(record_path(config, session), json.dumps(record), mode=0o640, gid=account.pw_gid)
@@ -775,6 +787,39 @@ def revoke_session(config: Config, session: str) -> int:
     if not any(r["user"] == user for r in read_records(config.state_dir)):
         killed += retire_user(config, user)
     return killed
+
+
+def expire(config: Config, now: float | None = None) -> dict:
+    """Revoke every session whose end has passed: the host's own guard, run by a timer, so a
+    session never outlives its slot even with the whole portal down (ARCHITECTURE: defence in
+    depth). The portal's pass does the same first in the normal case; both are idempotent."""
+    now = time.time() if now is None else now
+    expired, killed = [], 0
+    with host_lock(config):
+        for record in read_records(config.state_dir):
+            end = record.get("end")
+            if isinstance(end, int | float) and end <= now:
+                killed += revoke_session(config, record["session"])
+                expired.append(record["session"])
+    return {"expired": expired, "killed": killed}
+
+
+def reapply_acls(config: Config, node: str | None = None) -> dict:
+    """Give each session's user their device nodes again (all, or one node): udev rewrites a
+    node's permissions on an add or change event, which drops the ACLs a grant set; the udev
+    rule that Ansible installs runs this after it."""
+    known = {n for nodes in config.devices.values() for ns in nodes.values() for n in ns}
+    known |= {n for ns in config.shared_nodes.values() for n in ns}
+    if node is not None and node not in known:
+        raise AgentError("bad_request", f"node: {node[:200]!r} is not a device of this host")
+    applied = []
+    with host_lock(config):
+        for record in read_records(config.state_dir):
+            for n in record["nodes"]:
+                if (node is None or n == node) and os.path.exists(n):
+                    run(["setfacl", "-m", f"u:{record['user']}:rw", n])
+                    applied.append(f"{record['user']}:{n}")
+    return {"applied": applied}
 
 
 def end_session(session: str) -> int:
@@ -977,11 +1022,28 @@ def _error(code: str, message: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="porterbox-hostctl", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--ssh", action="store_true", required=True, help="one JSON request on stdin"
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--ssh", action="store_true", help="one JSON request on stdin")
+    mode.add_argument(
+        "--expire", action="store_true", help="revoke the sessions whose end has passed (timer)"
     )
+    mode.add_argument(
+        "--reapply-acls", metavar="NODE", nargs="?", const="", default=None,
+        help="give the sessions' users their device nodes again (udev); one node or all",
+    )  # fmt: skip
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     args = parser.parse_args(argv)
+    if not args.ssh:  # the host's own guards: root's timer and udev, never the portal's key
+        try:
+            config = load_config(args.config)
+            if args.expire:
+                answer = {"ok": True, **expire(config)}
+            else:
+                answer = {"ok": True, **reapply_acls(config, args.reapply_acls or None)}
+        except AgentError as exc:
+            answer = _error(exc.code, exc.message)
+        print(json.dumps(answer), flush=True)
+        return 0 if answer["ok"] else 1
     # The request is one line (what follows it, if anything, is raw bytes it announces), or,
     # from an older portal, everything up to the end of stdin.
     raw = sys.stdin.buffer.readline(MAX_REQUEST_BYTES + 1)

@@ -142,7 +142,7 @@ def test_a_granted_user_logs_in_to_the_stack_with_her_gpu_until_revoked(bootstra
     alice_pub = (bootstrapped.keys["alice"].parent / "alice.pub").read_text().strip()
     grant = agent(
         "grant", session="r1", user="alice", keys=[alice_pub], stack="cuda-12",
-        devices=[{"vendor": "nvidia", "index": 1}],
+        devices=[{"vendor": "nvidia", "index": 1}], end=int(time.time()) + 3600,
     )  # fmt: skip
     assert grant["ok"], grant
 
@@ -238,6 +238,7 @@ def test_a_run_from_the_portals_inventory_keeps_the_device_map(
         grant = agent(
             "grant", session=f"map{int(known)}", user="alice", keys=[bootstrapped.alice_pub],
             stack="cuda-12", devices=[{"vendor": "nvidia", "index": 1}],
+            end=int(time.time()) + 3600,
         )  # fmt: skip
         assert grant["ok"], grant
         assert agent("revoke", session=f"map{int(known)}")["ok"]

@@ -6,6 +6,9 @@ process of the user is left. Faults (sshd down, a session ended by hand, a chang
 show up on the reservation and converge once the fault is gone.
 """
 
+import json
+import math
+import time
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -264,3 +267,72 @@ def test_it_calls_the_agent_without_ssh_in_single_machine_mode(
 
     assert f"granted r{reservation.pk}" in reconcile(registered)
     assert ivan.ssh("echo $CUDA_VISIBLE_DEVICES").stdout.split() == ["1"]
+
+
+def installed_command(testhost, path: str, line_start: str, containing: str = "") -> list[str]:
+    """The command line a unit or rule file, as Ansible installed it on the host, runs."""
+    import re
+    import shlex
+
+    for line in testhost.read_file(path).splitlines():
+        if line.startswith(line_start) and containing in line:
+            if match := re.search(r'RUN\+="([^"]+)"', line):
+                return shlex.split(match.group(1))
+            return shlex.split(line.split("=", 1)[1])
+    raise AssertionError(f"no {line_start!r} in {path}")
+
+
+def test_the_host_revokes_a_session_at_its_end_by_itself_with_the_portal_down(
+    registered, person, testhost
+):
+    judy = person("judy")
+    reservation = book_now(judy, registered, [0])
+    reconcile(registered)
+    judy.ssh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null &")
+
+    # Shortened to end in a moment: the next pass grants again, with the new end.
+    end = timezone.now() + timedelta(seconds=3)
+    Reservation.objects.filter(pk=reservation.pk).update(end=end)
+    Allocation.objects.filter(reservation=reservation).update(end=end)
+    assert f"granted r{reservation.pk}" in reconcile(registered)
+    record = testhost.read_file(f"/var/lib/porterbox/sessions/r{reservation.pk}.json")
+    host_end = json.loads(record)["end"]
+    assert host_end == math.ceil(end.timestamp())  # whole seconds, never before the slot's end
+
+    # From here no worker runs: only the host's timer, as the systemd unit would run it.
+    expire = installed_command(
+        testhost, "/etc/systemd/system/porterbox-expire.service", "ExecStart="
+    )
+    assert expire == ["/usr/local/sbin/porterbox-hostctl", "--expire"]
+    assert json.loads(testhost.run(*expire))["expired"] == []  # not yet
+    assert judy.ssh("true").returncode == 0
+    wait_for(lambda: time.time() >= host_end, what="the end of the slot")
+    answer = json.loads(testhost.run(*expire))
+
+    assert answer["expired"] == [f"r{reservation.pk}"] and answer["killed"] >= 1
+    assert judy.ssh("true").returncode == 255
+    assert testhost.processes(testhost.uid(judy.unix)) == []
+    assert reservation.state != S.ENDED  # the portal learns it at its next pass
+    reconcile(registered)
+    assert state_of(reservation) == S.ENDED
+
+
+def test_it_gives_device_access_back_after_udev_resets_a_node(registered, person, testhost):
+    kim = person("kim")
+    book_now(kim, registered, [1])
+    reconcile(registered)
+    assert kim.ssh(PROBE).stdout.split()[-2:] == ["denied0", "open1"]
+
+    testhost.run("setfacl", "-b", "/dev/nvidia1")  # what udev's add/change event does to it
+    assert kim.ssh(PROBE).stdout.split()[-2:] == ["denied0", "denied1"]
+    # What udev runs after its event, by the rule Ansible installed for this node.
+    rule = installed_command(
+        testhost, "/etc/udev/rules.d/70-porterbox.rules", "ACTION==", 'DEVNAME}=="/dev/nvidia1"'
+    )
+    assert rule == ["/usr/local/sbin/porterbox-hostctl", "--reapply-acls", "/dev/nvidia1"]
+    testhost.run(*rule)
+
+    assert kim.ssh(PROBE).stdout.split()[-2:] == ["denied0", "open1"]
+    # Only nodes of the device map: anything else is refused, and nothing is changed.
+    refused = testhost.exec(["/usr/local/sbin/porterbox-hostctl", "--reapply-acls", "/dev/sda"])
+    assert refused.returncode == 1 and "not a device of this host" in refused.stdout

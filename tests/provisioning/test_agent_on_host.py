@@ -106,6 +106,7 @@ def grant_request(user, key_names, devices, keys, session):
         "keys": [keys[f"{name}.pub"] for name in key_names],
         "stack": STACK,
         "devices": devices,
+        "end": int(time.time()) + 3600,
     }
 
 

@@ -54,6 +54,7 @@ GRANT = {
     "keys": [ED25519],
     "stack": "bookworm",
     "devices": [{"vendor": "nvidia", "index": 0}],
+    "end": 4_102_444_800,  # 2100-01-01
 }
 
 # Shell syntax, quotes, path parts, whitespace, line breaks and controls, non-ASCII look-alikes.
@@ -254,6 +255,18 @@ def test_it_refuses_malformed_device_lists(config, commands, devices, code, fiel
     assert_refused(answer, code, field, config, commands)
 
 
+@pytest.mark.parametrize(
+    "end", [None, "2100-01-01T00:00:00Z", 1.5e9, True, -1, 0, 2**40, 1_000_000_000]
+)  # the last: long over, a slot that nothing may be granted for
+def test_it_refuses_an_end_that_is_not_a_future_unix_time(config, commands, end):
+    assert_refused(ask(config, {**GRANT, "end": end}), "bad_request", "end", config, commands)
+
+
+def test_it_refuses_a_grant_without_its_end(config, commands):
+    request = {key: value for key, value in GRANT.items() if key != "end"}
+    assert_refused(ask(config, request), "bad_request", "end", config, commands)
+
+
 def test_it_refuses_a_device_index_too_long_to_read(config, commands):
     raw = json.dumps(GRANT).replace('"index": 0', '"index": ' + "9" * 5000).encode()
     assert_refused(ask(config, raw), "bad_request", "request", config, commands)
@@ -337,6 +350,7 @@ def test_it_cleans_a_valid_grant(config):
         "keys": tuple(sorted([" ".join(RSA.split()[:2]), ED25519])),
         "stack": "trixie",
         "devices": (("amd", 1), ("nvidia", 3)),
+        "end": 4_102_444_800,
     }
 
 
@@ -349,7 +363,14 @@ def test_it_cleans_a_valid_grant(config):
         ({"verb": "inventory"}, {}),
         (
             {**GRANT, "keys": [], "devices": []},
-            {"session": "r42", "user": "alice", "keys": (), "stack": "bookworm", "devices": ()},
+            {
+                "session": "r42",
+                "user": "alice",
+                "keys": (),
+                "stack": "bookworm",
+                "devices": (),
+                "end": 4_102_444_800,
+            },
         ),
     ],
 )
