@@ -24,3 +24,5 @@ urlpatterns = [
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = views.bad_request

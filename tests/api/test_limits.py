@@ -121,3 +121,12 @@ def test_it_trusts_the_proxys_hop_only_when_behind_a_proxy(tmp_path):
 
     assert counts() == [0, 0]  # no proxy: X-Forwarded-For is whatever the client claims
     assert counts(BEHIND_PROXY="1") == [1, 1]
+
+
+def test_it_answers_a_body_over_the_upload_limit_with_a_json_400(user):
+    api = APIClient()
+    api.force_authenticate(user)
+    body = '{"purpose": "' + "x" * (3 * 1024 * 1024) + '"}'
+    answer = api.post("/api/reservations/", body, content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.json() == {"code": "too_large", "message": "The request body is over 2.5 MiB."}
