@@ -33,6 +33,8 @@ def exception_handler(exc, context):
     else:  # Django's Http404 and PermissionDenied, translated by DRF
         detail, code = response.data, "not_found" if response.status_code == 404 else "error"
     body = {"code": code, "message": _first(detail, name_field=True)}
-    if isinstance(detail, dict | list):
+    if isinstance(detail, dict):
         body["errors"] = response.data
+    elif isinstance(detail, list):  # errors is an object, as the schema says (ErrorSerializer)
+        body["errors"] = {"non_field_errors": response.data}
     return Response(body, status=response.status_code, headers=response.headers)

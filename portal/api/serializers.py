@@ -15,6 +15,8 @@ from portal.jobs.models import Job
 
 
 class DriverStackSerializer(serializers.ModelSerializer):
+    hwspecs = serializers.ListField(child=serializers.CharField(), read_only=True)
+
     class Meta:
         model = DriverStack
         fields = ["name", "hwspecs", "chroot", "suite", "area", "description"]
@@ -73,6 +75,13 @@ class AllocationSerializer(serializers.Serializer):
     end = serializers.DateTimeField()
 
 
+class SSHLoginSerializer(serializers.Serializer):
+    user = serializers.CharField(help_text="The Unix user on the host.")
+    host = serializers.CharField(help_text="The host's FQDN.")
+    port = serializers.IntegerField()
+    command = serializers.CharField(help_text="The ssh command line that logs in.")
+
+
 class ReservationSerializer(serializers.ModelSerializer):
     host = serializers.SlugRelatedField(read_only=True, slug_field="name")
     stack = serializers.SlugRelatedField(read_only=True, slug_field="name")
@@ -89,6 +98,7 @@ class ReservationSerializer(serializers.ModelSerializer):
     def get_devices(self, reservation) -> list[int]:
         return sorted(a.accelerator.index for a in reservation.allocations.all())
 
+    @extend_schema_field(SSHLoginSerializer)
     def get_ssh(self, reservation) -> dict:
         return {
             "user": reservation.unix_user,
@@ -142,7 +152,8 @@ class DeviceField(serializers.Field):
     devices (NVIDIA #0 and AMD #0); ``None`` stands for "any vendor"."""
 
     default_error_messages = {
-        "invalid": 'Give an index (0) or {"vendor": "amd", "index": 0}.',
+        # Braces doubled: DRF formats its messages with str.format (a single one was a 500).
+        "invalid": 'Give an index (0) or {{"vendor": "amd", "index": 0}}.',
     }
 
     def to_internal_value(self, data) -> tuple[str | None, int]:
@@ -273,7 +284,8 @@ class JobSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(read_only=True, slug_field="slug")
     submitter = serializers.SlugRelatedField(read_only=True, slug_field="username")
     stack = serializers.SlugRelatedField(read_only=True, slug_field="name")
-    host = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    # None until the scheduler places the job.
+    host = serializers.SlugRelatedField(read_only=True, slug_field="name", allow_null=True)
     walltime = serializers.SerializerMethodField()
     env = EnvField(read_only=True)
     input_archive = serializers.SerializerMethodField()

@@ -3,7 +3,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action, api_view, permission_classes
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
@@ -11,6 +11,7 @@ from portal.accounts import services as account_services
 from portal.accounts.models import SSHKey
 from portal.accounts.sshkeys import InvalidKey, parse_public_key
 from portal.api.errors import Conflict
+from portal.api.schema import BUSY, CONFLICT, BlockerSerializer, error
 from portal.api.serializers import (
     AcceleratorSerializer,
     DriverStackSerializer,
@@ -91,7 +92,12 @@ class SSHKeyViewSet(
             return SSHKey.objects.none()
         return self.request.user.ssh_keys.all()
 
-    @extend_schema(responses={201: SSHKeySerializer})
+    @extend_schema(
+        responses={
+            201: SSHKeySerializer,
+            409: error("The key is registered already, or the caller has too many keys."),
+        }
+    )
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -131,10 +137,14 @@ def _query_form(form_class, request):
     return form
 
 
+class ExtensionBlockerSerializer(BlockerSerializer):
+    yours = None  # every blocker of an extension is someone else's or another of yours
+
+
 class ExtensionSerializer(serializers.Serializer):
     latest_end = serializers.DateTimeField()
     reason = serializers.CharField()
-    blockers = serializers.ListField(child=serializers.DictField())
+    blockers = ExtensionBlockerSerializer(many=True)
 
 
 class SlotSerializer(serializers.Serializer):
@@ -158,6 +168,10 @@ def availability_view(request):
     form = _query_form(NeedForm, request)
     slots = form.slots()
     return Response(SlotSerializer(slots, many=True).data)
+
+
+# What a change of a reservation answers: the reservation as it is now, or why not.
+CHANGED = {200: ReservationSerializer, 409: CONFLICT, 503: BUSY}
 
 
 class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -192,7 +206,10 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         reservation = self.get_queryset().get(pk=reservation.pk)
         return Response(self.get_serializer(reservation).data, status=status_code)
 
-    @extend_schema(request=ReservationCreateSerializer, responses={201: ReservationSerializer})
+    @extend_schema(
+        request=ReservationCreateSerializer,
+        responses={201: ReservationSerializer, 409: CONFLICT, 503: BUSY},
+    )
     def create(self, request):
         body = ReservationCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -251,22 +268,22 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             }
         )  # fmt: skip
 
-    @extend_schema(request=EndSerializer)
+    @extend_schema(request=EndSerializer, responses=CHANGED)
     @action(detail=True, methods=["post"])
     def extend(self, request, pk=None):
         return self._change(request, services.reservation_extend, end=self._new_end(request))
 
-    @extend_schema(request=EndSerializer)
+    @extend_schema(request=EndSerializer, responses=CHANGED)
     @action(detail=True, methods=["post"])
     def shorten(self, request, pk=None):
         return self._change(request, services.reservation_shorten, end=self._new_end(request))
 
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=CHANGED)
     @action(detail=True, methods=["post"])
     def end(self, request, pk=None):
         return self._change(request, services.reservation_end_now)
 
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=CHANGED)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         return self._change(request, services.reservation_cancel)
@@ -339,11 +356,21 @@ def ansible_inventory_view(request):
     return Response(inventory)
 
 
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+@permission_classes([permissions.AllowAny])
+def not_found_view(request):
+    raise NotFound(f"No API operation at {request.path}.")
+
+
 # -- Training jobs ------------------------------------------------------------------------------
 
 # The service's field names -> the API's, where they differ.
 API_FIELD = {"min_memory_mib": "min_memory_gb"}
 LOG_LIMIT = 1024 * 1024  # characters of log in one answer
+
+
+FINISHED = error("The job has finished already.")
 
 
 def _job_refused(error: JobError) -> Response:
@@ -434,7 +461,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             }
         )
 
-    @extend_schema(request=None, responses=JobSerializer)
+    @extend_schema(request=None, responses={200: JobSerializer, 409: FINISHED})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a waiting or scheduled job; a running one is stopped (SIGTERM, then SIGKILL)."""
