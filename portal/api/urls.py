@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
@@ -18,4 +18,8 @@ urlpatterns = [
     path("availability/", views.availability_view, name="availability"),
     path("ansible-inventory/", views.ansible_inventory_view, name="ansible-inventory"),
     path("", include(router.urls)),
+    # Anything else under /api/ is a JSON 404 like every API error, not the site's HTML page
+    # (an id the router's pattern refuses, as /api/jobs/1.5/). Only paths ending in a slash:
+    # the others still get APPEND_SLASH's redirect.
+    re_path(r"^[\s\S]*/$", views.not_found_view),  # [\s\S]: a newline in a name too
 ]
