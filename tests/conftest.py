@@ -46,3 +46,12 @@ def debian_member(db):
 @pytest.fixture
 def staff(db):
     return UserFactory(is_staff=True, is_superuser=True, debian_member_source="staff")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hasher():
+    # Factories hash a password for every user; PBKDF2's 1,000,000 rounds would cost most of
+    # a factory-heavy test's time. Production hashing is untouched (tests/test_settings.py).
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
