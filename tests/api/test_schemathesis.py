@@ -70,7 +70,8 @@ def wsgi_in_test_transaction():
 @pytest.fixture
 def world(db, monkeypatch, settings):
     """What the path ids point at: a host with devices and a stack, a project with its member,
-    a reservation and jobs (one queued, with no host yet; one running on the host)."""
+    a reservation each (the member's followed by staff's on the same device, so an extension
+    meets a blocker) and jobs (one queued, with no host yet; one running on the host)."""
     # Throttling is documented (429); counted here, it would end the run's coverage early.
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost"]  # schemathesis' WSGI host
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"anon": None, "user": None})
@@ -94,13 +95,33 @@ def world(db, monkeypatch, settings):
         ids[f"reservation_{user.username}"] = reservation.pk
         key = accounts.ssh_key_add(user=user, key=parse_public_key(ed25519_line()))
         ids[f"key_{user.username}"] = key.pk
+    booking.reservation_create(
+        user=staff, host=host, stack=stack, start=start + 6 * step, end=start + 8 * step,
+        accelerators=devices[:1],
+    )  # fmt: skip
     queued = JobFactory(project=membership.project, submitter=member, stack=stack)
     JobFactory(
         project=membership.project, submitter=member, stack=stack, host=host,
         state=Job.State.RUNNING, started_at=timezone.now(), log="step 1\nstep 2\n",
     )  # fmt: skip
     ids["job"] = queued.pk
-    return {"member": member, "staff": staff, "ids": ids}
+    at = lambda n: (start + n * step).isoformat()  # noqa: E731
+    bodies = {
+        "POST /api/reservations/": [
+            {"host": host.name, "stack": stack.name, "devices": [1], "start": at(10),
+             "end": at(12)},  # made once, then a conflict with the caller's own
+            {"count": 1, "hwspec": "cuda", "stack": stack.name, "start": at(10), "end": at(11)},
+        ],
+        "POST /api/reservations/{id}/extend/": [{"end": at(5)}, {"end": at(10)}],
+        "POST /api/reservations/{id}/shorten/": [{"end": at(3)}],
+        "POST /api/ssh-keys/": [{"public_key": ed25519_line()}],
+        "POST /api/jobs/": [
+            {"project": membership.project.slug, "name": "train", "script": "python3 t.py",
+             "stack": stack.name, "walltime": "PT1H", "code_licence": "MIT",
+             "data_licence": "CC0-1.0", "model_freedom": "free"},
+        ],
+    }  # fmt: skip
+    return {"member": member, "staff": staff, "ids": ids, "bodies": bodies}
 
 
 def _real_ids(path: str, ids: dict, username: str) -> dict:
@@ -126,17 +147,26 @@ def test_it_answers_every_operation_as_its_schema_says(
     headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_in_test_transaction)
     counts: dict[str, int] = {}
+    statuses: dict[int, int] = {}
     began = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
         real = _real_ids(operation.path, world["ids"], user.username)
         # Valid and invalid requests; a third reach real objects, the rest try whatever ids
         # Hypothesis makes up.
-        cases = st.one_of(
+        cases = [
             operation.as_strategy(),
             operation.as_strategy(path_parameters=real) if real else operation.as_strategy(),
             operation.as_strategy(GenerationMode.NEGATIVE),
-        )
+        ]
+        # And bodies that the services accept (or refuse for a reason of their own: a
+        # conflict, a policy), which made-up values almost never reach.
+        for body in world["bodies"].get(f"{operation.method.upper()} {operation.path}", []):
+            cases.append(
+                operation.as_strategy(
+                    path_parameters=real, body=body, media_type="application/json"
+                )
+            )
 
         @hypothesis.settings(
             max_examples=EXAMPLES,
@@ -145,16 +175,18 @@ def test_it_answers_every_operation_as_its_schema_says(
             derandomize="SCHEMATHESIS_EXAMPLES" not in os.environ,
             suppress_health_check=list(hypothesis.HealthCheck),
         )
-        @hypothesis.given(case=cases)
+        @hypothesis.given(case=st.one_of(cases))
         def answers_as_documented(case):
             label = case.operation.label
             counts[label] = counts.get(label, 0) + 1
-            case.call_and_validate(headers=headers, checks=CHECKS)
+            answer = case.call_and_validate(headers=headers, checks=CHECKS)
+            statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
 
         answers_as_documented()
     summary = (
         f"schemathesis as {role}: {sum(counts.values())} cases over {len(counts)} operations "
-        f"in {time.monotonic() - began:.1f}s"
+        f"in {time.monotonic() - began:.1f}s; answers: "
+        + ", ".join(f"{code}x{n}" for code, n in sorted(statuses.items()))
     )
     with capsys.disabled():  # shown in CI's log, which runs without -s
         print(f"\n{summary}")
