@@ -13,6 +13,11 @@ class Pagination(LimitOffsetPagination):
     """?limit= up to MAX_LIMIT (larger asks get MAX_LIMIT), ?offset= within the database's range."""
 
     max_limit = MAX_LIMIT
+    limit_query_description = (
+        f"Number of results to return per page: at most {MAX_LIMIT} (a larger limit gives"
+        f" {MAX_LIMIT})."
+    )
+    offset_query_description = "The initial index from which to return the results."
 
     def get_offset(self, request):
         return min(super().get_offset(request), MAX_OFFSET)

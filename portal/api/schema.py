@@ -80,7 +80,8 @@ class PortalAutoSchema(AutoSchema):
             answers["403"] = error("The caller may not do this.")
         if "{" in self.path:
             answers["404"] = error("No such object, or not one the caller may see.")
-        if self.method in ("POST", "PUT", "PATCH"):
+        # A body is parsed (and its media type refused) only where the operation reads one.
+        if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None:
             answers["415"] = error("The body's media type is not one the operation takes.")
         return answers
 

@@ -42,6 +42,8 @@ def test_it_documents_the_errors_every_operation_can_give(schema):
     for name in ("POST /api/reservations/", "POST /api/reservations/{id}/extend/"):
         assert error_body(found[name]["responses"]["409"]) == "Conflict"
         assert "503" in found[name]["responses"]
+    assert "415" in found["POST /api/reservations/{id}/extend/"]["responses"]
+    assert "415" not in found["POST /api/reservations/{id}/end/"]["responses"]  # reads no body
     assert "409" in found["POST /api/jobs/{id}/cancel/"]["responses"]
     assert "409" in found["POST /api/ssh-keys/"]["responses"]
 
