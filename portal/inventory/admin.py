@@ -13,15 +13,16 @@ class AcceleratorInline(admin.TabularInline):
 class HostAdmin(admin.ModelAdmin):
     list_display = [
         "name", "fqdn", "state", "access", "architecture", "last_seen", "key_mismatch",
-        "drained_at",
+        "drained_at", "drain_cause",
     ]  # fmt: skip
     # Written by registration (keys confirmed by staff) and by the reconcile loop (its health
     # checks drain a host; staff resume it with the action below or on the host's page).
     readonly_fields = [
         "last_seen", "last_error", "key_mismatch", "lease_until", "lease_owner",
-        "health_problems", "drained_at", "drain_reason", "telemetry", "telemetry_at",
+        "health_problems", "drained_at", "drain_cause", "drain_reason", "telemetry",
+        "telemetry_at",
     ]  # fmt: skip
-    list_filter = ["state", "access", "architecture", "stacks"]
+    list_filter = ["state", "drain_cause", "access", "architecture", "stacks"]
     search_fields = ["name", "fqdn"]
     filter_horizontal = ["stacks"]
     inlines = [AcceleratorInline]

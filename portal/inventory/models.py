@@ -62,6 +62,18 @@ class Host(models.Model):
         OFFLINE = "offline", "offline"
         RETIRED = "retired", "retired"
 
+    class DrainCause(models.TextChoices):
+        """Why a host is drained, as data (LAVA's health beside state): the loop decides by it,
+        never by the reason's words, which are for people."""
+
+        UNREACHABLE = "unreachable", "unreachable"
+        AGENT_ERROR = "agent_error", "probe or agent error"
+        DEVICES = "devices", "devices missing or miscounted"
+        TOO_HOT = "too_hot", "too hot"
+        HEALTH_CHECK = "health_check", "health check failed"
+        STAFF = "staff", "drained by staff"
+        OTHER = "other", "other problem"
+
     class Access(models.TextChoices):
         OPEN = "open", "open to Debian members"
         APPROVAL = "approval", "by staff approval"
@@ -113,9 +125,12 @@ class Host(models.Model):
     # processes using it, so the host page can show them without asking the host.
     telemetry = models.JSONField(default=dict, blank=True)
     telemetry_at = models.DateTimeField(null=True, blank=True)
-    # Health (portal/operations/health.py): the problems found now; a host that has any is
-    # drained, that is put in maintenance with the reason, until staff resume it.
+    # Health (portal/operations/health.py, its `update` the only writer of the problems): the
+    # problems found now, each kept until its own source looks again; a host that has any is
+    # drained, that is put in maintenance with the cause and the reason, until staff resume it
+    # (or, drained as unreachable, until it answers).
     health_problems = models.JSONField(default=list, blank=True)
+    drain_cause = models.CharField(max_length=16, choices=DrainCause.choices, blank=True)
     drain_reason = models.TextField(blank=True)
     drained_at = models.DateTimeField(null=True, blank=True)
     # Per-host policies of the loop (docs/decisions.md, "Telemetry and health").

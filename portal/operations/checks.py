@@ -4,9 +4,10 @@ Every PORTERBOX_HEALTH_CHECK_HOURS, on each active host the loop may talk to, on
 of each vendor is checked: the host's agent runs the check its own configuration names for
 that vendor (`health_checks` in hostctl.json, docs/agent.md) inside a stack that serves the
 vendor, with only that device visible. Each run is a `HealthCheck` row. A check that ran and
-failed is a health problem, so the host is drained (health.update) and staff are mailed; a
-host that could not be asked is not drained here: the reconcile loop's own health covers
-reachability.
+failed is a health problem of that vendor's check, so the host is drained (health.update, the
+one writer of a host's problems) and staff are mailed; the problem stays, whatever the loop's
+telemetry finds, until a check of that vendor passes. A host that could not be asked is not
+drained here: the reconcile loop's own health covers reachability.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run_checks(now: datetime) -> list[str]:
 
 
 def check_host(host: Host, now: datetime) -> list[str]:
-    done, failures = [], []
+    done, checked, failures = [], [], []
     vendors = sorted(set(host.accelerators.filter(retired=False).values_list("vendor", flat=True)))
     free = free_devices(host, now)
     for vendor in vendors:
@@ -85,17 +86,19 @@ def check_host(host: Host, now: datetime) -> list[str]:
             continue
         row = _check(host, acc, stack, now)
         done.append(f"{host.name}: {vendor} #{acc.index} {_result(row)}")
+        if row.passed is not None:  # a check that did not run says nothing of the devices
+            checked.append(health.check_source(vendor))
         if row.passed is False:
             failures.append(
                 {
-                    "code": "health_check",
+                    "code": health.HEALTH_CHECK,
+                    "vendor": vendor,
                     "message": f"The health check of {vendor} #{acc.index} failed (exit status "
                     f"{row.exit_status}, stack {stack.name}): {_tail(row.output)}",
                 }
             )
-    if failures:
-        current = Host.objects.filter(pk=host.pk).values_list("health_problems", flat=True).get()
-        health.update(host, list(current or []) + failures, now)
+    if checked:  # a pass clears that vendor's old failure, a failure drains
+        health.update(host, failures, now, sources=checked)
     return done
 
 

@@ -2,27 +2,33 @@
 
 The reconcile loop turns each pass into a list of problems (`telemetry_problems` from the
 agent's reading, `unreachable_problem` when the host has not answered) and hands it to
-`update`. A host with a problem is drained: put in maintenance with the reason, so the booking
-service, the availability search and the job scheduler place nothing new on it, and staff and
-the owners of its upcoming reservations are mailed. Every change of the host's state is a
-conditional UPDATE (docs/architecture.md, "State machines"), so two workers never both drain,
-resume or mail; nothing here runs inside a transaction, and mails go out after the claim.
+`update`; so does each health check (checks.py). `update` is the only writer of
+`Host.health_problems`: each problem belongs to one source (`source_of`), and what a source
+finds replaces only what it found before, so a telemetry pass never drops a failed check's
+problem, which stays until a check of that vendor passes.
+
+A host with a problem is drained: put in maintenance with a cause (`Host.DrainCause`, data the
+code decides by) and a reason (words for people), so the booking service, the availability
+search and the job scheduler place nothing new on it, and staff and the owners of its upcoming
+reservations are mailed. Every change of the host's state is a conditional UPDATE
+(docs/architecture.md, "State machines"), so two workers never both drain, resume or mail; the
+only transaction here is the short merge of the problems, and mails go out after the claim.
 
 A drain waits for staff (`resume`), with one exception taken from Slurm's ReturnToService for
-DOWN nodes: a host drained only because it could not be reached comes back by itself once it
-answers again with no problem.
+DOWN nodes: a host drained as unreachable comes back by itself once the loop finds it answering
+with no problem.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from datetime import UTC, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.mail import mail_admins
+from django.db import transaction
 from django.db.models import Max, Prefetch
 from django.urls import reverse
 from django.utils import timezone
@@ -36,7 +42,8 @@ from portal.operations.mail import mail_user
 
 log = logging.getLogger(__name__)
 
-Problem = dict  # {"code": str, "message": str}
+Problem = dict  # {"code": str, "message": str}, and "vendor" for a health check's
+Cause = Host.DrainCause
 
 S = Reservation.State
 # Reservations whose session has not started yet: the ones a drain or a maintenance can still
@@ -46,12 +53,22 @@ ALTERNATIVES = 3
 ALTERNATIVE_DAYS = 2
 
 UNREACHABLE = "Unreachable"
-# The reason of a drain made only because the host did not answer: the one `update` may undo
-# by itself. Anchored on what `unreachable_problem` writes, so a reason that joins other
-# problems (or one typed by staff in other words) never matches.
-_UNREACHABLE_ONLY = re.compile(
-    rf"{UNREACHABLE}: no answer since (it was added on )?\d{{4}}-\d\d-\d\d \d\d:\d\d UTC"
-)
+HEALTH_CHECK = "health_check"  # the code of a failed check's problem
+
+# The sources of problems: the reconcile loop (reachability, the agent, the readings), and the
+# health check of each vendor's devices (`check_source`).
+LOOP = "loop"
+
+# What a problem drains a host for; a code not listed is "other" (waits for staff).
+CAUSES = {
+    "unreachable": Cause.UNREACHABLE,
+    "agent_error": Cause.AGENT_ERROR,
+    "probe_failed": Cause.AGENT_ERROR,
+    "device_count": Cause.DEVICES,
+    "device_missing": Cause.DEVICES,
+    "too_hot": Cause.TOO_HOT,
+    HEALTH_CHECK: Cause.HEALTH_CHECK,
+}
 
 
 def _problem(code: str, message: str) -> Problem:
@@ -60,6 +77,23 @@ def _problem(code: str, message: str) -> Problem:
 
 def _device(vendor: str, index) -> str:
     return f"{vendor} #{index}"
+
+
+def check_source(vendor: str) -> str:
+    return f"check:{vendor}"
+
+
+def source_of(problem: Problem) -> str:
+    """Who found the problem, and so who alone may replace it: a check's, by its vendor."""
+    if problem.get("code") == HEALTH_CHECK and problem.get("vendor"):
+        return check_source(problem["vendor"])
+    return LOOP
+
+
+def cause_of(problems) -> str:
+    """The drain cause of a list of problems: unreachable only if that is all they say."""
+    causes = [CAUSES.get(p.get("code"), Cause.OTHER) for p in problems]
+    return next((c for c in causes if c != Cause.UNREACHABLE), Cause.UNREACHABLE)
 
 
 # -- finding problems -----------------------------------------------------------------------------
@@ -146,31 +180,50 @@ def _reason(problems) -> str:
     return "; ".join(p["message"] for p in problems)
 
 
-def update(host, problems: list[Problem], now) -> None:
-    """Record the host's problems now; drain it if it has any, or let it return by itself."""
-    problems = [dict(p) for p in problems]
-    if problems != host.health_problems:  # most passes find what the last one found
-        Host.objects.filter(pk=host.pk).update(health_problems=problems)
-        host.health_problems = problems
-    if problems:
-        reason = _reason(problems)
-        if not drain(host, reason, now, problems=problems):
-            _keep_for_staff(host, reason)
+def update(host, problems: list[Problem], now, *, sources=(LOOP,)) -> None:
+    """Record what `sources` found now: drain the host if they found a problem, or, for the
+    loop, let a host drained as unreachable return by itself.
+
+    The problems replace those of `sources` and no other's; a problem handed in that belongs to
+    another source (the loop passing on what it last read) is left as that source recorded it.
+    Only what `sources` found drains: a check's old problem does not drain a host staff resumed.
+    """
+    sources = set(sources)
+    found = [dict(p) for p in problems if source_of(p) in sources]
+    with transaction.atomic():  # the loop and the checks both merge into the same row
+        current = (
+            Host.objects.select_for_update()
+            .filter(pk=host.pk)
+            .values_list("health_problems", flat=True)
+            .first()
+        )
+        if current is None:
+            return
+        kept = [p for p in current or [] if source_of(p) not in sources]
+        merged = kept + found
+        if merged != current:  # most passes find what the last one found
+            Host.objects.filter(pk=host.pk).update(health_problems=merged)
+    host.health_problems = merged
+    if found:
+        reason, cause = _reason(found), cause_of(found)
+        if not drain(host, reason, now, cause=cause, problems=found):
+            _keep_for_staff(host, reason, cause)
         return
-    _return_to_service(host, now)
+    if LOOP in sources:
+        _return_to_service(host, now)
 
 
-def _keep_for_staff(host, reason: str) -> None:
+def _keep_for_staff(host, reason: str, cause: str) -> None:
     """A host drained as unreachable that answers with other problems now waits for staff."""
-    if _UNREACHABLE_ONLY.fullmatch(reason):
-        return
-    current = Host.objects.filter(pk=host.pk).values_list("drain_reason", flat=True).first()
-    if current is None or not _UNREACHABLE_ONLY.fullmatch(current):
+    if cause == Cause.UNREACHABLE:
         return
     if Host.objects.filter(
-        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False, drain_reason=current
-    ).update(drain_reason=reason):
-        host.drain_reason = reason
+        pk=host.pk,
+        state=Host.State.MAINTENANCE,
+        drained_at__isnull=False,
+        drain_cause=Cause.UNREACHABLE,
+    ).update(drain_cause=cause, drain_reason=reason):
+        host.drain_cause, host.drain_reason = cause, reason
         mail_admins(
             f"{host.name} answers again, but stays drained: {_subject(reason)}",
             f"{host.name} was drained because it could not be reached. It answers again, but "
@@ -181,19 +234,23 @@ def _keep_for_staff(host, reason: str) -> None:
 
 
 def _return_to_service(host, now) -> None:
-    """Resume a host drained only for not answering, now that it answers with no problem."""
-    current = Host.objects.filter(pk=host.pk).values_list("state", "drain_reason").first()
-    if current is None:
+    """Resume a host drained as unreachable, now that it answers with no problem."""
+    drained_as_unreachable = Host.objects.filter(
+        pk=host.pk,
+        state=Host.State.MAINTENANCE,
+        drained_at__isnull=False,
+        drain_cause=Cause.UNREACHABLE,
+    )
+    reason = drained_as_unreachable.values_list("drain_reason", flat=True).first()
+    if reason is None:
         return
-    state, reason = current
-    if state != Host.State.MAINTENANCE or not _UNREACHABLE_ONLY.fullmatch(reason):
-        return
-    back = Host.objects.filter(
-        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False, drain_reason=reason
-    ).update(state=Host.State.ACTIVE, drained_at=None, drain_reason="")
-    if not back:
+    if not drained_as_unreachable.update(
+        state=Host.State.ACTIVE, drained_at=None, drain_cause="", drain_reason=""
+    ):
         return  # another worker, or staff, did it
-    host.state, host.drained_at, host.drain_reason = Host.State.ACTIVE, None, ""
+    host.state, host.drained_at, host.drain_cause, host.drain_reason = (
+        Host.State.ACTIVE, None, "", ""
+    )  # fmt: skip
     log.warning("%s answers again with no problem: back in service", host.name)
     mail_admins(
         f"{host.name} is back in service",
@@ -204,21 +261,24 @@ def _return_to_service(host, now) -> None:
     )
 
 
-def drain(host, reason: str, now, *, problems=(), actor=None) -> bool:
-    """Take an active host out of service with a reason; True if this call did it.
+def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None) -> bool:
+    """Take an active host out of service with a cause and a reason; True if this call did it.
 
-    The claim is one conditional UPDATE, so of two workers (or a worker and staff) only one
-    drains and mails. Users whose reservations on the host have not started are told, with
-    other slots to book.
+    The cause is what code decides by (only UNREACHABLE returns by itself); a caller that names
+    none drains as staff would, until staff resume. The claim is one conditional UPDATE, so of
+    two workers (or a worker and staff) only one drains and mails. Users whose reservations on
+    the host have not started are told, with other slots to book.
     """
     reason = reason.strip() or "no reason given"
     if not Host.objects.filter(pk=host.pk, state=Host.State.ACTIVE).update(
-        state=Host.State.MAINTENANCE, drained_at=now, drain_reason=reason
+        state=Host.State.MAINTENANCE, drained_at=now, drain_cause=cause, drain_reason=reason
     ):
         return False
-    host.state, host.drained_at, host.drain_reason = Host.State.MAINTENANCE, now, reason
+    host.state, host.drained_at, host.drain_cause, host.drain_reason = (
+        Host.State.MAINTENANCE, now, cause, reason
+    )  # fmt: skip
     by = f" by {actor}" if actor is not None else ""
-    log.warning("%s drained%s: %s", host.name, by, reason)
+    log.warning("%s drained%s (%s): %s", host.name, by, cause, reason)
 
     # Everyone with a reservation still to start: the host is out until staff say otherwise.
     upcoming = Reservation.objects.filter(host=host, state__in=NOT_STARTED, end__gt=now)
@@ -241,16 +301,22 @@ def drain(host, reason: str, now, *, problems=(), actor=None) -> bool:
 def resume(host, actor, now=None) -> bool:
     """Staff put a drained host back in service; False if it was not drained."""
     now = now or timezone.now()
-    drained = Host.objects.filter(pk=host.pk).values_list("drained_at", "drain_reason").first()
+    drained = (
+        Host.objects.filter(pk=host.pk)
+        .values_list("drained_at", "drain_cause", "drain_reason")
+        .first()
+    )
     if not Host.objects.filter(
         pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False
-    ).update(state=Host.State.ACTIVE, drained_at=None, drain_reason=""):
+    ).update(state=Host.State.ACTIVE, drained_at=None, drain_cause="", drain_reason=""):
         return False
-    host.state, host.drained_at, host.drain_reason = Host.State.ACTIVE, None, ""
-    drained_at, reason = drained or (None, "")
+    host.state, host.drained_at, host.drain_cause, host.drain_reason = (
+        Host.State.ACTIVE, None, "", ""
+    )  # fmt: skip
+    drained_at, cause, reason = drained or (None, "", "")
     log.warning(
-        "%s resumed by %s at %s (drained at %s: %s)",
-        host.name, actor, now.isoformat(), drained_at.isoformat() if drained_at else "?", reason,
+        "%s resumed by %s at %s (drained at %s, %s: %s)", host.name, actor, now.isoformat(),
+        drained_at.isoformat() if drained_at else "?", cause or "no cause", reason,
     )  # fmt: skip
     when = f"{drained_at:%Y-%m-%d %H:%M} UTC" if drained_at else "an unknown time"
     staff_log(actor, host, f"Resumed; it was drained at {when}: {reason}")

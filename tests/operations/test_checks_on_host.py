@@ -11,7 +11,7 @@ from django.core import mail
 from django.utils import timezone
 
 from portal.inventory.models import Host
-from portal.operations import checks
+from portal.operations import checks, services
 from portal.operations.models import HealthCheck
 from tests.operations.conftest import book_now
 
@@ -70,6 +70,22 @@ def test_a_failing_check_drains_the_host_and_tells_the_admins(registered, health
     # A drained host is not checked again until staff resume it.
     assert checks.run_checks(timezone.now()) == []
     assert HealthCheck.objects.count() == 1
+
+
+def test_it_keeps_a_failed_checks_problem_through_the_next_telemetry_pass(
+    registered, health_checks, settings
+):
+    settings.PORTERBOX_TELEMETRY_SECONDS = 0  # the loop reads the devices on this pass
+    health_checks({"nvidia": FAILING})
+    checks.run_checks(timezone.now())
+
+    services.reconcile_host(registered.pk)  # the readings are fine
+
+    registered.refresh_from_db()
+    assert registered.telemetry_at is not None and registered.telemetry["samples"]
+    assert [p["code"] for p in registered.health_problems] == ["health_check"]
+    assert registered.state == Host.State.MAINTENANCE
+    assert registered.drain_cause == Host.DrainCause.HEALTH_CHECK
 
 
 def test_a_device_held_by_a_reservation_is_skipped_for_a_free_one(

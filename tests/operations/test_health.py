@@ -1,6 +1,7 @@
 """Host health: problems found in a reading, draining a host once, telling the users it
 affects with other slots, returning to service, and the staff pages and admin around it."""
 
+import importlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -313,6 +314,137 @@ def test_it_resumes_only_a_drained_host(gpu1, staff):
     assert not health.resume(gpu1, staff)
     gpu1.refresh_from_db()
     assert gpu1.state == Host.State.ACTIVE and gpu1.drained_at is None
+
+
+# -- the drain cause ------------------------------------------------------------------------------
+
+
+def check_failed(vendor="nvidia"):
+    """The problem checks.check_host records for a failed check of the vendor's device #0."""
+    return {
+        "code": "health_check",
+        "vendor": vendor,
+        "message": f"The health check of {vendor} #0 failed (exit status 4, stack cuda-12): ECC",
+    }
+
+
+def check(host, vendor, failed: bool, now) -> None:
+    """What checks.check_host hands over after a check of the vendor ran."""
+    found = [check_failed(vendor)] if failed else []
+    health.update(host, found, now, sources=[health.check_source(vendor)])
+
+
+def test_it_returns_a_host_drained_as_unreachable_by_its_cause_not_its_words(gpu1, mailoutbox):
+    gpu1.last_seen = NOW - H
+    health.update(gpu1, [health.unreachable_problem(gpu1, NOW)], NOW)
+    gpu1.refresh_from_db()
+    assert gpu1.drain_cause == Host.DrainCause.UNREACHABLE
+    Host.objects.filter(pk=gpu1.pk).update(drain_reason="Ne répond plus depuis ce matin")
+
+    health.update(gpu1, [], NOW + H)
+
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.ACTIVE and gpu1.drain_cause == ""
+    assert mailoutbox[-1].subject.endswith("gpu1 is back in service")
+
+
+def test_it_does_not_return_a_host_drained_too_hot_even_if_its_reason_reads_unreachable(gpu1):
+    health.update(gpu1, [{"code": "too_hot", "message": "nvidia #0 is at 99 °C"}], NOW)
+    gpu1.refresh_from_db()
+    assert gpu1.drain_cause == Host.DrainCause.TOO_HOT
+    words = "Unreachable: no answer since 2026-11-23 08:07 UTC"
+    Host.objects.filter(pk=gpu1.pk).update(drain_reason=words)
+
+    health.update(gpu1, [], NOW + H)
+
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.MAINTENANCE and gpu1.drain_cause == Host.DrainCause.TOO_HOT
+
+
+def test_it_names_the_cause_of_each_kind_of_problem(gpu1):
+    assert health.cause_of([health.unreachable_problem(gpu1, NOW + 9 * H)]) == "unreachable"
+    assert health.cause_of(problems_of(gpu1, reading(sample(0)))) == "devices"
+    answer = reading(errors=[{"vendor": "nvidia", "message": "NVML: driver not loaded"}])
+    assert health.cause_of(problems_of(gpu1, answer)) == "agent_error"
+    assert health.cause_of([{"code": "agent_error", "message": "ssh: timeout"}]) == "agent_error"
+    hot = problems_of(gpu1, reading(sample(0), sample(1, temperature=99.0)))
+    assert health.cause_of(hot) == "too_hot"
+    assert health.cause_of([check_failed()]) == "health_check"
+    assert health.cause_of([{"code": "new_kind", "message": "?"}]) == "other"
+
+
+def test_it_drains_for_the_cause_staff_name_and_clears_it_when_they_resume(gpu1, staff):
+    assert health.drain(gpu1, "fans failing", NOW)
+    gpu1.refresh_from_db()
+    assert gpu1.drain_cause == Host.DrainCause.STAFF
+
+    assert health.resume(gpu1, staff, NOW + H)
+
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.ACTIVE and gpu1.drain_cause == "" and gpu1.drain_reason == ""
+
+
+def test_it_keeps_a_failed_checks_problem_through_a_telemetry_pass(gpu1, mailoutbox):
+    check(gpu1, "nvidia", failed=True, now=NOW)
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.MAINTENANCE
+    assert gpu1.drain_cause == Host.DrainCause.HEALTH_CHECK
+
+    # The loop's next pass: the readings are fine, and it hands on what it last saw.
+    healthy = problems_of(gpu1, reading(sample(0), sample(1)))
+    health.update(gpu1, healthy, NOW + H)
+    health.update(gpu1, list(gpu1.health_problems), NOW + 2 * H)
+
+    gpu1.refresh_from_db()
+    assert gpu1.health_problems == [check_failed()]
+    assert gpu1.state == Host.State.MAINTENANCE and gpu1.drained_at == NOW
+    assert len(mailoutbox) == 1
+
+
+def test_it_keeps_the_loops_problems_through_a_check_and_each_vendors_apart(gpu1):
+    hot = {"code": "too_hot", "message": "nvidia #1 is at 99 °C"}
+    health.update(gpu1, [hot], NOW)
+    check(gpu1, "nvidia", failed=True, now=NOW)
+    check(gpu1, "amd", failed=True, now=NOW)
+
+    check(gpu1, "amd", failed=False, now=NOW + H)  # a pass clears only its vendor's failure
+
+    gpu1.refresh_from_db()
+    assert gpu1.health_problems == [hot, check_failed("nvidia")]
+    assert gpu1.drain_cause == Host.DrainCause.TOO_HOT  # the first drain's, until staff resume
+
+
+def test_it_does_not_drain_again_for_a_check_failed_before_staff_resumed(gpu1, staff):
+    check(gpu1, "nvidia", failed=True, now=NOW)
+    health.resume(gpu1, staff, NOW + H)
+
+    health.update(gpu1, [], NOW + 2 * H)  # the loop finds nothing wrong
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.ACTIVE and gpu1.health_problems == [check_failed()]
+
+    check(gpu1, "nvidia", failed=False, now=NOW + 3 * H)  # the next check passes
+    gpu1.refresh_from_db()
+    assert gpu1.state == Host.State.ACTIVE and gpu1.health_problems == []
+
+
+def test_it_derives_the_cause_of_hosts_drained_before_the_cause_existed():
+    migration = importlib.import_module("portal.inventory.migrations.0006_host_drain_cause")
+    since = "Unreachable: no answer since 2026-11-23 08:07 UTC"
+    added = "Unreachable: no answer since it was added on 2026-11-23 08:07 UTC"
+    hot = "nvidia #1 is at 99 °C, above the host's limit of 90 °C."
+    missing = "nvidia #1 is in the inventory but sent no reading."
+    check = "The health check of nvidia #0 failed (exit status 4, stack cuda-12): ECC"
+
+    assert migration.cause_of(since) == migration.cause_of(added) == "unreachable"
+    assert migration.cause_of(hot) == "too_hot"
+    assert migration.cause_of("The host reports 1 nvidia device; the inventory has 2.") == "devices"
+    assert migration.cause_of(f"{missing}; {hot}") == "devices"
+    assert migration.cause_of("Reading the devices failed: timed out") == "agent_error"
+    assert migration.cause_of("The nvidia probe failed: NVML: driver not loaded") == "agent_error"
+    assert migration.cause_of(check) == "health_check"
+    assert migration.cause_of(f"{since}; {hot}") == "too_hot"  # not unreachable alone
+    assert migration.cause_of("fans failing") == "staff"
+    assert migration.cause_of("") == "staff"
 
 
 # -- staff pages ----------------------------------------------------------------------------------
