@@ -16,7 +16,7 @@ class ErrorSerializer(serializers.Serializer):
     message = serializers.CharField(help_text="For people: what is wrong, and what to do.")
     errors = serializers.DictField(
         required=False,
-        help_text="Per field, the list of its messages (`non_field_errors` for the whole body).",
+        help_text="The details: per field, its messages (`non_field_errors`: the whole body).",
     )
 
     class Meta:
