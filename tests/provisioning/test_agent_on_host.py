@@ -179,6 +179,7 @@ def test_status_shows_the_session_and_a_repeated_grant_changes_nothing(
         "stack": STACK,
         "devices": nvidia(1, 2),
         "keys_sha256": keys_digest([keys["alice.pub"]]),
+        "end": request["end"],
         "alive": True,
     }
     assert user_of(agent, "alice") == {"user": "alice", "locked": False, "processes": 0}
