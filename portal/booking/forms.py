@@ -91,7 +91,7 @@ class NeedForm(forms.Form):
     def clean(self):
         data = super().clean()
         spec, stack = data.get("hwspec"), data.get("stack")
-        if spec and stack and not _serves(stack, spec):
+        if spec and stack and not stack.serves(spec):
             self.add_error("stack", f"The stack {stack.name} does not serve {spec.kind}.")
         return data
 
@@ -126,7 +126,7 @@ class NeedForm(forms.Form):
             (
                 stack
                 for stack in slot.host.stacks.all()
-                if (need.hwspec is None or _serves(stack, need.hwspec))
+                if (need.hwspec is None or stack.serves(need.hwspec))
                 and free_accelerators(
                     replace(need, stack=stack), slot.start, slot.end, host=slot.host
                 )
@@ -139,10 +139,6 @@ class NeedForm(forms.Form):
         now = ceil_to(now or timezone.now(), self.policy.granularity)
         start = self.cleaned_data.get("start")
         return max(ceil_to(start, self.policy.granularity), now) if start else now
-
-
-def _serves(stack: DriverStack, spec) -> bool:
-    return spec.kind == "cpu" or spec.kind in stack.hwspecs
 
 
 class ReservationForm(forms.Form):

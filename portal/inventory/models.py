@@ -44,6 +44,11 @@ class DriverStack(models.Model):
     def __str__(self):
         return self.name
 
+    def serves(self, spec) -> bool:
+        """Whether devices of the hwspec's kind run under this stack (every stack serves the
+        host's CPU): the one rule of the finder, the booking form and job submission."""
+        return spec.kind == "cpu" or spec.kind in self.hwspecs
+
     @property
     def is_free(self) -> bool:
         return self.area == self.Area.MAIN

@@ -46,12 +46,6 @@ def may_manage(user: User, job: Job) -> bool:
     )
 
 
-def stack_serves(stack: DriverStack, spec: Hwspec) -> bool:
-    """Whether devices of spec's kind can run under the stack, as the slot finder decides it
-    (every stack serves the host's CPU)."""
-    return spec.kind == "cpu" or spec.kind in stack.hwspecs
-
-
 def _agent_rule(check, value, field: str, message: str = ""):
     """The host agent's own check of a field (docs/agent.md): one rule, here and on the host.
     The refusal says `message` where given, else the agent's words."""
@@ -146,7 +140,7 @@ def job_submit(
         )
     if not Host.objects.filter(stacks=stack).exclude(state=Host.State.RETIRED).exists():
         raise JobError("stack_missing", f"No host offers the stack {stack.name}.", "stack")
-    if spec and not stack_serves(stack, spec):
+    if spec and not stack.serves(spec):
         # The finder's rule and words (portal/booking/forms.py): such a job would wait forever.
         raise JobError(
             "stack_hwspec", f"The stack {stack.name} does not serve {spec.kind}.", "stack"
