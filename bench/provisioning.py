@@ -85,7 +85,7 @@ def main() -> None:
         os.environ["PORTAL_SSH_KEY_FILE"] = str(portal_key)
         from django.conf import settings
 
-        settings.PORTERBOX_SSH_KEY_FILE = str(portal_key)
+        settings.PORTAL_SSH_KEY_FILE = str(portal_key)
         DriverStack.objects.create(name="cuda-12", hwspecs=["cuda"], chroot="cuda-12")
         call_command(
             "register_host", "bench", "127.0.0.1", port=host.port,

@@ -313,8 +313,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Provisioning (docs/agent.md): the portal's private SSH key, whose public half is in the
 # agent account's authorized_keys on every host behind restrict,command="...".
-PORTERBOX_SSH_KEY_FILE = env("PORTAL_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))
-PORTERBOX_SSH_TIMEOUTS = {
+PORTAL_SSH_KEY_FILE = env("PORTAL_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))
+PORTAL_SSH_TIMEOUTS = {
     "connect_timeout": envint("PORTAL_SSH_CONNECT_TIMEOUT", 10),
     "banner_timeout": envint("PORTAL_SSH_BANNER_TIMEOUT", 10),
     "auth_timeout": envint("PORTAL_SSH_AUTH_TIMEOUT", 10),
@@ -322,28 +322,28 @@ PORTERBOX_SSH_TIMEOUTS = {
     "retries": envint("PORTAL_SSH_RETRIES", 2),
 }
 # Single-machine mode: the agent on this machine, for hosts whose connection is "local".
-PORTERBOX_LOCAL_AGENT = envlist(
+PORTAL_LOCAL_AGENT = envlist(
     "PORTAL_LOCAL_AGENT", "sudo,-n,/usr/local/sbin/porterbox-hostctl,--ssh"
 )
-PORTERBOX_RECONCILE_SECONDS = envint("PORTAL_RECONCILE_SECONDS", 5)
+PORTAL_RECONCILE_SECONDS = envint("PORTAL_RECONCILE_SECONDS", 5)
 # How long a worker may hold a host; one that dies loses it after this.
-PORTERBOX_LEASE_SECONDS = envint("PORTAL_LEASE_SECONDS", 120)
-if PORTERBOX_LEASE_SECONDS < 30:
+PORTAL_LEASE_SECONDS = envint("PORTAL_LEASE_SECONDS", 120)
+if PORTAL_LEASE_SECONDS < 30:
     raise ImproperlyConfigured("PORTAL_LEASE_SECONDS must be at least 30")
 
 # Telemetry and health (portal/operations/telemetry.py, health.py, activity.py): how often
 # the loop reads the devices, how long readings and their hourly rollups are kept, how long a
 # user is warned before an idle reservation is ended, and the token Prometheus scrapes
 # /metrics with (empty: staff sessions only).
-PORTERBOX_TELEMETRY_SECONDS = envint("PORTAL_TELEMETRY_SECONDS", 60)
-PORTERBOX_TELEMETRY_RAW_HOURS = envint("PORTAL_TELEMETRY_RAW_HOURS", 48)
-PORTERBOX_TELEMETRY_HOURLY_DAYS = envint("PORTAL_TELEMETRY_HOURLY_DAYS", 90)
-PORTERBOX_IDLE_WARNING_MINUTES = envint("PORTAL_IDLE_WARNING_MINUTES", 15)
-PORTERBOX_METRICS_TOKEN = env("PORTAL_METRICS_TOKEN", "")
+PORTAL_TELEMETRY_SECONDS = envint("PORTAL_TELEMETRY_SECONDS", 60)
+PORTAL_TELEMETRY_RAW_HOURS = envint("PORTAL_TELEMETRY_RAW_HOURS", 48)
+PORTAL_TELEMETRY_HOURLY_DAYS = envint("PORTAL_TELEMETRY_HOURLY_DAYS", 90)
+PORTAL_IDLE_WARNING_MINUTES = envint("PORTAL_IDLE_WARNING_MINUTES", 15)
+PORTAL_METRICS_TOKEN = env("PORTAL_METRICS_TOKEN", "")
 # Device health checks (portal/operations/checks.py): every this many hours, one free device
 # of each vendor on each host runs the host's own check; 0: never.
-PORTERBOX_HEALTH_CHECK_HOURS = envint("PORTAL_HEALTH_CHECK_HOURS", 24)
-if PORTERBOX_HEALTH_CHECK_HOURS < 0:
+PORTAL_HEALTH_CHECK_HOURS = envint("PORTAL_HEALTH_CHECK_HOURS", 24)
+if PORTAL_HEALTH_CHECK_HOURS < 0:
     raise ImproperlyConfigured("PORTAL_HEALTH_CHECK_HOURS must be 0 (never) or more")
 
 # Training jobs (portal/jobs/scheduler.py): how fast past usage fades from the fair share, and
@@ -362,10 +362,10 @@ JOBS_SCHEDULE_SECONDS = envint("JOBS_SCHEDULE_SECONDS", 15)
 CELERY_BEAT_SCHEDULE = {
     "reconcile hosts": {
         "task": "portal.operations.tasks.reconcile",
-        "schedule": PORTERBOX_RECONCILE_SECONDS,
+        "schedule": PORTAL_RECONCILE_SECONDS,
         # Long enough for a busy worker or a polling broker (the file-system one polls once a
         # second) to take it; a pass that runs late is harmless (the per-host lease).
-        "options": {"expires": max(10, 3 * PORTERBOX_RECONCILE_SECONDS)},
+        "options": {"expires": max(10, 3 * PORTAL_RECONCILE_SECONDS)},
     },
     "telemetry retention": {
         "task": "portal.operations.tasks.telemetry_retention",
@@ -378,10 +378,10 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": max(10, 3 * JOBS_SCHEDULE_SECONDS)},
     },
 }
-if PORTERBOX_HEALTH_CHECK_HOURS:
+if PORTAL_HEALTH_CHECK_HOURS:
     CELERY_BEAT_SCHEDULE["device health checks"] = {
         "task": "portal.operations.tasks.health_checks",
-        "schedule": PORTERBOX_HEALTH_CHECK_HOURS * 3600,
+        "schedule": PORTAL_HEALTH_CHECK_HOURS * 3600,
         # A run not started within the hour is dropped; the next one comes in time.
         "options": {"expires": 3600},
     }

@@ -54,7 +54,7 @@ def track(host: Host, status: dict, now: datetime) -> list[str]:
         )
     )
     idle_for = timedelta(minutes=host.idle_reclaim_minutes)
-    warning = timedelta(minutes=settings.PORTERBOX_IDLE_WARNING_MINUTES)
+    warning = timedelta(minutes=settings.PORTAL_IDLE_WARNING_MINUTES)
     done = []
     for r in running:
         account = r.unix_user

@@ -19,9 +19,9 @@ def transport() -> Transport:
     global _transport
     with _lock:
         if _transport is None:
-            key = settings.PORTERBOX_SSH_KEY_FILE
+            key = settings.PORTAL_SSH_KEY_FILE
             try:
-                _transport = Transport(key, **settings.PORTERBOX_SSH_TIMEOUTS)
+                _transport = Transport(key, **settings.PORTAL_SSH_TIMEOUTS)
             except (OSError, ValueError) as exc:
                 raise TransportError(f"the portal's SSH key {key} cannot be read: {exc}") from exc
         return _transport
@@ -43,6 +43,6 @@ def is_reachable_in_principle(host: Host) -> bool:
 
 def client_for(host: Host) -> AgentClient:
     if host.connection == Host.Connection.LOCAL:
-        return AgentClient(local_runner(settings.PORTERBOX_LOCAL_AGENT))
+        return AgentClient(local_runner(settings.PORTAL_LOCAL_AGENT))
     target = Target(host.fqdn, host.ssh_port, host.agent_user, host.host_keys)
     return AgentClient(ssh_runner(transport(), target))

@@ -37,7 +37,7 @@ class Span:
 
     @property
     def step(self) -> timedelta:
-        return self.bucket or timedelta(seconds=settings.PORTERBOX_TELEMETRY_SECONDS)
+        return self.bucket or timedelta(seconds=settings.PORTAL_TELEMETRY_SECONDS)
 
 
 SPANS = {

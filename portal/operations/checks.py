@@ -1,6 +1,6 @@
 """Scheduled health checks of the devices, in the spirit of LAVA's health checks.
 
-Every PORTERBOX_HEALTH_CHECK_HOURS, on each active host the loop may talk to, one free device
+Every PORTAL_HEALTH_CHECK_HOURS, on each active host the loop may talk to, one free device
 of each vendor is checked: the host's agent runs the check its own configuration names for
 that vendor (`health_checks` in hostctl.json, docs/agent.md) inside a stack that serves the
 vendor, with only that device visible. Each run is a `HealthCheck` row. A check that ran and

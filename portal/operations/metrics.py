@@ -62,7 +62,7 @@ MIB = 1024 * 1024
 
 def host_up_window() -> timedelta:
     """How long after the loop last reached a host it still counts as up: three ticks."""
-    return timedelta(seconds=max(60, 3 * settings.PORTERBOX_RECONCILE_SECONDS))
+    return timedelta(seconds=max(60, 3 * settings.PORTAL_RECONCILE_SECONDS))
 
 
 class PorterboxCollector(Collector):
@@ -292,7 +292,7 @@ class PorterboxCollector(Collector):
 
 
 def _token_matches(header: str) -> bool:
-    expected = settings.PORTERBOX_METRICS_TOKEN
+    expected = settings.PORTAL_METRICS_TOKEN
     scheme, _, token = header.strip().partition(" ")
     if not expected or scheme.lower() != "bearer":
         return False

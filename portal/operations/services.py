@@ -113,7 +113,7 @@ def wanted(reservation: Reservation) -> Wanted:
 
 
 def _claim_lease(host_id: int, owner: str, now: datetime) -> bool:
-    until = now + timedelta(seconds=settings.PORTERBOX_LEASE_SECONDS)
+    until = now + timedelta(seconds=settings.PORTAL_LEASE_SECONDS)
     free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
     return bool(Host.objects.filter(free, pk=host_id).update(lease_until=until, lease_owner=owner))
 

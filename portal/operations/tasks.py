@@ -12,7 +12,7 @@ def reconcile(**_kwargs) -> int:
     hosts = services.hosts_to_reconcile()
     # A pass not started within a few ticks is superseded by later ones: let it expire (not
     # sooner: a polling broker or a busy worker takes a moment to deliver it).
-    expires = max(10, 3 * settings.PORTERBOX_RECONCILE_SECONDS)
+    expires = max(10, 3 * settings.PORTAL_RECONCILE_SECONDS)
     for host in hosts:
         reconcile_host.apply_async((host.pk,), expires=expires)
     return len(hosts)
@@ -21,8 +21,8 @@ def reconcile(**_kwargs) -> int:
 # The lease outlives the hard limit, so a host is never reconciled by two workers at once.
 @shared_task(
     ignore_result=True,
-    soft_time_limit=settings.PORTERBOX_LEASE_SECONDS - 20,
-    time_limit=settings.PORTERBOX_LEASE_SECONDS - 10,
+    soft_time_limit=settings.PORTAL_LEASE_SECONDS - 20,
+    time_limit=settings.PORTAL_LEASE_SECONDS - 10,
 )
 def reconcile_host(host_id: int, **_kwargs) -> str:
     return services.reconcile_host(host_id)
@@ -51,7 +51,7 @@ def telemetry_retention(**_kwargs) -> str:
 # few dozen hosts fits well inside the limit.
 @shared_task(ignore_result=True, soft_time_limit=3300, time_limit=3500)
 def health_checks(**_kwargs) -> str:
-    """Beat, every PORTERBOX_HEALTH_CHECK_HOURS: one device of each vendor on each host."""
+    """Beat, every PORTAL_HEALTH_CHECK_HOURS: one device of each vendor on each host."""
     from django.utils import timezone
 
     from portal.operations import checks

@@ -30,7 +30,7 @@ HOUR = timedelta(hours=1)
 
 def due(host: Host, now: datetime) -> bool:
     """Whether this pass should read the host's devices."""
-    interval = timedelta(seconds=settings.PORTERBOX_TELEMETRY_SECONDS)
+    interval = timedelta(seconds=settings.PORTAL_TELEMETRY_SECONDS)
     return host.telemetry_at is None or now - host.telemetry_at >= interval
 
 
@@ -126,7 +126,7 @@ class Retained:
 
 def retain(now: datetime) -> Retained:
     """Roll full hours of old readings into hourly rows, and expire old hourly rows."""
-    cutoff = floor_to(now - timedelta(hours=settings.PORTERBOX_TELEMETRY_RAW_HOURS), HOUR)
+    cutoff = floor_to(now - timedelta(hours=settings.PORTAL_TELEMETRY_RAW_HOURS), HOUR)
     old = DeviceSample.objects.filter(resolution=R.READING, at__lt=cutoff)
     with transaction.atomic():
         hours = (
@@ -158,6 +158,6 @@ def retain(now: datetime) -> Retained:
         # A retention run beside this one may have rolled the same hours: same rows, kept once.
         DeviceSample.objects.bulk_create(rows, ignore_conflicts=True)
         readings_deleted, _ = old.delete()
-    expiry = now - timedelta(days=settings.PORTERBOX_TELEMETRY_HOURLY_DAYS)
+    expiry = now - timedelta(days=settings.PORTAL_TELEMETRY_HOURLY_DAYS)
     hours_deleted, _ = DeviceSample.objects.filter(resolution=R.HOUR, at__lt=expiry).delete()
     return Retained(len(rows), readings_deleted, hours_deleted)

@@ -208,7 +208,7 @@ def test_a_run_from_the_portals_inventory_keeps_the_device_map(
 ):
     # Staff register the host as the README says: keys confirmed by fingerprint, inventory
     # pulled from its agent over the portal's own key.
-    settings.PORTERBOX_SSH_KEY_FILE = str(bootstrapped.keys["portal"])
+    settings.PORTAL_SSH_KEY_FILE = str(bootstrapped.keys["portal"])
     reset_transport()
     DriverStack.objects.create(name="cuda-12", hwspecs=["cuda"], chroot="cuda-12")
     fingerprint = bootstrapped.host.run(

@@ -53,8 +53,8 @@ def testhost(tmp_path_factory, portal_key):
 
 @pytest.fixture
 def portal_settings(settings, portal_key):
-    settings.PORTERBOX_SSH_KEY_FILE = str(portal_key)
-    settings.PORTERBOX_SSH_TIMEOUTS = {
+    settings.PORTAL_SSH_KEY_FILE = str(portal_key)
+    settings.PORTAL_SSH_TIMEOUTS = {
         "connect_timeout": 5,
         "banner_timeout": 5,
         "auth_timeout": 5,

@@ -75,7 +75,7 @@ def test_a_failing_check_drains_the_host_and_tells_the_admins(registered, health
 def test_it_keeps_a_failed_checks_problem_through_the_next_telemetry_pass(
     registered, health_checks, settings
 ):
-    settings.PORTERBOX_TELEMETRY_SECONDS = 0  # the loop reads the devices on this pass
+    settings.PORTAL_TELEMETRY_SECONDS = 0  # the loop reads the devices on this pass
     health_checks({"nvidia": FAILING})
     checks.run_checks(timezone.now())
 

@@ -27,7 +27,7 @@ R = DeviceSample.Resolution
 @pytest.fixture
 def every_pass(settings):
     """Read the devices on every pass, as if a minute had gone by between passes."""
-    settings.PORTERBOX_TELEMETRY_SECONDS = 0
+    settings.PORTAL_TELEMETRY_SECONDS = 0
     settings.ADMINS = [("Admins", "admins@example.org")]
     return settings
 
@@ -175,7 +175,7 @@ def test_a_squatter_on_a_warn_only_host_is_never_killed(
 def test_an_idle_reservation_is_warned_then_ended_and_a_used_one_is_kept(
     registered, person, testhost, every_pass, recording
 ):
-    every_pass.PORTERBOX_IDLE_WARNING_MINUTES = 5
+    every_pass.PORTAL_IDLE_WARNING_MINUTES = 5
     registered.idle_reclaim_minutes = 30
     registered.save()
     carol, dave = person("carol"), person("dave")
@@ -208,7 +208,7 @@ def test_an_idle_reservation_is_warned_then_ended_and_a_used_one_is_kept(
 
 
 def test_a_login_after_the_warning_keeps_the_reservation(registered, person, every_pass, recording):
-    every_pass.PORTERBOX_IDLE_WARNING_MINUTES = 5
+    every_pass.PORTAL_IDLE_WARNING_MINUTES = 5
     registered.idle_reclaim_minutes = 30
     registered.save()
     erin = person("erin")

@@ -27,7 +27,7 @@ def test_it_hands_a_host_to_another_worker_when_the_lease_runs_out(db, settings)
     now = timezone.now()
     services._claim_lease(host.pk, "worker-a", now)  # worker-a dies holding it
 
-    later = now + timedelta(seconds=settings.PORTERBOX_LEASE_SECONDS)
+    later = now + timedelta(seconds=settings.PORTAL_LEASE_SECONDS)
     assert services._claim_lease(host.pk, "worker-b", later)
 
 

@@ -39,8 +39,8 @@ def frozen():
 
 @pytest.fixture(autouse=True)
 def ticks(settings):
-    settings.PORTERBOX_RECONCILE_SECONDS = 5  # a host counts as up for 60 s after a visit
-    settings.PORTERBOX_METRICS_TOKEN = TOKEN
+    settings.PORTAL_RECONCILE_SECONDS = 5  # a host counts as up for 60 s after a visit
+    settings.PORTAL_METRICS_TOKEN = TOKEN
 
 
 def booker():
@@ -166,7 +166,7 @@ def test_it_counts_a_host_as_up_for_three_reconcile_ticks(client, staff, db, set
     HostFactory(name="slow", last_seen=NOW - 75 * S)
     client.force_login(staff)
     assert by(scrape(client), "porterbox_host_up", "host") == {"slow": 0}  # 5 s ticks: 60 s
-    settings.PORTERBOX_RECONCILE_SECONDS = 30
+    settings.PORTAL_RECONCILE_SECONDS = 30
     assert by(scrape(client), "porterbox_host_up", "host") == {"slow": 1}  # 3 x 30 s
 
 
@@ -328,7 +328,7 @@ def test_it_refuses_a_wrong_token(client, db, authorization):
 
 @pytest.mark.parametrize("authorization", ["Bearer ", "Bearer", f"Bearer {TOKEN}"])
 def test_it_accepts_no_token_when_none_is_set(client, db, settings, authorization):
-    settings.PORTERBOX_METRICS_TOKEN = ""
+    settings.PORTAL_METRICS_TOKEN = ""
     response = client.get(reverse("metrics"), headers={"authorization": authorization})
     assert response.status_code == 401
 

@@ -255,7 +255,7 @@ def test_it_calls_the_agent_without_ssh_in_single_machine_mode(
 ):
     # The portal runs on the GPU host: the same agent, called locally (here: inside the test
     # host's namespaces, where it is installed), with no SSH and no pinned key involved.
-    settings.PORTERBOX_LOCAL_AGENT = [
+    settings.PORTAL_LOCAL_AGENT = [
         "nsenter", "-t", str(testhost.pid), "--mount", "--pid", "--uts", "--root", "--wd",
         "/usr/local/sbin/porterbox-hostctl", "--ssh",
     ]  # fmt: skip

@@ -64,7 +64,7 @@ def mixed_host(db, tmp_path, settings, agent_config):
     mi210 = shlex.join([shutil.which("cat"), str(FIXTURES / "amd-smi/mi210_static_json.json")])
     tool(tools, "amd-smi", f'[ "$*" = "static --json" ] && exec {mi210}; exit 3')
     program = AGENT.format(repo=str(REPO), tools=str(tools), config=str(agent_config))
-    settings.PORTERBOX_LOCAL_AGENT = [sys.executable, "-c", program]
+    settings.PORTAL_LOCAL_AGENT = [sys.executable, "-c", program]
     return HostFactory(name="mixed", connection=Host.Connection.LOCAL)
 
 
@@ -98,7 +98,7 @@ def test_it_refuses_a_host_that_reports_one_device_twice(mixed_host, settings, a
             "stacks": [],
         }
     )
-    settings.PORTERBOX_LOCAL_AGENT = [sys.executable, "-c", f"print({answer!r})"]
+    settings.PORTAL_LOCAL_AGENT = [sys.executable, "-c", f"print({answer!r})"]
 
     with pytest.raises(RegistrationError, match="reports amd device #0 twice"):
         host_sync_inventory(mixed_host)
