@@ -87,8 +87,9 @@ def main() -> None:
         from django.utils import timezone
         from prometheus_client import CollectorRegistry, generate_latest
 
+        from portal.inventory import charts
         from portal.inventory.models import Host
-        from portal.operations import charts, telemetry
+        from portal.operations import telemetry
         from portal.operations.metrics import PorterboxCollector
 
         now = timezone.now()

@@ -1,5 +1,4 @@
-from django.contrib import admin, messages
-from django.db import transaction
+from django.contrib import admin
 
 from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 
@@ -16,7 +15,8 @@ class HostAdmin(admin.ModelAdmin):
         "drained_at", "drain_cause",
     ]  # fmt: skip
     # Written by registration (keys confirmed by staff) and by the reconcile loop (its health
-    # checks drain a host; staff resume it with the action below or on the host's page).
+    # checks drain a host; staff resume it with the action that portal/operations/admin.py adds,
+    # or on the host's page).
     readonly_fields = [
         "last_seen", "last_error", "key_mismatch", "lease_until", "lease_owner",
         "health_problems", "drained_at", "drain_cause", "drain_reason", "telemetry",
@@ -26,23 +26,6 @@ class HostAdmin(admin.ModelAdmin):
     search_fields = ["name", "fqdn"]
     filter_horizontal = ["stacks"]
     inlines = [AcceleratorInline]
-    actions = ["resume_drained"]
-
-    @admin.action(description="Resume the selected drained hosts")
-    def resume_drained(self, request, queryset):
-        from portal.operations import health  # operations builds on inventory, not back
-
-        resumed = [host.name for host in queryset if health.resume(host, request.user)]
-        if resumed:
-            self.message_user(request, f"Resumed: {', '.join(resumed)}.", messages.SUCCESS)
-        skipped = queryset.count() - len(resumed)
-        if skipped:
-            self.message_user(
-                request,
-                f"{skipped} selected host{'s were' if skipped != 1 else ' was'} not drained; "
-                "left as they were.",
-                messages.WARNING,
-            )
 
 
 @admin.register(DriverStack)
@@ -69,17 +52,3 @@ class MaintenanceWindowAdmin(admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
-        if not change:
-            # After the commit: the users are told of a window that exists, and no mail
-            # goes out while the admin's transaction is open.
-            transaction.on_commit(lambda: self._announce(request, obj))
-
-    def _announce(self, request, window):
-        from portal.operations import health
-
-        told = health.maintenance_announce(window)
-        self.message_user(
-            request,
-            f"{told} user{'s' if told != 1 else ''} with a reservation in the window told.",
-            messages.SUCCESS,
-        )

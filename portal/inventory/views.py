@@ -2,11 +2,9 @@ from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
-from portal.inventory import selectors
+from portal.inventory import charts, selectors
 from portal.inventory.forms import HostFilterForm
-from portal.inventory.models import Accelerator, Host
-from portal.operations import charts
-from portal.operations.models import HealthCheck, Squatter
+from portal.inventory.models import Accelerator, HealthCheck, Host, Squatter
 
 
 def host_list(request):

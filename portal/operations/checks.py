@@ -20,10 +20,9 @@ from django.utils import timezone
 
 from portal.booking.models import Allocation
 from portal.inventory.hwspec import VENDORS_FOR_KIND
-from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.inventory.models import Accelerator, DriverStack, HealthCheck, Host
 from portal.operations import health, services
 from portal.operations.agents import client_for
-from portal.operations.models import HealthCheck
 from provisioning.client import AgentError, DeviceRef
 from provisioning.transport import TransportError
 

@@ -39,9 +39,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from portal.booking.models import Allocation, Reservation
-from portal.inventory.models import Accelerator, Host
+from portal.inventory.models import Accelerator, DeviceSample, Host, Squatter
 from portal.jobs.models import Job
-from portal.operations.models import DeviceSample, Squatter
 
 log = logging.getLogger(__name__)
 

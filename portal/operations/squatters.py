@@ -20,10 +20,9 @@ from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
 
 from portal.booking.models import Allocation
-from portal.inventory.models import Accelerator, Host
+from portal.inventory.models import Accelerator, Host, Squatter
 from portal.operations.jobs import job_account
 from portal.operations.mail import mail_user
-from portal.operations.models import Squatter
 from provisioning.accounts import unix_name
 from provisioning.client import AgentClient, AgentError
 from provisioning.transport import TransportError

@@ -21,8 +21,7 @@ from django.db.models import Avg, Count, Max
 from django.db.models.functions import TruncHour
 
 from portal.booking.availability import floor_to
-from portal.inventory.models import Accelerator, Host
-from portal.operations.models import DeviceSample
+from portal.inventory.models import Accelerator, DeviceSample, Host
 
 R = DeviceSample.Resolution
 HOUR = timedelta(hours=1)

@@ -8,8 +8,8 @@ from django.db.models import prefetch_related_objects
 from django.urls import reverse
 
 from portal.booking.models import Allocation, Reservation
-from portal.operations import charts
-from portal.operations.models import DeviceSample
+from portal.inventory import charts
+from portal.inventory.models import DeviceSample
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
 NOW = datetime(2026, 5, 4, 12, 30, tzinfo=UTC)
@@ -347,7 +347,7 @@ def test_it_keeps_the_queries_bounded(client, staff, span, django_assert_max_num
 
 
 def test_it_shows_staff_the_squatters_and_the_latest_health_checks(client, host, acc, staff):
-    from portal.operations.models import HealthCheck, Squatter
+    from portal.inventory.models import HealthCheck, Squatter
 
     Squatter.objects.create(host=host, accelerator=acc, pid=4242, unix_user="mallory")
     Squatter.objects.create(

@@ -10,9 +10,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from portal.inventory.models import Host
+from portal.inventory.models import HealthCheck, Host
 from portal.operations import checks, services
-from portal.operations.models import HealthCheck
 from tests.operations.conftest import book_now
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]

@@ -13,8 +13,8 @@ from django.core import mail
 from django.utils import timezone
 
 from portal.booking.models import Reservation
+from portal.inventory.models import DeviceSample, Squatter
 from portal.operations import services, telemetry
-from portal.operations.models import DeviceSample, Squatter
 from tests.operations.conftest import book_now, state_of
 from tests.operations.harness import SMI_XML_ON_HOST, smi_xml, wait_for
 

@@ -12,9 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portal.accounts.models import User
 from portal.booking.models import Allocation, Reservation
-from portal.inventory.models import Accelerator, Host
+from portal.inventory.models import Accelerator, DeviceSample, Host, Squatter
 from portal.operations.metrics import PorterboxCollector
-from portal.operations.models import DeviceSample, Squatter
 from tests.factories import (
     AcceleratorFactory,
     DriverStackFactory,

@@ -18,9 +18,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from portal.booking.models import Reservation
-from portal.inventory.models import Host
+from portal.inventory.models import DeviceSample, Host
 from portal.operations import services, telemetry
-from portal.operations.models import DeviceSample
 from portal.operations.registration import RegistrationError, host_sync_inventory
 from provisioning.agent import hostctl
 from tests.factories import DriverStackFactory, HostFactory, UserFactory

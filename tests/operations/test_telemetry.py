@@ -5,7 +5,7 @@ from functools import partial
 
 from django.utils import timezone
 
-from portal.operations.models import DeviceSample
+from portal.inventory.models import DeviceSample
 from portal.operations.telemetry import clean, record
 from provisioning import gpu
 from provisioning.agent import hostctl

@@ -1,5 +1,7 @@
 """Fill the database with a believable demo inventory and a few users of each role.
 
+In operations, the highest app but the API, as it fills every app below (bookings, telemetry).
+
 Idempotent: rows are found by their natural keys and only created when missing, so a second
 run changes nothing (and never resets what an admin edited in between).
 """
@@ -106,7 +108,7 @@ class Command(BaseCommand):
         an empty table (the loop writes real ones for registered hosts)."""
         import math
 
-        from portal.operations.models import DeviceSample
+        from portal.inventory.models import DeviceSample
 
         host = Host.objects.filter(name="nv-a100-01").first()
         if host is None or DeviceSample.objects.exists():

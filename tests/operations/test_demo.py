@@ -55,7 +55,7 @@ def test_it_books_a_few_slots_so_the_timelines_show_something(db):
 
 
 def test_it_gives_one_host_a_day_of_readings_so_its_charts_show_something(db):
-    from portal.operations.models import DeviceSample
+    from portal.inventory.models import DeviceSample
 
     call_command("demo", stdout=StringIO())
     readings = DeviceSample.objects.filter(accelerator__host__name="nv-a100-01")

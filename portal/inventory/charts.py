@@ -15,8 +15,7 @@ from django.db.models import F, FloatField, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, ExtractMinute, Floor, TruncHour
 from django.utils import timezone
 
-from portal.inventory.models import Accelerator, Host
-from portal.operations.models import DeviceSample
+from portal.inventory.models import Accelerator, DeviceSample, Host
 
 # The chart's drawing area, in SVG user units; the template adds margins for the axes.
 WIDTH = 600
