@@ -1,4 +1,3 @@
-import ipaddress
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -45,14 +44,3 @@ def bad_request(request, exception):
 
 def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
-
-
-def client_ip(request) -> str | None:
-    """The client's address for the audit log (behind a proxy: the hop the proxy appended)."""
-    address = request.META.get("REMOTE_ADDR", "")
-    if settings.BEHIND_PROXY and request.META.get("HTTP_X_FORWARDED_FOR"):
-        address = request.META["HTTP_X_FORWARDED_FOR"].split(",")[-1].strip()
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None

@@ -5,7 +5,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
@@ -157,8 +156,6 @@ def _visible_project(request, slug) -> tuple[PartnerProject, PartnerMembership |
 
 
 def _render_project(request, project, membership, form=None, status=200):
-    from portal.jobs.selectors import quota_used  # jobs build on accounts, not the reverse
-
     memberships = (
         PartnerMembership.objects.filter(project=project)
         .select_related("user")
@@ -170,7 +167,6 @@ def _render_project(request, project, membership, form=None, status=200):
         "memberships": memberships,
         "manages": services.may_manage_project(request.user, project),
         "form": form or MemberAddForm(),
-        "used": quota_used(project, timezone.now()),
         "jobs": project.jobs.select_related("submitter").order_by("-queued_at", "-pk")[:20],
     }
     return render(request, "accounts/project_detail.html", context, status=status)

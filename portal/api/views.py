@@ -28,12 +28,12 @@ from portal.booking import services
 from portal.booking.availability import Need
 from portal.booking.forms import GB, NeedForm
 from portal.booking.models import Reservation
+from portal.http import client_ip
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
 from portal.jobs.services import JobError, job_cancel, job_submit
-from portal.views import client_ip
 
 
 class HostViewSet(viewsets.ReadOnlyModelViewSet):

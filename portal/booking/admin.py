@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 
 from portal.booking import services
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
-from portal.views import client_ip
+from portal.http import client_ip
 
 
 @admin.register(BookingPolicy)

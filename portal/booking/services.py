@@ -27,7 +27,6 @@ from portal.booking.availability import (
 )
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
 from portal.inventory.models import Accelerator, DriverStack, Host
-from portal.jobs.models import Job
 
 T = TypeVar("T")
 
@@ -534,18 +533,30 @@ def reservation_decide(
     return _write(work)
 
 
-# -- Training jobs ------------------------------------------------------------------------------
+# -- Other owners (training jobs) --------------------------------------------------------------
 
 
-def job_allocate(
-    *, job: Job, accelerators: Sequence[Accelerator], start: datetime, end: datetime
+def allocate(
+    *,
+    owner: dict[str, int],
+    holder: User,
+    accelerators: Sequence[Accelerator],
+    start: datetime,
+    end: datetime,
+    claim: Callable[[Host], None],
 ) -> list[Allocation]:
-    """Hold accelerators of one host for a training job over [start, end).
+    """Hold accelerators of one host over [start, end) for an owner other than a reservation.
 
-    The same locks, overlap check and constraint as a reservation; the users' booking rules
-    (grid, quotas) do not apply, the project's are the scheduler's. The job moves from waiting
-    to scheduled in the same transaction, so a job never holds devices twice.
+    `owner` names the Allocation field that points to it and its id (`{"job_id": 7}`), so
+    booking holds devices for the apps above it without importing them. The same locks, overlap
+    check and constraint as a reservation; the users' booking rules (grid, quotas) do not apply,
+    the owner's app applies its own. `claim(host)` runs in the same transaction once the devices
+    are free: the owner's own move (a job: waiting -> scheduled), raising a BookingError to
+    refuse, so an owner never holds devices twice. `holder` is the user the devices are for.
     """
+    (field,) = owner  # one owner
+    if field == "reservation_id" or field not in {f.attname for f in Allocation._meta.fields}:
+        raise ValueError(f"Allocation has no other owner field {field!r}")
     ids = sorted(a.pk for a in accelerators)
     host = accelerators[0].host
 
@@ -556,11 +567,10 @@ def job_allocate(
         _check_maintenance(host, start, end)
         blockers = _blockers(ids, start, end)
         if blockers:
-            raise Conflict(_describe(blockers, job.submitter), blockers)
-        if not Job.move(job.pk, Job.State.SCHEDULED, from_=Job.WAITING, host=host, wait_reason=""):
-            raise BookingError("not_waiting", "The job is no longer waiting.")
+            raise Conflict(_describe(blockers, holder), blockers)
+        claim(host)
         return Allocation.objects.bulk_create(
-            Allocation(accelerator_id=i, job=job, start=start, end=end) for i in ids
+            Allocation(accelerator_id=i, start=start, end=end, **owner) for i in ids
         )
 
     return _write(work)

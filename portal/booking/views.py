@@ -17,10 +17,10 @@ from django.views.decorators.http import require_POST
 from portal.booking import bounds, services, timeline
 from portal.booking.forms import EndForm, NeedForm, ReservationForm
 from portal.booking.models import Reservation
+from portal.http import client_ip
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, Host
-from portal.views import client_ip
 
 
 def _day_and_view(request) -> tuple[date, str, int]:

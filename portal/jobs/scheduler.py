@@ -281,6 +281,24 @@ def plan(now: datetime) -> PassResult:
     return result
 
 
+def hold(job: Job, accelerators: list[Accelerator], start: datetime, end: datetime) -> None:
+    """Hold the job's devices through the booking service; the job moves from waiting to
+    scheduled in the same transaction (booking.allocate's claim)."""
+
+    def claim(host: Host) -> None:
+        if not Job.move(job.pk, Job.State.SCHEDULED, from_=Job.WAITING, host=host, wait_reason=""):
+            raise booking.BookingError("not_waiting", "The job is no longer waiting.")
+
+    booking.allocate(
+        owner={"job_id": job.pk},
+        holder=job.submitter,
+        accelerators=accelerators,
+        start=start,
+        end=end,
+        claim=claim,
+    )
+
+
 def schedule(now: datetime | None = None) -> PassResult:
     """One pass: plan, then hold the planned devices through the booking service."""
     now = now or timezone.now()
@@ -292,12 +310,7 @@ def schedule(now: datetime | None = None) -> PassResult:
     for job_id, ids in list(result.placed.items()):
         job = jobs[job_id]
         try:
-            booking.job_allocate(
-                job=job,
-                accelerators=[accelerators[pk] for pk in ids],
-                start=now,
-                end=now + job.walltime + stop_grace(),
-            )
+            hold(job, [accelerators[pk] for pk in ids], now, now + job.walltime + stop_grace())
         except booking.BookingError as exc:  # booked or changed since the plan was made
             del result.placed[job_id]
             result.waiting[job_id] = f"Its devices were taken a moment ago ({exc.message})"
