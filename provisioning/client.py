@@ -16,13 +16,39 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from provisioning.transport import Target, Transport, TransportError
 
-__all__ = ["AgentClient", "AgentError", "DeviceRef", "local_runner", "ssh_runner"]
+__all__ = [
+    "AccountState",
+    "AgentClient",
+    "AgentError",
+    "DeviceInfo",
+    "DeviceProcess",
+    "DeviceRef",
+    "Granted",
+    "HealthCheckResult",
+    "Inventory",
+    "JobCleaned",
+    "JobStarted",
+    "JobState",
+    "JobStatus",
+    "Killed",
+    "LogChunk",
+    "OutputInfo",
+    "ProbeFailure",
+    "Revoked",
+    "Sample",
+    "SessionState",
+    "StackInfo",
+    "Status",
+    "Telemetry",
+    "local_runner",
+    "ssh_runner",
+]
 
 
 class Runner(Protocol):
@@ -133,12 +159,441 @@ def _run_streamed(
     return status, out, bytes(err)
 
 
+# -- answers ------------------------------------------------------------------------------------
+#
+# Each verb's answer is read once, here, into frozen dataclasses (the shapes of docs/agent.md):
+# callers never probe a dict. A field that is missing or of the wrong type is the agent's fault
+# (or a different agent's), and is refused as AgentError("bad_answer", "<verb>: <field>: ...").
+
+_REQUIRED = object()
+
+
+def _bad(where: str, message: str) -> AgentError:
+    return AgentError("bad_answer", f"{where}: {message}")
+
+
+def _kind_of(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is(value: object, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[kind])
+
+
+def _field(obj: dict, name: str, kind: str, where: str, *, null=False, default=_REQUIRED):
+    """obj[name], checked to be of kind ("str", "int", "number", "bool", "list", "dict"), or
+    None where null; a field the agent may leave out gives default."""
+    if name not in obj:
+        if default is _REQUIRED:
+            raise _bad(f"{where}.{name}" if where else name, "missing")
+        return default
+    value = obj[name]
+    if (value is None and null) or _is(value, kind):
+        return value
+    wanted = f"{kind} or null" if null else kind
+    raise _bad(f"{where}.{name}", f"a {wanted} was expected, not {_kind_of(value)}")
+
+
+def _object(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(where, f"an object was expected, not {_kind_of(value)}")
+    return value
+
+
+def _objects(obj: dict, name: str, where: str) -> list[tuple[str, dict]]:
+    """The objects of a list field, each with where it is ("status.sessions[2]")."""
+    return [
+        (f"{where}.{name}[{i}]", _object(item, f"{where}.{name}[{i}]"))
+        for i, item in enumerate(_field(obj, name, "list", where))
+    ]
+
+
+def _device_ref(obj: dict, where: str) -> DeviceRef:
+    return DeviceRef(_field(obj, "vendor", "str", where), _field(obj, "index", "int", where))
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """A session the host has a record of (`status`)."""
+
+    session: str
+    user: str
+    stack: str
+    devices: tuple[DeviceRef, ...]
+    keys_sha256: str
+    end: int | None  # whole Unix seconds; None in a record of an older portal
+    alive: bool  # the schroot session exists
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account of the agent's group, with its process count (`status`)."""
+
+    user: str
+    locked: bool
+    processes: int
+
+
+@dataclass(frozen=True)
+class JobState:
+    job: str
+    running: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    sessions: tuple[SessionState, ...]
+    users: tuple[AccountState, ...]
+    jobs: tuple[JobState, ...]
+
+    @classmethod
+    def parse(cls, answer: dict) -> Status:
+        w = "status"
+        sessions = tuple(
+            SessionState(
+                session=_field(s, "session", "str", at),
+                user=_field(s, "user", "str", at),
+                stack=_field(s, "stack", "str", at),
+                devices=tuple(_device_ref(d, where) for where, d in _objects(s, "devices", at)),
+                keys_sha256=_field(s, "keys_sha256", "str", at),
+                end=_field(s, "end", "int", at, null=True, default=None),
+                alive=_field(s, "alive", "bool", at),
+            )
+            for at, s in _objects(answer, "sessions", w)
+        )
+        users = tuple(
+            AccountState(
+                user=_field(u, "user", "str", at),
+                locked=_field(u, "locked", "bool", at),
+                processes=_field(u, "processes", "int", at),
+            )
+            for at, u in _objects(answer, "users", w)
+        )
+        jobs = tuple(
+            JobState(job=_field(j, "job", "str", at), running=_field(j, "running", "bool", at))
+            for at, j in _objects(answer, "jobs", w)
+        )
+        return cls(sessions, users, jobs)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device as the host's probe reports it (provisioning.gpu.Device)."""
+
+    vendor: str
+    index: int
+    model: str = ""
+    memory_mib: int = 0
+    uuid: str = ""
+    pci_bus_id: str = ""
+    arch: str = ""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    name: str
+    chroot: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class Inventory:
+    devices: tuple[DeviceInfo, ...]
+    stacks: tuple[StackInfo, ...]
+    agent_version: str
+    hostname: str
+    kernel: str
+    # The configuration's device map (vendor -> index -> nodes, vendor -> shared nodes); None
+    # where an older agent does not report it.
+    device_nodes: dict | None
+    shared_nodes: dict | None
+
+    @classmethod
+    def parse(cls, answer: dict) -> Inventory:
+        w = "inventory"
+        devices = tuple(
+            DeviceInfo(
+                vendor=_field(d, "vendor", "str", at),
+                index=_field(d, "index", "int", at),
+                model=_field(d, "model", "str", at, default=""),
+                memory_mib=_field(d, "memory_mib", "int", at, default=0),
+                uuid=_field(d, "uuid", "str", at, default=""),
+                pci_bus_id=_field(d, "pci_bus_id", "str", at, default=""),
+                arch=_field(d, "arch", "str", at, default=""),
+            )
+            for at, d in _objects(answer, "devices", w)
+        )
+        stacks = tuple(
+            StackInfo(
+                name=_field(s, "name", "str", at),
+                chroot=_field(s, "chroot", "str", at),
+                present=_field(s, "present", "bool", at),
+            )
+            for at, s in _objects(answer, "stacks", w)
+        )
+        device_map = _field(answer, "device_map", "dict", w, null=True, default=None) or {}
+        at = f"{w}.device_map"
+        return cls(
+            devices=devices,
+            stacks=stacks,
+            agent_version=_field(answer, "agent_version", "str", w, default=""),
+            hostname=_field(answer, "hostname", "str", w, default=""),
+            kernel=_field(answer, "kernel", "str", w, default=""),
+            device_nodes=_field(device_map, "devices", "dict", at, null=True, default=None),
+            shared_nodes=_field(device_map, "shared_nodes", "dict", at, null=True, default=None),
+        )
+
+
+def _reading(value: object) -> float | None:
+    """A device tool's value as a reading, or None: a host's answer is checked like any input,
+    and one odd value (NaN, a negative power) drops that value, not the whole reading."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _whole(value: object) -> int | None:
+    number = _reading(value)
+    return int(number) if number is not None and number < 2**31 else None
+
+
+@dataclass(frozen=True)
+class DeviceProcess:
+    pid: int
+    user: str | None  # None: unknown (ended meanwhile), or not a name
+    used_memory_mib: int | None
+    system: bool  # an account below uid 1000: never a squatter
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of one device (provisioning.gpu.Sample); None where nothing was reported."""
+
+    vendor: str
+    index: int
+    utilization_pct: float | None
+    memory_used_mib: int | None
+    temperature_c: float | None
+    power_w: float | None
+    processes: tuple[DeviceProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeFailure:
+    vendor: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    samples: tuple[Sample, ...]
+    errors: tuple[ProbeFailure, ...]
+
+    @classmethod
+    def parse(cls, answer: dict) -> Telemetry:
+        """The lists must be there; within them, a sample that does not say which device it
+        is, or a process without a pid, is dropped, and an odd value becomes None."""
+        w = "telemetry"
+        samples = []
+        for sample in _field(answer, "samples", "list", w):
+            if not isinstance(sample, dict) or not isinstance(sample.get("vendor"), str):
+                continue
+            index = sample.get("index")
+            if isinstance(index, bool) or not isinstance(index, int):
+                continue
+            processes = []
+            for process in sample.get("processes") or []:
+                pid = process.get("pid") if isinstance(process, dict) else None
+                if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                    continue
+                user = process.get("user")
+                processes.append(
+                    DeviceProcess(
+                        pid=pid,
+                        user=user[:64] if isinstance(user, str) else None,
+                        used_memory_mib=_whole(process.get("used_memory_mib")),
+                        system=process.get("system") is True,
+                    )
+                )
+            samples.append(
+                Sample(
+                    vendor=sample["vendor"][:16],
+                    index=index,
+                    utilization_pct=_reading(sample.get("utilization_pct")),
+                    memory_used_mib=_whole(sample.get("memory_used_mib")),
+                    temperature_c=_reading(sample.get("temperature_c")),
+                    power_w=_reading(sample.get("power_w")),
+                    processes=tuple(processes),
+                )
+            )
+        errors = tuple(
+            ProbeFailure(str(e.get("vendor"))[:16], str(e.get("message"))[:2000])
+            for e in _field(answer, "errors", "list", w)
+            if isinstance(e, dict)
+        )
+        return cls(tuple(samples), errors)
+
+    def as_dict(self) -> dict:
+        """The reading as the portal stores it (Host.telemetry): JSON's lists, not tuples."""
+        return {
+            "samples": [
+                {**asdict(s), "processes": [asdict(p) for p in s.processes]} for s in self.samples
+            ],
+            "errors": [asdict(e) for e in self.errors],
+        }
+
+
+@dataclass(frozen=True)
+class HealthCheckResult:
+    ran: bool
+    passed: bool | None = None  # None: not run
+    exit_status: int | None = None
+    output: str = ""
+    reason: str = ""  # why it did not run
+
+    @classmethod
+    def parse(cls, answer: dict) -> HealthCheckResult:
+        w = "health-check"
+        if not _field(answer, "ran", "bool", w):
+            return cls(ran=False, reason=_field(answer, "reason", "str", w, default=""))
+        return cls(
+            ran=True,
+            passed=_field(answer, "passed", "bool", w),
+            exit_status=_field(answer, "exit_status", "int", w, null=True),
+            output=_field(answer, "output", "str", w, default=""),
+        )
+
+
+@dataclass(frozen=True)
+class Granted:
+    session: str
+    user: str
+    schroot_session: str
+    env: dict[str, str]
+
+    @classmethod
+    def parse(cls, answer: dict) -> Granted:
+        w = "grant"
+        return cls(
+            session=_field(answer, "session", "str", w),
+            user=_field(answer, "user", "str", w),
+            schroot_session=_field(answer, "schroot_session", "str", w),
+            env=_field(answer, "env", "dict", w),
+        )
+
+
+@dataclass(frozen=True)
+class Killed:
+    """What `revoke` and `kill-process` ended."""
+
+    killed: int
+
+    @classmethod
+    def parse(cls, answer: dict, verb: str) -> Killed:
+        return cls(killed=_field(answer, "killed", "int", verb))
+
+
+Revoked = Killed
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job: str
+    started: bool  # False: it was started before (the verb is idempotent)
+
+    @classmethod
+    def parse(cls, answer: dict) -> JobStarted:
+        w = "job-start"
+        return cls(_field(answer, "job", "str", w), _field(answer, "started", "bool", w))
+
+
+JOB_STATES = ("running", "succeeded", "failed", "timed_out", "stopped", "unknown")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    state: str  # one of JOB_STATES
+    exit_status: int | None = None
+    started_at: str | None = None  # ISO 8601 UTC, as the host wrote it
+    ended_at: str | None = None
+    reason: str | None = None
+    log_bytes: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def parse(cls, answer: dict, verb: str = "job-status") -> JobStatus:
+        state = _field(answer, "state", "str", verb)
+        if state not in JOB_STATES:
+            raise _bad(f"{verb}.state", f"{state!r} is not one of {', '.join(JOB_STATES)}")
+        return cls(
+            job=_field(answer, "job", "str", verb),
+            state=state,
+            exit_status=_field(answer, "exit_status", "int", verb, null=True, default=None),
+            started_at=_field(answer, "started_at", "str", verb, null=True, default=None),
+            ended_at=_field(answer, "ended_at", "str", verb, null=True, default=None),
+            reason=_field(answer, "reason", "str", verb, null=True, default=None),
+            log_bytes=_field(answer, "log_bytes", "int", verb, default=0),
+        )
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: str
+    offset: int  # where the next read starts
+    eof: bool
+
+    @classmethod
+    def parse(cls, answer: dict) -> LogChunk:
+        w = "job-logs"
+        return cls(
+            data=_field(answer, "data", "str", w),
+            offset=_field(answer, "offset", "int", w),
+            eof=_field(answer, "eof", "bool", w),
+        )
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    job: str
+    bytes: int  # written to the sink
+    too_large: bool  # over the limit: nothing was sent
+
+    @classmethod
+    def parse(cls, answer: dict) -> OutputInfo:
+        w = "job-output"
+        return cls(
+            job=_field(answer, "job", "str", w),
+            bytes=_field(answer, "bytes", "int", w),
+            too_large=_field(answer, "too_large", "bool", w, default=False),
+        )
+
+
+@dataclass(frozen=True)
+class JobCleaned:
+    job: str
+    removed: bool
+
+    @classmethod
+    def parse(cls, answer: dict) -> JobCleaned:
+        w = "job-clean"
+        return cls(_field(answer, "job", "str", w), _field(answer, "removed", "bool", w))
+
+
 class AgentClient:
     def __init__(self, runner: Runner):
         self._run = runner
 
     def call(self, verb: str, **fields) -> dict:
-        """One request; raises AgentError for a refusal, TransportError if the host is away."""
+        """One request, its answer raw; raises AgentError for a refusal, TransportError if the
+        host is away. The verbs below read the answer into its type."""
         return self._call(verb, fields)
 
     def _call(
@@ -163,11 +618,11 @@ class AgentClient:
             raise AgentError(str(error.get("code", "error")), str(error.get("message", "")))
         return answer
 
-    def inventory(self) -> dict:
-        return self.call("inventory")
+    def inventory(self) -> Inventory:
+        return Inventory.parse(self.call("inventory"))
 
-    def status(self) -> dict:
-        return self.call("status")
+    def status(self) -> Status:
+        return Status.parse(self.call("status"))
 
     def grant(
         self,
@@ -178,9 +633,9 @@ class AgentClient:
         stack: str,
         devices: Sequence[DeviceRef],
         end: datetime,
-    ) -> dict:
+    ) -> Granted:
         """Open (or update) a session; the host revokes it by itself at `end`."""
-        return self.call(
+        answer = self.call(
             "grant",
             session=session,
             user=user,
@@ -189,11 +644,13 @@ class AgentClient:
             devices=[d.as_dict() for d in devices],
             end=epoch_seconds(end),
         )
+        return Granted.parse(answer)
 
-    def revoke(self, *, session: str | None = None, user: str | None = None) -> dict:
+    def revoke(self, *, session: str | None = None, user: str | None = None) -> Revoked:
         if (session is None) == (user is None):
             raise ValueError("revoke takes a session or a user")
-        return self.call("revoke", **({"session": session} if session else {"user": user}))
+        answer = self.call("revoke", **({"session": session} if session else {"user": user}))
+        return Killed.parse(answer, "revoke")
 
     def job_start(
         self,
@@ -208,7 +665,7 @@ class AgentClient:
         grace_s: int,
         input: dict,
         archive: BinaryIO | None = None,
-    ) -> dict:
+    ) -> JobStarted:
         """input {"archive_bytes": N} goes with archive, a file whose next N bytes are sent
         after the request line, a block at a time."""
         if ("archive_bytes" in input) != (archive is not None):
@@ -218,38 +675,41 @@ class AgentClient:
             "devices": [d.as_dict() for d in devices], "script": script, "env": env,
             "walltime_s": walltime_s, "grace_s": grace_s, "input": input,
         }  # fmt: skip
-        return self._call("job-start", fields, body=archive)
+        return JobStarted.parse(self._call("job-start", fields, body=archive))
 
-    def job_status(self, *, job: str) -> dict:
-        return self.call("job-status", job=job)
+    def job_status(self, *, job: str) -> JobStatus:
+        return JobStatus.parse(self.call("job-status", job=job))
 
-    def job_stop(self, *, job: str, grace_s: int) -> dict:
-        return self.call("job-stop", job=job, grace_s=grace_s)
+    def job_stop(self, *, job: str, grace_s: int) -> JobStatus:
+        return JobStatus.parse(self.call("job-stop", job=job, grace_s=grace_s), "job-stop")
 
-    def job_logs(self, *, job: str, offset: int, limit: int) -> dict:
-        return self.call("job-logs", job=job, offset=offset, limit=limit)
+    def job_logs(self, *, job: str, offset: int, limit: int) -> LogChunk:
+        return LogChunk.parse(self.call("job-logs", job=job, offset=offset, limit=limit))
 
-    def job_output(self, *, job: str, limit: int, sink: BinaryIO) -> dict:
+    def job_output(self, *, job: str, limit: int, sink: BinaryIO) -> OutputInfo:
         """The answer; the archive's `bytes` bytes (none when too large) are written to sink."""
         start = sink.tell()
-        answer = self._call("job-output", {"job": job, "limit": limit}, sink=sink)
+        info = OutputInfo.parse(self._call("job-output", {"job": job, "limit": limit}, sink=sink))
         got = sink.tell() - start
-        if got != (0 if answer.get("too_large") else answer.get("bytes", 0)):
-            raise AgentError("bad_answer", f"job-output announced {answer.get('bytes')} bytes "
-                             f"and sent {got}")  # fmt: skip
-        return answer
+        if got != (0 if info.too_large else info.bytes):
+            raise AgentError(
+                "bad_answer", f"job-output announced {info.bytes} bytes and sent {got}"
+            )
+        return info
 
-    def job_clean(self, *, job: str) -> dict:
-        return self.call("job-clean", job=job)
+    def job_clean(self, *, job: str) -> JobCleaned:
+        return JobCleaned.parse(self.call("job-clean", job=job))
 
-    def telemetry(self) -> dict:
-        return self.call("telemetry")
+    def telemetry(self) -> Telemetry:
+        return Telemetry.parse(self.call("telemetry"))
 
-    def kill_process(self, *, pid: int, user: str) -> dict:
-        return self.call("kill-process", pid=pid, user=user)
+    def kill_process(self, *, pid: int, user: str) -> Killed:
+        return Killed.parse(self.call("kill-process", pid=pid, user=user), "kill-process")
 
-    def health_check(self, *, stack: str, device: DeviceRef) -> dict:
-        return self.call("health-check", stack=stack, device=device.as_dict())
+    def health_check(self, *, stack: str, device: DeviceRef) -> HealthCheckResult:
+        return HealthCheckResult.parse(
+            self.call("health-check", stack=stack, device=device.as_dict())
+        )
 
 
 def epoch_seconds(moment: datetime) -> int:

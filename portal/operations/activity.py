@@ -20,6 +20,7 @@ from portal.booking.models import Allocation, Reservation
 from portal.booking.services import BookingError, reservation_reclaim
 from portal.inventory.models import Host
 from portal.operations.mail import mail_user
+from provisioning.client import Status
 
 log = logging.getLogger(__name__)
 S = Reservation.State
@@ -36,11 +37,11 @@ def _used_devices(host: Host) -> dict[tuple[str, int], set[str]]:
     return used
 
 
-def track(host: Host, status: dict, now: datetime) -> list[str]:
+def track(host: Host, status: Status, now: datetime) -> list[str]:
     """Note who uses their reservation, warn the idle ones, end those warned long enough."""
     if not host.idle_reclaim_minutes:
         return []
-    logged_in = {u.get("user") for u in status.get("users", []) if u.get("processes")}
+    logged_in = {u.user for u in status.users if u.processes}
     used = _used_devices(host)
     running = list(
         Reservation.objects.filter(host=host, state=S.ACTIVE, start__lte=now, end__gt=now)

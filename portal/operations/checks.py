@@ -21,8 +21,7 @@ from django.utils import timezone
 from portal.booking.models import Allocation
 from portal.inventory.hwspec import VENDORS_FOR_KIND
 from portal.inventory.models import Accelerator, DriverStack, HealthCheck, Host
-from portal.operations import health, services
-from portal.operations.agents import client_for
+from portal.operations import agents, health, services
 from provisioning.client import AgentError, DeviceRef
 from provisioning.transport import TransportError
 
@@ -104,20 +103,19 @@ def check_host(host: Host, now: datetime) -> list[str]:
 def _check(host: Host, acc: Accelerator, stack: DriverStack, now: datetime) -> HealthCheck:
     row = HealthCheck.objects.create(host=host, accelerator=acc, stack=stack, started=now)
     try:
-        answer = client_for(host).health_check(
+        answer = agents.client_for(host).health_check(
             stack=stack.name, device=DeviceRef(acc.vendor, acc.index)
         )
     except (TransportError, AgentError) as exc:
         log.warning("%s: the health check of %s could not run: %s", host.name, acc, exc)
         row.output = f"The agent could not run the check: {exc}"
     else:
-        if answer.get("ran"):
-            row.passed = bool(answer.get("passed"))
-            status = answer.get("exit_status")
-            row.exit_status = status if isinstance(status, int) else None
-            row.output = str(answer.get("output") or "")
+        if answer.ran:
+            row.passed = answer.passed
+            row.exit_status = answer.exit_status
+            row.output = answer.output
         else:
-            row.output = f"Not run: {answer.get('reason') or 'no reason given'}"
+            row.output = f"Not run: {answer.reason or 'no reason given'}"
     row.finished = timezone.now()
     row.save(update_fields=["passed", "exit_status", "output", "finished"])
     return row

@@ -38,6 +38,7 @@ from portal.booking.availability import Need, availability, ceil_to
 from portal.booking.models import Allocation, BookingPolicy, Reservation
 from portal.inventory.hwspec import NATIVE_KIND, Hwspec
 from portal.inventory.models import Host
+from portal.operations.logs import context
 from portal.operations.mail import mail_user
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def _return_to_service(host, now) -> None:
     host.state, host.drained_at, host.drain_cause, host.drain_reason = (
         Host.State.ACTIVE, None, "", ""
     )  # fmt: skip
-    log.warning("%s answers again with no problem: back in service", host.name)
+    log.warning("%s answers again with no problem: back in service", host.name, extra=context(host))
     mail_admins(
         f"{host.name} is back in service",
         f"{host.name} was drained because it could not be reached ({reason}). It answers "
@@ -278,7 +279,7 @@ def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None)
         Host.State.MAINTENANCE, now, cause, reason
     )  # fmt: skip
     by = f" by {actor}" if actor is not None else ""
-    log.warning("%s drained%s (%s): %s", host.name, by, cause, reason)
+    log.warning("%s drained%s (%s): %s", host.name, by, cause, reason, extra=context(host))
 
     # Everyone with a reservation still to start: the host is out until staff say otherwise.
     upcoming = Reservation.objects.filter(host=host, state__in=NOT_STARTED, end__gt=now)

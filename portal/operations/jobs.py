@@ -21,8 +21,9 @@ from django.db.models import Prefetch
 from portal.booking.models import Allocation
 from portal.inventory.models import Host
 from portal.jobs.models import Job
+from portal.operations.logs import context
 from provisioning.accounts import JOB_ACCOUNT_PREFIX
-from provisioning.client import AgentClient, AgentError, DeviceRef
+from provisioning.client import AgentClient, AgentError, DeviceRef, JobState
 from provisioning.transport import TransportError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class JobPass:
     def __init__(self, host: Host, client: AgentClient, now: datetime, done: list[str]):
         self.host, self.client, self.now, self.done = host, client, now, done
 
-    def run(self, on_host: list[dict]) -> None:
+    def run(self, on_host: tuple[JobState, ...]) -> None:
         """Follow the database's jobs of this host; on_host is what its `status` listed."""
         jobs = (
             Job.objects.filter(host=self.host, state__in=Job.HOLDING)
@@ -87,15 +88,21 @@ class JobPass:
                 else:
                     self._follow(job)
             except TransportError as exc:  # the host went away mid-pass: the next pass goes on
-                log.warning("%s %s: %s", self.host.name, job.session_name, exc)
+                log.warning("%s %s: %s", self.host.name, job.session_name, exc, extra=self._at(job))
                 return
             except Exception:
                 # One job that breaks the pass must not hold up the others of the host (a
                 # scheduled job of another project would never start, its devices held).
-                log.exception("%s %s: following the job failed", self.host.name, job.session_name)
+                log.exception(
+                    "%s %s: following the job failed", self.host.name, job.session_name,
+                    extra=self._at(job),
+                )  # fmt: skip
         for found in on_host:
-            if found.get("job") not in expected:
-                self._drop(found["job"], running=bool(found.get("running")))
+            if found.job not in expected:
+                self._drop(found.job, running=found.running)
+
+    def _at(self, job: Job | None = None) -> dict:
+        return context(self.host, job=job)
 
     def _drop(self, name: str, *, running: bool) -> None:
         """A job the portal no longer expects here (requeued while the host was away, or
@@ -105,9 +112,11 @@ class JobPass:
                 self.client.job_stop(job=name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
             self.client.job_clean(job=name)
         except (TransportError, AgentError) as exc:
-            log.warning("%s: dropping %s failed: %s", self.host.name, name, exc)
+            log.warning("%s: dropping %s failed: %s", self.host.name, name, exc, extra=self._at())
             return
         self.done.append(f"dropped {name}")
+        log.info("%s: dropped %s, which the portal no longer expects", self.host.name, name,
+                 extra=context(self.host, job=_job_of(name)))  # fmt: skip
 
     def _start(self, job: Job) -> None:
         Job.move(job.pk, J.STARTING, from_=(J.SCHEDULED,))
@@ -131,6 +140,10 @@ class JobPass:
                     archive=archive,
                 )
         except AgentError as exc:
+            log.warning(
+                "%s: the host refused %s: %s", self.host.name, job.session_name, exc,
+                extra=self._at(job),
+            )  # fmt: skip
             self._finish(job, J.FAILED, ran=False, last_error=f"The host refused the job: {exc}")
             return
         if Job.move(job.pk, J.RUNNING, from_=(J.STARTING,), started_at=self.now):
@@ -140,27 +153,38 @@ class JobPass:
                 job=job, active=True, end__gt=self.now, start__lt=self.now
             ).update(start=self.now)
             self.done.append(f"started {job.session_name}")
+            log.info(
+                "%s: started %s as %s on %d devices", self.host.name, job.session_name,
+                job_account(job), len(devices), extra=self._at(job),
+            )  # fmt: skip
 
     def _follow(self, job: Job) -> None:
         status = self.client.job_status(job=job.session_name)
-        state = status.get("state")
+        state = status.state
         if state == "unknown":  # the host lost it (reinstalled, its disk replaced...)
             requeue(job, self.now, f"{self.host.name} no longer knows the job")
             self.done.append(f"requeued {job.session_name}")
             return
         try:
-            self._copy_log(job, status.get("log_bytes", 0))
+            self._copy_log(job, status.log_bytes)
         except AgentError as exc:  # the log can wait; the job's end must not
-            log.warning("%s %s: copying the log failed: %s", self.host.name, job.session_name, exc)
+            log.warning(
+                "%s %s: copying the log failed: %s", self.host.name, job.session_name, exc,
+                extra=self._at(job),
+            )  # fmt: skip
         if state == "running":
             if job.stop_requested:
                 self.client.job_stop(job=job.session_name, grace_s=settings.JOBS_STOP_GRACE_SECONDS)
             return
         final = J.CANCELLED if state == "stopped" else FINISHED.get(state, J.FAILED)
         self._keep_output(job)
-        self._finish(job, final, exit_status=status.get("exit_status"))
+        self._finish(job, final, exit_status=status.exit_status)
         self.client.job_clean(job=job.session_name)
         self.done.append(f"{job.session_name} {final}")
+        log.info(
+            "%s: %s ended %s (exit status %s)", self.host.name, job.session_name, final,
+            status.exit_status, extra=self._at(job),
+        )  # fmt: skip
 
     def _copy_log(self, job: Job, log_bytes: int) -> None:
         """Append what the host's log gained since the last pass, keeping its tail.
@@ -180,12 +204,12 @@ class JobPass:
             answer = self.client.job_logs(
                 job=job.session_name, offset=offset, limit=min(LOG_CHUNK, budget)
             )
-            moved = answer.get("offset", offset) - offset
+            moved = answer.offset - offset
             if moved <= 0:
                 break
-            parts.append(answer.get("data", ""))
+            parts.append(answer.data)
             offset, budget = offset + moved, budget - moved
-            if answer.get("eof"):
+            if answer.eof:
                 break
         if offset == job.log_offset:
             return
@@ -200,7 +224,10 @@ class JobPass:
                     log=text, log_offset=offset, log_dropped=dropped
                 )
         except (DatabaseError, ValueError):  # psycopg refuses some text before sending it
-            log.exception("%s %s: storing the log failed", self.host.name, job.session_name)
+            log.exception(
+                "%s %s: storing the log failed", self.host.name, job.session_name,
+                extra=self._at(job),
+            )  # fmt: skip
             note = f"\n[porterbox: {offset - job.log_offset} bytes of the log could not be kept]\n"
             text = (job.log + note)[-keep:]
             dropped = job.log_dropped + len(job.log) + len(note) - len(text)
@@ -213,10 +240,10 @@ class JobPass:
         limit = settings.JOBS_MAX_OUTPUT_MB * 1024 * 1024
         with tempfile.TemporaryFile() as sink:
             answer = self.client.job_output(job=job.session_name, limit=limit, sink=sink)
-            if answer.get("too_large"):
+            if answer.too_large:
                 note = f"Its output is over {settings.JOBS_MAX_OUTPUT_MB} MB compressed; not kept."
                 Job.objects.filter(pk=job.pk).update(last_error=note)
-            elif answer.get("bytes"):
+            elif answer.bytes:
                 sink.seek(0)
                 job.output.save(f"job-{job.pk}-output.tar.gz", File(sink), save=False)
                 Job.objects.filter(pk=job.pk).update(output=job.output.name)
@@ -241,6 +268,11 @@ def requeue(job: Job, now: datetime, reason: str) -> None:
         )  # fmt: skip
     if moved:
         release(job, now, ran=job.state == J.RUNNING)
+        log.warning(
+            "%s %s: %s", job.session_name,
+            "failed" if job.requeues >= settings.JOBS_MAX_REQUEUES else "requeued", reason,
+            extra=context(job.host if job.host_id else None, job=job),
+        )  # fmt: skip
 
 
 def release(job: Job, now: datetime, *, ran: bool) -> None:
@@ -251,6 +283,12 @@ def release(job: Job, now: datetime, *, ran: bool) -> None:
         current.update(end=now)
     else:
         current.update(active=False)
+
+
+def _job_of(name: str) -> int | None:
+    """The job an attempt is named for (`j<id>` or `j<id>-<attempt>`, Job.session_name)."""
+    head = name.split("-", 1)[0]
+    return int(head[1:]) if head[:1] == "j" and head[1:].isdigit() else None
 
 
 def requeue_from_failed_host(host: Host, now: datetime) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from portal.inventory.models import Accelerator, DriverStack, Host
-from portal.operations.agents import client_for
+from portal.operations import agents
 from provisioning.client import AgentError
 from provisioning.transport import TransportError, fetch_host_keys, parse_host_keys
 
@@ -61,33 +61,32 @@ def host_pin_keys(host: Host, key_lines: list[str]) -> Host:
 def host_sync_inventory(host: Host) -> SyncResult:
     """Ask the host's agent for its devices and stacks, and make the database say the same."""
     try:
-        answer = client_for(host).inventory()
+        answer = agents.client_for(host).inventory()
     except (TransportError, AgentError) as exc:
         Host.objects.filter(pk=host.pk).update(last_error=f"Inventory failed: {exc}")
         raise RegistrationError(f"{host.name}: {exc}") from exc
-    devices = answer.get("devices", [])
+    devices = answer.devices
     # A device is its vendor and index (NVIDIA #0 and AMD #0 are two): the agent names devices
     # that way in grants and readings, each vendor's tool numbering its own from 0.
-    refs = [(d.get("vendor"), d.get("index")) for d in devices]
+    refs = [(d.vendor, d.index) for d in devices]
     if len(set(refs)) != len(refs):
         twice = next(ref for ref in refs if refs.count(ref) > 1)
         raise RegistrationError(f"{host.name} reports {twice[0]} device #{twice[1]} twice.")
-    device_map = answer.get("device_map") or {}
-    present = sorted(s["name"] for s in answer.get("stacks", []) if s.get("present"))
+    present = sorted(s.name for s in answer.stacks if s.present)
     known = {s.name: s for s in DriverStack.objects.filter(name__in=present)}
     result = SyncResult(stacks=sorted(known), unknown_stacks=[n for n in present if n not in known])
     with transaction.atomic():
         existing = {(a.vendor, a.index): a for a in host.accelerators.select_for_update()}
         for d in devices:
             values = {
-                "model": str(d.get("model", ""))[:100],
-                "memory_mib": int(d.get("memory_mib", 0)),
-                "uuid": str(d.get("uuid", ""))[:64],
-                "pci_bus_id": str(d.get("pci_bus_id", ""))[:32],
-                "arch": str(d.get("arch", ""))[:32],
+                "model": d.model[:100],
+                "memory_mib": d.memory_mib,
+                "uuid": d.uuid[:64],
+                "pci_bus_id": d.pci_bus_id[:32],
+                "arch": d.arch[:32],
                 "retired": False,
             }
-            ref = (d["vendor"], d["index"])
+            ref = (d.vendor, d.index)
             acc = existing.pop(ref, None)
             if acc is None:
                 Accelerator.objects.create(host=host, vendor=ref[0], index=ref[1], **values)
@@ -103,10 +102,10 @@ def host_sync_inventory(host: Host) -> SyncResult:
         host.stacks.set(known.values())
         # An agent too old to report its map leaves the one the portal knows.
         mapped = {"last_error": ""}
-        if isinstance(device_map.get("devices"), dict):
-            mapped["device_nodes"] = device_map["devices"]
-        if isinstance(device_map.get("shared_nodes"), dict):
-            mapped["shared_nodes"] = device_map["shared_nodes"]
+        if answer.device_nodes is not None:
+            mapped["device_nodes"] = answer.device_nodes
+        if answer.shared_nodes is not None:
+            mapped["shared_nodes"] = answer.shared_nodes
         Host.objects.filter(pk=host.pk).update(**mapped)
     return result
 

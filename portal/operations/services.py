@@ -25,12 +25,13 @@ from django.utils import timezone
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import BookingError, may_hold, reservation_withdraw
 from portal.inventory.models import Host
-from portal.operations import activity, health, squatters, telemetry
-from portal.operations.agents import client_for, is_reachable_in_principle
+from portal.operations import activity, agents, health, squatters, telemetry
+from portal.operations.agents import is_reachable_in_principle
 from portal.operations.jobs import JobPass, requeue_from_failed_host
+from portal.operations.logs import context
 from portal.operations.mail import mail_user
 from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
-from provisioning.client import AgentClient, AgentError, DeviceRef, epoch_seconds
+from provisioning.client import AgentClient, AgentError, DeviceRef, SessionState, epoch_seconds
 from provisioning.transport import HostKeyMismatch, TransportError
 
 log = logging.getLogger(__name__)
@@ -63,18 +64,17 @@ class Wanted:
     def stack(self) -> str:
         return self.reservation.stack.name
 
-    def matches(self, found: dict) -> bool:
+    def matches(self, found: SessionState) -> bool:
         """Whether the host's session is this one, alive, with these keys and devices."""
-        devices = {(d.get("vendor"), d.get("index")) for d in found.get("devices", [])}
         return (
-            bool(found.get("alive"))
-            and found.get("user") == self.user
-            and found.get("stack") == self.stack
-            and found.get("keys_sha256") == keys_digest(list(self.keys))
-            and devices == {(d.vendor, d.index) for d in self.devices}
+            found.alive
+            and found.user == self.user
+            and found.stack == self.stack
+            and found.keys_sha256 == keys_digest(list(self.keys))
+            and set(found.devices) == set(self.devices)
             # The host's own end (it revokes by itself then) follows an extension or a
             # shortening: a different end is a new grant.
-            and found.get("end") == epoch_seconds(self.reservation.end)
+            and found.end == epoch_seconds(self.reservation.end)
         )
 
 
@@ -135,7 +135,7 @@ def reconcile_host(host_id: int, *, client: AgentClient | None = None) -> str:
         return "another worker holds this host"
     try:
         host = Host.objects.get(pk=host_id)
-        return _Pass(host, client or client_for(host)).run()
+        return _Pass(host, client or agents.client_for(host)).run()
     finally:
         _release_lease(host_id, owner)
 
@@ -153,7 +153,7 @@ class _Pass:
             self._host_failed(exc)
             return f"{self.host.name}: {exc}"
         self._host_seen()
-        sessions = {s["session"]: s for s in status.get("sessions", [])}
+        sessions = {s.session: s for s in status.sessions}
         due = {}
         for r in due_reservations(self.host, self.now):
             if may_hold(r.user):
@@ -165,11 +165,11 @@ class _Pass:
         left = {name for name in sessions if name not in due and not self._revoke(session=name)}
         self._close_finished(still_on_host=left)
         due_users = {r.unix_user for r in due.values()}
-        for account in status.get("users", []):
-            leftover = account.get("processes") or not account.get("locked")
-            job_account = str(account.get("user")).startswith(JOB_ACCOUNT_PREFIX)  # jobs' own
-            if account.get("user") not in due_users and leftover and not job_account:
-                self._revoke(user=account["user"])
+        for account in status.users:
+            leftover = account.processes or not account.locked
+            job_account = account.user.startswith(JOB_ACCOUNT_PREFIX)  # the jobs' own
+            if account.user not in due_users and leftover and not job_account:
+                self._revoke(user=account.user)
 
         for name, reservation in due.items():
             want = wanted(reservation)
@@ -185,7 +185,7 @@ class _Pass:
         self._warn_ending()
         self._watch_devices()
         self.done += activity.track(self.host, status, self.now)
-        JobPass(self.host, self.client, self.now, self.done).run(status.get("jobs", []))
+        JobPass(self.host, self.client, self.now, self.done).run(status.jobs)
         return f"{self.host.name}: " + (", ".join(self.done) or "in line")
 
     # -- the host -----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class _Pass:
                 f"{exc}\n\nConfirm and record the host's keys in the portal if it was "
                 "reinstalled; otherwise treat it as an attack.",
             )
-        log.warning("%s: %s", self.host.name, exc)
+        log.warning("%s: %s", self.host.name, exc, extra=context(self.host))
         if problem := health.unreachable_problem(self.host, self.now):
             health.update(self.host, [problem], self.now)
         if lost := requeue_from_failed_host(self.host, self.now):
@@ -255,6 +255,11 @@ class _Pass:
             self._failed(r, f"Opening the session failed: {exc}")
             return
         self.done.append(f"granted {want.session}")
+        log.info(
+            "%s: granted %s to %s (%d devices, until %s)", self.host.name, want.session,
+            want.user, len(want.devices), r.end.isoformat(),
+            extra=context(self.host, reservation=r),
+        )  # fmt: skip
         self._mark_active(r)
 
     def _mark_active(self, r: Reservation) -> None:
@@ -270,7 +275,10 @@ class _Pass:
             last_error=reason[:2000],
         )  # fmt: skip
         self.done.append(f"{r.session_name} failed")
-        log.warning("%s %s: %s", self.host.name, r.session_name, reason)
+        log.warning(
+            "%s %s: %s", self.host.name, r.session_name, reason,
+            extra=context(self.host, reservation=r),
+        )  # fmt: skip
 
     def _withdraw(self, r: Reservation) -> None:
         """End the reservation of a user who may no longer hold it (ARCHITECTURE: access is
@@ -283,18 +291,34 @@ class _Pass:
         try:
             reservation_withdraw(reservation=r, reason=reason, now=self.now)
         except BookingError as exc:  # ended or changed meanwhile: the next pass sees it
-            log.info("%s: not withdrawn: %s", r.session_name, exc)
+            log.info(
+                "%s: not withdrawn: %s",
+                r.session_name,
+                exc,
+                extra=context(self.host, reservation=r),
+            )
             return
         mail_user(r.user, "operations/mail_withdrawn.txt", {"r": r, "reason": reason})
         self.done.append(f"withdrew {r.session_name}")
+        log.info(
+            "%s: withdrew %s: %s", self.host.name, r.session_name, reason,
+            extra=context(self.host, reservation=r),
+        )  # fmt: skip
 
     def _revoke(self, *, session: str | None = None, user: str | None = None) -> bool:
+        extra = context(self.host, reservation=_reservation_of(session))
         try:
-            self.client.revoke(session=session, user=user)
+            revoked = self.client.revoke(session=session, user=user)
         except (TransportError, AgentError) as exc:
-            log.warning("%s: revoking %s failed: %s", self.host.name, session or user, exc)
+            log.warning(
+                "%s: revoking %s failed: %s", self.host.name, session or user, exc, extra=extra
+            )
             return False
         self.done.append(f"revoked {session or 'user ' + user}")
+        log.info(
+            "%s: revoked %s (%d processes killed)", self.host.name,
+            session or f"user {user}", revoked.killed, extra=extra,
+        )  # fmt: skip
         return True
 
     def _close_finished(self, still_on_host: set[str]) -> None:
@@ -305,11 +329,13 @@ class _Pass:
         for r in over.only("pk", "state", "end"):
             if r.session_name in still_on_host:
                 continue  # the revoke failed; the next pass tries again
-            if r.state in (S.SCHEDULED, S.FAILED):
-                # No session was ever opened: the slot passed with the host away.
-                Reservation.move(r.pk, S.FAILED, from_=(r.state,), revoked_at=self.now)
-            else:
-                Reservation.move(r.pk, S.ENDED, from_=(r.state,), revoked_at=self.now)
+            # No session was ever opened (scheduled, failed): the slot passed with the host away.
+            closed = S.FAILED if r.state in (S.SCHEDULED, S.FAILED) else S.ENDED
+            if Reservation.move(r.pk, closed, from_=(r.state,), revoked_at=self.now):
+                log.info(
+                    "%s: closed %s as %s", self.host.name, r.session_name, closed,
+                    extra=context(self.host, reservation=r),
+                )  # fmt: skip
 
     def _warn_ending(self) -> None:
         soon = Reservation.objects.filter(
@@ -321,6 +347,13 @@ class _Pass:
         ).select_related("user", "host")
         for r in soon:
             _mail_once(r, "ending_mailed", "operations/mail_ending.txt")
+
+
+def _reservation_of(session: str | None) -> int | None:
+    """The reservation a session is named for (`r<id>`, Reservation.session_name), if any."""
+    if session and session[:1] == "r" and session[1:].isdigit():
+        return int(session[1:])
+    return None
 
 
 def _mail_once(r: Reservation, flag: str, template: str) -> None:

@@ -11,7 +11,6 @@ older than PORTAL_TELEMETRY_HOURLY_DAYS.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,7 @@ from django.db.models.functions import TruncHour
 
 from portal.booking.availability import floor_to
 from portal.inventory.models import Accelerator, DeviceSample, Host
+from provisioning.client import Telemetry
 
 R = DeviceSample.Resolution
 HOUR = timedelta(hours=1)
@@ -33,67 +33,14 @@ def due(host: Host, now: datetime) -> bool:
     return host.telemetry_at is None or now - host.telemetry_at >= interval
 
 
-def _number(value: object) -> float | None:
-    """A reading as the agent sent it, or None: a host's answer is checked like any input."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
-
-
-def _whole(value: object) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None and number < 2**31 else None
-
-
-def clean(answer: dict) -> dict:
-    """The agent's telemetry answer reduced to the schema (docs/agent.md), bad values dropped."""
-    samples = []
-    for sample in answer.get("samples") or []:
-        if not isinstance(sample, dict) or not isinstance(sample.get("vendor"), str):
-            continue
-        index = sample.get("index")
-        if isinstance(index, bool) or not isinstance(index, int):
-            continue
-        processes = []
-        for process in sample.get("processes") or []:
-            pid = process.get("pid") if isinstance(process, dict) else None
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-                continue
-            user = process.get("user")
-            processes.append(
-                {
-                    "pid": pid,
-                    "user": user[:64] if isinstance(user, str) else None,
-                    "used_memory_mib": _whole(process.get("used_memory_mib")),
-                    "system": process.get("system") is True,
-                }
-            )
-        samples.append(
-            {
-                "vendor": sample["vendor"][:16],
-                "index": index,
-                "utilization_pct": _number(sample.get("utilization_pct")),
-                "memory_used_mib": _whole(sample.get("memory_used_mib")),
-                "temperature_c": _number(sample.get("temperature_c")),
-                "power_w": _number(sample.get("power_w")),
-                "processes": processes,
-            }
-        )
-    errors = [
-        {"vendor": str(e.get("vendor"))[:16], "message": str(e.get("message"))[:2000]}
-        for e in answer.get("errors") or []
-        if isinstance(e, dict)
-    ]
-    return {"samples": samples, "errors": errors}
-
-
-def record(host: Host, answer: dict, now: datetime) -> dict:
-    """Store one reading of the host's devices; returns the cleaned answer."""
-    reading = clean(answer)
+def record(host: Host, answer: Telemetry, now: datetime) -> dict:
+    """Store one reading of the host's devices (read like any input: provisioning.client
+    `Telemetry`); returns it as stored on the host (`Host.telemetry`)."""
+    reading = answer.as_dict()
     devices = {(a.vendor, a.index): a for a in Accelerator.objects.filter(host=host, retired=False)}
     rows = []
-    for s in reading["samples"]:
-        accelerator = devices.get((s["vendor"], s["index"]))
+    for s in answer.samples:
+        accelerator = devices.get((s.vendor, s.index))
         if accelerator is None:
             continue  # not in the inventory: the health check says so
         rows.append(
@@ -101,11 +48,11 @@ def record(host: Host, answer: dict, now: datetime) -> dict:
                 accelerator=accelerator,
                 at=now,
                 resolution=R.READING,
-                utilization_pct=s["utilization_pct"],
-                utilization_max_pct=s["utilization_pct"],
-                memory_used_mib=s["memory_used_mib"],
-                temperature_c=s["temperature_c"],
-                power_w=s["power_w"],
+                utilization_pct=s.utilization_pct,
+                utilization_max_pct=s.utilization_pct,
+                memory_used_mib=s.memory_used_mib,
+                temperature_c=s.temperature_c,
+                power_w=s.power_w,
             )
         )
     with transaction.atomic():

@@ -115,3 +115,15 @@ def book_now(person: Person, host: Host, indexes: list[int], minutes: int = 30) 
 
 def state_of(reservation: Reservation) -> str:
     return Reservation.objects.get(pk=reservation.pk).state
+
+
+@pytest.fixture
+def fake_agents(monkeypatch):
+    """Fake agents where the loop obtains its clients: every host's calls go to a FakeAgent
+    (tests/operations/fakeagent.py), `fake_agents[host]`."""
+    from portal.operations import agents
+    from tests.operations.fakeagent import FakeAgents
+
+    fakes = FakeAgents()
+    monkeypatch.setattr(agents, "client_for", fakes.client_for)
+    return fakes

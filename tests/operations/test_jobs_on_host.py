@@ -411,7 +411,7 @@ def test_it_keeps_the_tail_of_a_50_mb_log_copying_a_bounded_amount_per_pass(
 
     def counted(self, **kwargs):
         answer = job_logs(self, **kwargs)
-        copied[-1] += answer["offset"] - kwargs["offset"]
+        copied[-1] += answer.offset - kwargs["offset"]
         return answer
 
     monkeypatch.setattr(AgentClient, "job_logs", counted)

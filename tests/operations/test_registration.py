@@ -22,6 +22,7 @@ from portal.inventory.models import DeviceSample, Host
 from portal.operations import services, telemetry
 from portal.operations.registration import RegistrationError, host_sync_inventory
 from provisioning.agent import hostctl
+from provisioning.client import Telemetry
 from tests.factories import DriverStackFactory, HostFactory, UserFactory
 from tests.provisioning.test_gpu_probes import FAKE_NVIDIA_SMI, FIXTURES, H100_CSV
 
@@ -156,6 +157,6 @@ def test_booking_grant_and_readings_find_the_device_of_its_vendor(mixed_host, ag
         {"vendor": v, "index": 0, "utilization_pct": u, "memory_used_mib": 1, "processes": []}
         for v, u in (("nvidia", 90.0), ("amd", 10.0))
     ]
-    telemetry.record(mixed_host, {"samples": samples, "errors": []}, NOW)
+    telemetry.record(mixed_host, Telemetry.parse({"samples": samples, "errors": []}), NOW)
     stored = {r.accelerator.vendor: r.utilization_pct for r in DeviceSample.objects.all()}
     assert stored == {"nvidia": 90.0, "amd": 10.0}

@@ -3,12 +3,14 @@
 import json
 from functools import partial
 
+import pytest
 from django.utils import timezone
 
 from portal.inventory.models import DeviceSample
-from portal.operations.telemetry import clean, record
+from portal.operations.telemetry import record
 from provisioning import gpu
 from provisioning.agent import hostctl
+from provisioning.client import AgentError, Telemetry
 from tests.factories import AcceleratorFactory, HostFactory
 from tests.provisioning.test_gpu_probes import h100_capture
 from tests.provisioning.test_gpu_telemetry import (
@@ -49,7 +51,7 @@ def test_the_agents_reading_of_every_vendor_is_stored_per_device(db, monkeypatch
     for vendor in ("nvidia", "amd", "intel", "fpga"):
         host = HostFactory(name=f"{vendor}-host")
         AcceleratorFactory(host=host, vendor=vendor, index=0)
-        reading = record(host, answer, now)
+        reading = record(host, Telemetry.parse(answer), now)
         host.refresh_from_db()
         assert host.telemetry == reading and host.telemetry_at == now
 
@@ -92,7 +94,7 @@ def test_a_hosts_answer_is_read_like_any_input():
         ],
         "errors": [{"vendor": "intel", "message": "xpu-smi exited with status 1"}, "junk"],
     }
-    assert clean(answer) == {
+    assert Telemetry.parse(answer).as_dict() == {
         "samples": [
             {
                 "vendor": "nvidia",
@@ -109,4 +111,16 @@ def test_a_hosts_answer_is_read_like_any_input():
         ],
         "errors": [{"vendor": "intel", "message": "xpu-smi exited with status 1"}],
     }
-    assert clean({}) == {"samples": [], "errors": []}
+    assert Telemetry.parse({"samples": [], "errors": []}).as_dict() == {"samples": [], "errors": []}
+
+
+def test_an_answer_without_its_lists_is_a_bad_answer():
+    with pytest.raises(AgentError) as missing:
+        Telemetry.parse({"samples": []})
+    assert (missing.value.code, str(missing.value)) == (
+        "bad_answer",
+        "bad_answer: telemetry.errors: missing",
+    )
+    with pytest.raises(AgentError) as wrong:
+        Telemetry.parse({"samples": {"nvidia": 1}, "errors": []})
+    assert wrong.value.message == "telemetry.samples: a list was expected, not dict"

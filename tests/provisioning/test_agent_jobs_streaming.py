@@ -63,4 +63,4 @@ def test_it_refuses_an_archive_cut_short(client, tmp_path):
 def test_it_answers_an_unknown_jobs_output_with_no_bytes(client):
     sink = io.BytesIO()
     answer = client.job_output(job="j1", limit=1024, sink=sink)
-    assert (answer["bytes"], answer["too_large"], sink.getvalue()) == (0, False, b"")
+    assert (answer.bytes, answer.too_large, sink.getvalue()) == (0, False, b"")
