@@ -5,6 +5,8 @@ import ipaddress
 
 from django.conf import settings
 
+from portal.errors import Busy, Conflict, ServiceError
+
 
 def client_ip(request) -> str | None:
     """The client's address for the audit log (behind a proxy: the hop the proxy appended)."""
@@ -15,3 +17,13 @@ def client_ip(request) -> str | None:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return None
+
+
+def status_of(error: ServiceError) -> int:
+    """The HTTP status of a service's refusal, the same for the API and the pages: 409 for a
+    conflict with the current state, 503 for contention, 400 for a request to fix."""
+    if isinstance(error, Busy):
+        return 503
+    if isinstance(error, Conflict):
+        return 409
+    return 400

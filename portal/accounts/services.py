@@ -9,6 +9,7 @@ from django.utils.text import slugify
 from portal.accounts.audit import staff_log
 from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, PublicKey, parse_public_keys
+from portal.errors import Conflict, ServiceError
 
 MAX_KEYS_PER_USER = 32
 
@@ -19,8 +20,12 @@ class KeysAdded:
     errors: list[str] = field(default_factory=list)
 
 
-class KeyConflict(Exception):
-    """The key is already registered (to this user, or to someone else)."""
+class KeyConflict(Conflict):
+    """The key is already registered (to this user, or to someone else), or the user has as
+    many keys as they may."""
+
+    def __init__(self, message: str):
+        super().__init__("key_registered", message)
 
 
 def ssh_key_add(*, user: User, key: PublicKey) -> SSHKey:
@@ -79,12 +84,8 @@ def debian_member_set(*, user: User, source: str) -> None:
 RESERVED_SLUGS = {"apply", "applications", "new", "mine"}
 
 
-class ProjectError(Exception):
-    """A change to a partner project the service refuses; `field` names what to fix."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message, self.field = message, field
+# A change to a partner project the service refuses: portal/errors.py's refusal.
+ProjectError = ServiceError
 
 
 def may_manage_project(user: User, project: PartnerProject) -> bool:
@@ -130,7 +131,9 @@ def project_apply(
                 project=project, user=applicant, role=PartnerMembership.Role.MANAGER
             )
     except IntegrityError:  # another application took the name (or its slug) meanwhile
-        raise ProjectError(f"A project named {name!r} exists already.", "name") from None
+        raise ProjectError(
+            "name_taken", f"A project named {name!r} exists already.", "name"
+        ) from None
     transaction.on_commit(
         lambda: mail_admins(
             f"Partner project application: {name}",
@@ -144,7 +147,7 @@ def project_apply(
 def project_decide(*, project: PartnerProject, actor: User, approve: bool) -> bool:
     """Staff approve or reject an application; False if it was decided already."""
     if not actor.is_staff:
-        raise ProjectError("Only staff decide on applications.")
+        raise ProjectError("staff_only", "Only staff decide on applications.")
     to = PartnerProject.State.APPROVED if approve else PartnerProject.State.REJECTED
     # A conditional UPDATE: two staff members clicking at once decide once.
     done = PartnerProject.objects.filter(pk=project.pk, state=PartnerProject.State.APPLIED).update(
@@ -160,22 +163,26 @@ def membership_add(
     *, project: PartnerProject, actor: User, username: str, role: str = "member"
 ) -> PartnerMembership:
     if not may_manage_project(actor, project):
-        raise ProjectError(f"Only managers of {project} add members.")
+        raise ProjectError("managers_only", f"Only managers of {project} add members.")
     if role not in PartnerMembership.Role.values:
-        raise ProjectError("Choose manager or member.", "role")
+        raise ProjectError("bad_role", "Choose manager or member.", "role")
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:
-        raise ProjectError(f"No user {username[:150]!r} here; they log in once first.", "username")
+        raise ProjectError(
+            "unknown_user", f"No user {username[:150]!r} here; they log in once first.", "username"
+        )
     try:
         with transaction.atomic():
             return PartnerMembership.objects.create(project=project, user=user, role=role)
     except IntegrityError:
-        raise ProjectError(f"{user.username} is a member already.", "username") from None
+        raise ProjectError(
+            "already_member", f"{user.username} is a member already.", "username"
+        ) from None
 
 
 def membership_remove(*, project: PartnerProject, actor: User, user_id: int) -> None:
     if not may_manage_project(actor, project):
-        raise ProjectError(f"Only managers of {project} remove members.")
+        raise ProjectError("managers_only", f"Only managers of {project} remove members.")
     with transaction.atomic():
         # Lock the project's memberships, so two managers removing each other at once cannot
         # leave the project without one.
@@ -184,8 +191,10 @@ def membership_remove(*, project: PartnerProject, actor: User, user_id: int) -> 
         )
         leaving = next((m for m in members if m.user_id == user_id), None)
         if leaving is None:
-            raise ProjectError("Not a member of this project.")
+            raise ProjectError("not_member", "Not a member of this project.")
         managers = [m for m in members if m.role == PartnerMembership.Role.MANAGER]
         if leaving.role == PartnerMembership.Role.MANAGER and len(managers) == 1:
-            raise ProjectError("A project keeps at least one manager; add another one first.")
+            raise ProjectError(
+                "last_manager", "A project keeps at least one manager; add another one first."
+            )
         leaving.delete()

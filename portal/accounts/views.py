@@ -17,6 +17,7 @@ from portal.accounts.forms import (
     SSHKeyAddForm,
 )
 from portal.accounts.models import PartnerMembership, PartnerProject
+from portal.pages import refuse
 
 
 @login_required
@@ -108,7 +109,7 @@ def project_apply(request):
             try:
                 project = services.project_apply(applicant=request.user, **form.cleaned_data)
             except services.ProjectError as exc:
-                form.add_error(exc.field, exc.message)
+                refuse(request, exc, form)
             else:
                 messages.success(request, "Applied: staff will review your project.")
                 return redirect("projects:detail", slug=project.slug)
@@ -191,7 +192,7 @@ def member_add(request, slug):
                 project=project, actor=request.user, **form.cleaned_data
             )
         except services.ProjectError as exc:
-            form.add_error(exc.field, exc.message)
+            refuse(request, exc, form)
         else:
             messages.success(request, f"Added {added.user.username} as {added.role}.")
             return redirect("projects:detail", slug=project.slug)
@@ -207,7 +208,7 @@ def member_remove(request, slug, user_id):
     try:
         services.membership_remove(project=project, actor=request.user, user_id=user_id)
     except services.ProjectError as exc:
-        messages.error(request, exc.message)
+        refuse(request, exc)
     else:
         messages.success(request, "Removed.")
     return redirect("projects:detail", slug=project.slug)

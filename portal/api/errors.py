@@ -1,8 +1,17 @@
-"""Every API error is JSON with a machine-readable code and a human message."""
+"""Every API error is JSON with a machine-readable code and a human message.
+
+A service's refusal (portal/errors.py) is mapped here and nowhere else: the status from its
+kind (portal.http.status_of), the body `{code, message}`, with `errors` naming the field where
+it names one (in the API's name: the view's `service_fields`), and a booking conflict's
+`blockers`.
+"""
 
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from portal.errors import ServiceError
+from portal.http import status_of
 
 
 class Conflict(exceptions.APIException):
@@ -24,7 +33,33 @@ def _first(detail, *, name_field: bool) -> str:
     return str(detail)
 
 
+def _blocker(allocation, user) -> dict:
+    reservation = allocation.reservation
+    return {
+        "host": allocation.accelerator.host.name,
+        "index": allocation.accelerator.index,
+        "start": allocation.start,
+        "end": allocation.end,
+        "yours": bool(reservation and reservation.user_id == user.pk),
+    }
+
+
+def refusal(error: ServiceError, context) -> Response:
+    """The answer to a service's refusal."""
+    body = {"code": error.code, "message": error.message}
+    if error.field:
+        fields = getattr(context.get("view"), "service_fields", {})
+        body["errors"] = {fields.get(error.field, error.field): [error.message]}
+    blockers = getattr(error, "blockers", [])
+    if blockers:
+        user = context["request"].user
+        body["blockers"] = [_blocker(b, user) for b in blockers]
+    return Response(body, status=status_of(error))
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        return refusal(exc, context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # not an API error: Django's handler answers (and logs) it

@@ -10,7 +10,6 @@ from rest_framework.response import Response
 from portal.accounts import services as account_services
 from portal.accounts.models import SSHKey
 from portal.accounts.sshkeys import InvalidKey, parse_public_key
-from portal.api.errors import Conflict
 from portal.api.schema import BUSY, CONFLICT, BlockerSerializer, error
 from portal.api.serializers import (
     AcceleratorSerializer,
@@ -33,7 +32,7 @@ from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
-from portal.jobs.services import JobError, job_cancel, job_submit
+from portal.jobs.services import job_cancel, job_submit
 
 
 class HostViewSet(viewsets.ReadOnlyModelViewSet):
@@ -105,28 +104,8 @@ class SSHKeyViewSet(
             key = parse_public_key(serializer.validated_data["public_key"])
         except InvalidKey as exc:
             raise ValidationError({"public_key": [exc.message]}, code="invalid_key") from None
-        try:
-            ssh_key = account_services.ssh_key_add(user=request.user, key=key)
-        except account_services.KeyConflict as exc:
-            raise Conflict(str(exc), code="key_registered") from None
+        ssh_key = account_services.ssh_key_add(user=request.user, key=key)
         return Response(self.get_serializer(ssh_key).data, status=status.HTTP_201_CREATED)
-
-
-def _refused(error: services.BookingError, user) -> Response:
-    body = {"code": error.code, "message": error.message}
-    blockers = getattr(error, "blockers", [])
-    if blockers:
-        body["blockers"] = [
-            {
-                "host": b.accelerator.host.name,
-                "index": b.accelerator.index,
-                "start": b.start,
-                "end": b.end,
-                "yours": bool(b.reservation and b.reservation.user_id == user.pk),
-            }
-            for b in blockers
-        ]
-    return Response(body, status=error.status)
 
 
 def _query_form(form_class, request):
@@ -218,34 +197,26 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             "user": request.user, "start": data["start"], "end": data["end"],
             "purpose": data.get("purpose", ""), "ip": client_ip(request),
         }  # fmt: skip
-        try:
-            if data.get("count"):
-                gb = data.get("min_memory_gb")
-                need = Need(
-                    count=data["count"], hwspec=data.get("hwspec"), stack=data["stack"],
-                    min_memory_mib=gb * GB if gb else 0,
-                )  # fmt: skip
-                made = services.reservation_create_for_need(
-                    need=need, host=data.get("host"), **common
-                )
-            else:
-                host = data["host"]
-                made = services.reservation_create(
-                    host=host, stack=data["stack"], whole_host=data["whole_host"],
-                    accelerators=_chosen(host, data.get("devices", [])), **common,
-                )  # fmt: skip
-        except services.BookingError as exc:
-            return _refused(exc, request.user)
+        if data.get("count"):
+            gb = data.get("min_memory_gb")
+            need = Need(
+                count=data["count"], hwspec=data.get("hwspec"), stack=data["stack"],
+                min_memory_mib=gb * GB if gb else 0,
+            )  # fmt: skip
+            made = services.reservation_create_for_need(need=need, host=data.get("host"), **common)
+        else:
+            host = data["host"]
+            made = services.reservation_create(
+                host=host, stack=data["stack"], whole_host=data["whole_host"],
+                accelerators=_chosen(host, data.get("devices", [])), **common,
+            )  # fmt: skip
         return self._done(made, status.HTTP_201_CREATED)
 
     def _change(self, request, change, **kwargs):
         reservation = self.get_object()
-        try:
-            changed = change(
-                reservation=reservation, actor=request.user, ip=client_ip(request), **kwargs
-            )
-        except services.BookingError as exc:
-            return _refused(exc, request.user)
+        changed = change(
+            reservation=reservation, actor=request.user, ip=client_ip(request), **kwargs
+        )
         return self._done(changed)
 
     def _new_end(self, request):
@@ -373,14 +344,6 @@ LOG_LIMIT = 1024 * 1024  # characters of log in one answer
 FINISHED = error("The job has finished already.")
 
 
-def _job_refused(error: JobError) -> Response:
-    body = {"code": error.code, "message": error.message}
-    if error.field:
-        body["errors"] = {API_FIELD.get(error.field, error.field): [error.message]}
-    # A job that finished already cannot be cancelled: a conflict with its state.
-    return Response(body, status=409 if error.code == "finished" else error.status)
-
-
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Training jobs of the caller's partner projects (staff: every job).
 
@@ -388,6 +351,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     an ISO 8601 duration. `?state=` and `?project=<slug>` filter the list. A job of a project the
     caller does not belong to is not found.
     """
+
+    service_fields = API_FIELD  # a refusal's field in the API's name (portal/api/errors.py)
 
     serializer_class = JobSerializer
     parser_classes = [JSONParser, MultiPartParser, FormParser]
@@ -424,10 +389,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         data["min_memory_mib"] = data.pop("min_memory_gb") * GB
-        try:
-            job = job_submit(submitter=request.user, **data)
-        except JobError as exc:
-            return _job_refused(exc)
+        job = job_submit(submitter=request.user, **data)
         return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -466,10 +428,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def cancel(self, request, pk=None):
         """Cancel a waiting or scheduled job; a running one is stopped (SIGTERM, then SIGKILL)."""
         job = self.get_object()
-        try:
-            job = job_cancel(job=job, actor=request.user)
-        except JobError as exc:
-            return _job_refused(exc)
+        job = job_cancel(job=job, actor=request.user)
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)
 
 

@@ -17,6 +17,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from portal import errors
 from portal.accounts.models import User
 from portal.booking.availability import (
     EPOCH,
@@ -26,6 +27,7 @@ from portal.booking.availability import (
     maintenance_overlaps,
 )
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
+from portal.errors import Busy, ServiceError, is_lock_failure
 from portal.inventory.models import Accelerator, DriverStack, Host
 
 T = TypeVar("T")
@@ -33,35 +35,20 @@ T = TypeVar("T")
 RETRIES = 4
 
 
-class BookingError(Exception):
-    """A request the service refuses; `code` is machine-readable, the message is for people."""
-
-    status = 400
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+# A refusal of the booking service: portal/errors.py's, under the name booking's callers know.
+BookingError = ServiceError
 
 
-class Conflict(BookingError):
-    status = 409
+class Conflict(errors.Conflict):
+    """Someone's booking is in the way; `blockers` are its allocations, where known."""
 
     def __init__(self, message: str, blockers: Sequence[Allocation] = ()):
         super().__init__("conflict", message)
         self.blockers = list(blockers)
 
 
-class Blocked(BookingError):
+class Blocked(errors.Conflict):
     """Maintenance or another hard stop that is not someone else's booking."""
-
-    status = 409
-
-
-class Busy(BookingError):
-    status = 503
-
-    def __init__(self):
-        super().__init__("busy", "The booking system is busy; please try again in a moment.")
 
 
 def _check_on_grid(policy: BookingPolicy, name: str, moment: datetime) -> None:
@@ -201,9 +188,12 @@ def _write(work: Callable[[], T]) -> T:
             if "allocation_no_overlap" in str(exc):
                 raise Conflict("Someone booked these accelerators a moment ago.") from None
             raise
-        except OperationalError:
-            # A lock not had in time (SQLite "database is locked", a PostgreSQL lock timeout
-            # or deadlock): nothing was written; back off and try again.
+        except OperationalError as exc:
+            # A lock not had in time (SQLite "database is locked", a PostgreSQL lock timeout,
+            # deadlock or serialization failure): nothing was written; back off and try again.
+            # Anything else (a lost connection, a schema error) is no contention: it propagates.
+            if not is_lock_failure(exc):
+                raise
             time.sleep(0.05 * 2**attempt)
     raise Busy()
 

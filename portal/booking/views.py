@@ -21,6 +21,7 @@ from portal.http import client_ip
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, Host
+from portal.pages import refuse
 
 
 def _day_and_view(request) -> tuple[date, str, int]:
@@ -101,7 +102,7 @@ def book_need(request):
             ip=client_ip(request),
         )  # fmt: skip
     except services.BookingError as exc:
-        messages.error(request, exc.message)
+        refuse(request, exc)
         query = request.POST.copy()
         for private in ("csrfmiddlewaretoken", "host", "purpose"):  # keep them out of URLs
             query.pop(private, None)
@@ -125,8 +126,7 @@ def book(request, name):
                     purpose=data["purpose"], ip=client_ip(request),
                 )  # fmt: skip
             except services.BookingError as exc:
-                form.add_error(None, exc.message)
-                status = exc.status
+                status = refuse(request, exc, form)
             else:
                 messages.success(request, "Booked.")
                 return redirect(reservation)
@@ -244,7 +244,7 @@ def reservation_change(request, pk, change):
     try:
         service(**kwargs)
     except services.BookingError as exc:
-        messages.error(request, exc.message)
+        refuse(request, exc)
     else:
         messages.success(request, done)
     return redirect(reservation)

@@ -9,11 +9,7 @@ from portal.booking.forms import GB
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
-from portal.jobs.services import JobError
 from provisioning.agent.jobs import MAX_ENV
-
-# The service's field names -> the form's, where they differ.
-FORM_FIELD = {"walltime": "walltime_hours", "min_memory_mib": "min_memory_gb"}
 
 
 def submittable_projects(user: User):
@@ -42,6 +38,9 @@ def parse_env_lines(text: str) -> dict[str, str]:
 
 
 class JobForm(forms.Form):
+    # The service's field names -> the form's, where they differ (portal/pages.py refuse).
+    service_fields = {"walltime": "walltime_hours", "min_memory_mib": "min_memory_gb"}
+
     project = forms.ModelChoiceField(
         label="Partner project", queryset=PartnerProject.objects.none(), to_field_name="slug"
     )
@@ -145,8 +144,3 @@ class JobForm(forms.Form):
             "data_licence": data["data_licence"],
             "model_freedom": data["model_freedom"],
         }
-
-    def add_refusal(self, error: JobError) -> None:
-        """Show the service's refusal on the field it names (or above the form)."""
-        field = FORM_FIELD.get(error.field, error.field)
-        self.add_error(field if field in self.fields else None, error.message)

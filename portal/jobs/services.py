@@ -14,21 +14,15 @@ from django.utils import timezone
 
 from portal.accounts.models import PartnerMembership, PartnerProject, User
 from portal.booking.models import Allocation
+from portal.errors import Conflict, ServiceError
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack, Host
 from portal.jobs.models import Job
 from provisioning.agent import jobs as agent_jobs
 from provisioning.agent.hostctl import AgentError as AgentRefusal
 
-
-class JobError(Exception):
-    """A request the service refuses; `field` names what to fix, where there is one."""
-
-    status = 400
-
-    def __init__(self, code: str, message: str, field: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
+# A refusal of the jobs service: portal/errors.py's, under the name the jobs' callers know.
+JobError = ServiceError
 
 
 def may_submit(user: User, project: PartnerProject) -> bool:
@@ -169,6 +163,6 @@ def job_cancel(*, job: Job, actor: User) -> Job:
         elif not Job.objects.filter(
             pk=job.pk, state__in=(Job.State.STARTING, Job.State.RUNNING)
         ).update(stop_requested=True):
-            raise JobError("finished", "The job has finished already.")
+            raise Conflict("finished", "The job has finished already.")
     job.refresh_from_db()
     return job

@@ -19,6 +19,7 @@ from portal.accounts.models import PartnerMembership, PartnerProject
 from portal.jobs import selectors, services
 from portal.jobs.forms import JobForm, submittable_projects
 from portal.jobs.models import Job
+from portal.pages import refuse
 
 QUEUE_SHOWN = 500  # waiting jobs listed on the queue page; the rest are counted
 TAIL_LINES = 200
@@ -75,8 +76,7 @@ def submit(request):
             try:
                 job = services.job_submit(submitter=request.user, **form.submit_kwargs())
             except services.JobError as exc:
-                form.add_refusal(exc)
-                status = exc.status
+                status = refuse(request, exc, form)
             else:
                 messages.success(request, "Queued.")
                 return redirect("jobs:job_detail", pk=job.pk)
@@ -161,7 +161,7 @@ def job_cancel(request, pk):
     try:
         job = services.job_cancel(job=job, actor=request.user)
     except services.JobError as exc:
-        messages.error(request, exc.message)
+        refuse(request, exc)
     else:
         if job.state == Job.State.CANCELLED:
             messages.success(request, "Cancelled.")

@@ -7,6 +7,7 @@ import pytest
 
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import BookingError, Conflict, reservation_create
+from portal.http import status_of
 from portal.inventory.models import Host
 from tests.booking.conftest import NOW
 from tests.factories import AcceleratorFactory, DriverStackFactory, UserFactory
@@ -39,7 +40,7 @@ def test_it_refuses_an_overlap_and_names_what_blocks(member, host, stack):
     other = UserFactory(debian_member_source="salsa")
     with pytest.raises(Conflict) as exc:
         book(other, host, stack, start=START + H, end=START + 3 * H)
-    assert exc.value.status == 409
+    assert status_of(exc.value) == 409  # the API and pages answer 409
     assert "gpu1 #0 is booked from 2026-11-23 10:00 to 2026-11-23 12:00 UTC" in exc.value.message
     assert Reservation.objects.count() == 1 and Allocation.objects.count() == 1
 
