@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from provisioning.gpu import Device, ProbeError, Runner, Sample
+from provisioning.gpu.base import Device, ProbeError, Runner, Sample
 
 AMD_SMI = ["amd-smi", "static", "--json"]
 ROCM_SMI = [

@@ -8,7 +8,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from provisioning.gpu import Device, ProbeError, Runner, Sample
+from provisioning.gpu.base import Device, ProbeError, Runner, Sample
 
 # Recent XRT releases ship xbutil as xrt-smi; the report is the same.
 TOOLS = ("xbutil", "xrt-smi")

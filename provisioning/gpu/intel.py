@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import replace
 
-from provisioning.gpu import Device, ProbeError, Runner, Sample
+from provisioning.gpu.base import Device, ProbeError, Runner, Sample
 
 XPU_SMI_DISCOVERY = ["xpu-smi", "discovery", "-j"]
 # Metric ids of ``xpu-smi dump -m`` (xpumanager's smi_user_guide): 0 GPU Utilization (%),

@@ -8,7 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from provisioning.gpu import Device, Owner, ProbeError, Process, Runner, Sample
+from provisioning.gpu.base import Device, Owner, ProbeError, Process, Runner, Sample, run_tool
 
 SMI_XML = ["nvidia-smi", "-q", "-x"]
 # What a Device needs, asked of nvidia-smi by name. compute_cap is the only source of the
@@ -64,7 +64,6 @@ def _nvml_device(nvml, index: int) -> Device:
 
 def _from_smi(runner: Runner | None, parse):
     """parse(nvidia-smi -q -x), the fallback without pynvml; [] where there is no nvidia-smi."""
-    from provisioning.gpu import run_tool
 
     try:
         return parse((runner or run_tool)(SMI_XML))
@@ -75,7 +74,6 @@ def _from_smi(runner: Runner | None, parse):
 def _probe_smi(runner: Runner | None) -> list[Device]:
     """The CSV query with compute_cap; the XML, without arch, where the driver predates that
     field (R510: bullseye's 470 answers 'Field "compute_cap" is not a valid field to query.')."""
-    from provisioning.gpu import run_tool
 
     try:
         return parse_smi_csv((runner or run_tool)(SMI_CSV))

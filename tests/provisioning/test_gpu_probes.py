@@ -12,7 +12,7 @@ import pynvml
 import pytest
 
 import provisioning.gpu as gpu
-from provisioning.gpu import Device, ProbeError, amd, fpga, intel, nvidia, probe_all
+from provisioning.gpu import Device, ProbeError, amd, base, fpga, intel, nvidia, probe_all
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 MIB = 1024 * 1024
@@ -724,7 +724,7 @@ def test_it_turns_a_failing_tool_into_a_probe_error():
 
 
 def test_it_turns_a_hung_tool_into_a_probe_error(monkeypatch):
-    monkeypatch.setattr(gpu, "TOOL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(base, "TOOL_TIMEOUT_S", 0.2)  # read by run_tool where it is
 
     with pytest.raises(ProbeError, match="did not answer"):
         gpu.run_tool([sys.executable, "-c", "import time; time.sleep(5)"])
