@@ -20,6 +20,111 @@ def test_it_keeps_django_and_the_portal_out_of_provisioning():
     assert list((ROOT / "provisioning").rglob("*.py")), "provisioning/ holds no code to check"
 
 
+# -- provisioning/: no module reaches into another's private names, no import cycle ----------
+
+
+def _provisioning_modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of provisioning/ (a package by its __init__)."""
+    modules = {}
+    for path in (ROOT / "provisioning").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _provisioning_imports(name: str, path: Path, modules: dict) -> tuple[set, list]:
+    """The provisioning/ modules that `name` imports (at module level or in a function), and
+    the other modules' private names it uses: `from m import _x`, or `m._x` after importing m."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    imported, private, aliases = set(), [], {}
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    imported.add(alias.name)
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            module = ".".join(filter(None, [base if node.level else "", node.module or ""]))
+            for alias in node.names:
+                if f"{module}.{alias.name}" in modules:  # a submodule, imported by name
+                    imported.add(f"{module}.{alias.name}")
+                    aliases[alias.asname or alias.name] = f"{module}.{alias.name}"
+                elif module in modules:
+                    imported.add(module)
+                    if alias.name.startswith("_") and module != name:
+                        private.append(f"{name}: from {module} import {alias.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and aliases.get(node.value.id, name) != name
+            and node.attr.startswith("_")
+            and not node.attr.endswith("__")
+        ):
+            private.append(f"{name}: {aliases[node.value.id]}.{node.attr}")
+    return imported - {name}, private
+
+
+def _provisioning_graph() -> tuple[dict, list]:
+    modules = _provisioning_modules()
+    graph, private = {}, []
+    for name, path in sorted(modules.items()):
+        graph[name], found = _provisioning_imports(name, path, modules)
+        private += found
+    return graph, private
+
+
+def _cycle(graph: dict) -> list[str]:
+    """One import cycle of graph, as the modules along it; [] if there is none."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[module] = "done"
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return []
+
+
+def test_it_keeps_each_provisioning_module_out_of_the_others_private_names():
+    graph, private = _provisioning_graph()
+    assert "provisioning.agent.hostctl" in graph, "the walk found no agent to check"
+    assert private == []
+
+
+def test_it_finds_no_import_cycle_among_provisioning_modules():
+    graph, _ = _provisioning_graph()
+    assert _cycle(graph) == []
+
+
+def test_it_finds_a_cycle_and_a_private_name_where_there_is_one(tmp_path):
+    """The checks themselves: a cycle of three, and `m._x` after `import ... as m`."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    modules = {"p": ROOT, "p.m": ROOT, "p.n": ROOT}
+    source = "from p import m as h\nfrom p.m import _y\ndef f():\n    return h._x(1)\n"
+    path = tmp_path / "n.py"
+    path.write_text(source)
+    imported, private = _provisioning_imports("p.n", path, modules)
+    assert imported == {"p.m"}
+    assert sorted(private) == ["p.n: from p.m import _y", "p.n: p.m._x"]
+
+
 # -- portal/: apps import only downward ---------------------------------------------------------
 
 # The apps from the bottom up (docs/architecture.md, "Layers"): an app imports only itself and

@@ -9,7 +9,7 @@ from portal.booking.forms import GB
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
-from provisioning.agent.jobs import MAX_ENV
+from provisioning.agent.rules import MAX_ENV
 
 
 def submittable_projects(user: User):

@@ -18,8 +18,8 @@ from portal.errors import Conflict, ServiceError
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack, Host
 from portal.jobs.models import Job
-from provisioning.agent import jobs as agent_jobs
-from provisioning.agent.hostctl import AgentError as AgentRefusal
+from provisioning.agent import rules as job_rules
+from provisioning.agent.protocol import AgentError as AgentRefusal
 
 # A refusal of the jobs service: portal/errors.py's, under the name the jobs' callers know.
 JobError = ServiceError
@@ -50,16 +50,16 @@ def _agent_rule(check, value, field: str, message: str = ""):
 
 
 def check_env(env: object) -> dict[str, str]:
-    return _agent_rule(agent_jobs.check_env, env, "env")
+    return _agent_rule(job_rules.check_env, env, "env")
 
 
 def _check_input(git_url: str, git_ref: str, archive) -> None:
     if git_url and archive:
         raise JobError("bad_input", "Give a git URL or an archive, not both.", "input_git_url")
     if git_url:
-        _agent_rule(agent_jobs.check_git_url, git_url, "input_git_url")
+        _agent_rule(job_rules.check_git_url, git_url, "input_git_url")
     if git_ref:
-        _agent_rule(agent_jobs.check_git_ref, git_ref, "input_git_ref", "Not a branch or tag name.")
+        _agent_rule(job_rules.check_git_ref, git_ref, "input_git_ref", "Not a branch or tag name.")
     limit = settings.JOBS_MAX_ARCHIVE_MB * 1024 * 1024
     if archive is not None and archive.size > limit:
         raise JobError(
@@ -70,7 +70,7 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
         # through from the upload's file, never into memory whole.
         archive.seek(0)
         try:
-            agent_jobs.check_archive(archive)
+            job_rules.check_archive(archive)
         except AgentRefusal as exc:
             detail = exc.message.removeprefix("input.archive: ")
             raise JobError("bad_input", f"The archive: {detail}", "input_archive") from None
@@ -111,7 +111,7 @@ def job_submit(
         raise JobError("bad_memory", "The minimum memory cannot be negative.", "min_memory_mib")
     if not script.strip():
         raise JobError("bad_script", "The script is empty.", "script")
-    _agent_rule(agent_jobs.check_script, script, "script")
+    _agent_rule(job_rules.check_script, script, "script")
     if not 1 <= count <= 64:
         raise JobError("bad_count", "Between 1 and 64 devices.", "count")
     try:

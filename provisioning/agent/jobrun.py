@@ -32,11 +32,12 @@ import tarfile
 import time
 from typing import BinaryIO
 
-from provisioning.agent import STATE_DIR, jobs, schroot_session, session_alive, session_root
-from provisioning.agent import hostctl as h
+from provisioning.agent import STATE_DIR, jobs, schroot_session, session_alive, system
+from provisioning.agent.protocol import AgentError
+from provisioning.agent.rules import check_job
 
 SCHROOT = "/usr/bin/schroot"
-# The script's PATH: the job's env cannot set it (jobs.DENIED_ENV).
+# The script's PATH: the job's env cannot set it (rules.DENIED_ENV).
 SCRIPT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # A job that writes without end must not fill /var; past this its output is dropped.
 MAX_LOG_BYTES = 1024**3
@@ -86,7 +87,6 @@ class Supervisor:
         self.account = pwd.getpwuid(0)  # the job's, once _run() has found it
         self.groups: list[int] = []
         self.work = os.path.join(record["home"], "jobs", job)
-        self.lock_config = h.Config(stacks={}, devices={}, shared_nodes={}, state_dir=state_dir)
         self.deadline = time.monotonic() + record["walltime_s"]
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         self.log = os.open(jobs.log_path(state_dir, job), flags, 0o600)
@@ -95,8 +95,7 @@ class Supervisor:
         self.child: Child | None = None
         self.in_script = False
         self.signalled = False
-        roots = (session_root(job), "/var" + session_root(job))  # as hostctl.end_session
-        self.roots = tuple(root + "/" for root in roots)
+        self.roots = system.session_roots(job)
 
     # -- the job's life ---------------------------------------------------------------------
 
@@ -123,7 +122,9 @@ class Supervisor:
             "ended_at": jobs.utc_now(),
             "reason": reason,
         }
-        h.write_file(jobs.status_path(self.state_dir, self.job), json.dumps(status), mode=0o644)
+        system.write_file(
+            jobs.status_path(self.state_dir, self.job), json.dumps(status), mode=0o644
+        )
         return status
 
     def _run(self) -> int:
@@ -131,17 +132,17 @@ class Supervisor:
         try:
             self.account = pwd.getpwnam(account)
         except KeyError:
-            raise h.AgentError("host_error", f"account: {account} no longer exists") from None
+            raise AgentError("host_error", f"account: {account} no longer exists") from None
         if self.account.pw_uid != record["uid"]:
-            raise h.AgentError("foreign_account", f"account: {account} is another uid now")
+            raise AgentError("foreign_account", f"account: {account} is another uid now")
         self.groups = os.getgrouplist(account, self.account.pw_gid)
         if not session_alive(job):
             # Begun as the account, as grant does: schroot lets only it (and root) in.
             begin = ["schroot", "--begin-session", "-c", record["chroot"]]
-            h.run(["runuser", "-u", account, "--", *begin, "-n", schroot_session(job)])
-        with h.host_lock(self.lock_config):
+            system.run(["runuser", "-u", account, "--", *begin, "-n", schroot_session(job)])
+        with system.host_lock(self.state_dir):
             for node in record["nodes"]:
-                h.run(["setfacl", "-m", f"u:{account}:rw", node])
+                system.run(["setfacl", "-m", f"u:{account}:rw", node])
         with open(os.path.join(jobs.job_dir(self.state_dir, job), "script"), "rb") as file:
             script = file.read()
         self._step("preparing the job's directory", self._fork(lambda: self._prepare(script)))
@@ -237,7 +238,7 @@ class Supervisor:
         # None of the account's own git configuration: it could name hooks or helpers that
         # would run here, on the host, outside the session.
         return {
-            **h.COMMAND_ENV,
+            **system.COMMAND_ENV,
             "HOME": self.account.pw_dir,
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": "/dev/null",
@@ -250,13 +251,13 @@ class Supervisor:
             os.dup2(self.log, 2)
             work()
 
-        self.child = Child(jobs.as_account(self.account, as_leader))
+        self.child = Child(system.as_account(self.account, as_leader))
         return self.child
 
     def _wait(self, child: Child) -> int:
         """The child's exit status; Ended if the job is stopped or out of time meanwhile."""
         while child.poll() is None:
-            stop = jobs._read_json(self._stop_path())
+            stop = system.read_json(self._stop_path())
             if stop is not None:
                 grace = stop["grace_s"]
                 self._terminate(child, grace, f"stopped by job-stop (grace {grace} s)")
@@ -284,22 +285,22 @@ class Supervisor:
                 time.sleep(POLL_S)
             return
         self.say(f"{why}: SIGTERM to the job's processes")
-        h._signal_matching(self._in_session, signal.SIGTERM)
+        system.signal_matching(self._in_session, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (child.poll() is None or self._session_busy()):
             self._pump(POLL_S)
         if child.poll() is None or self._session_busy():
             self.say(f"still running after the grace of {grace} s: SIGKILL")
-            h.kill_processes(self._in_session)
+            system.kill_processes(self._in_session)
         deadline = time.monotonic() + EXIT_WAIT_S
         while child.poll() is None and time.monotonic() < deadline:
             self._pump(POLL_S)  # schroot exits once its command has
 
     def _in_session(self, pid: int) -> bool:
-        return h._root_of(pid).startswith(self.roots)
+        return system.root_of(pid).startswith(self.roots)
 
     def _session_busy(self) -> bool:
-        return any(self._in_session(pid) for pid in h._pids())
+        return any(self._in_session(pid) for pid in system.pids())
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ class Supervisor:
         if self.child is not None and self.child.poll() is None:
             self.child.kill()
         steps = (
-            lambda: h.end_session(self.job),  # kills what is left in the session first
+            lambda: system.end_session(self.job),  # kills what is left in the session first
             self._drain,
             self._release,
         )
@@ -321,7 +322,7 @@ class Supervisor:
         return problems
 
     def _release(self) -> None:
-        with h.host_lock(self.lock_config):
+        with system.host_lock(self.state_dir):
             account = self.record["account"]
             jobs.release_nodes(self.state_dir, account, self.record["nodes"], self.job)
 
@@ -364,7 +365,7 @@ class Supervisor:
 
 
 def _reason(exc: Exception) -> str:
-    return exc.message if isinstance(exc, h.AgentError) else f"{type(exc).__name__}: {exc}"
+    return exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
 
 
 def extract_archive(archive: BinaryIO, destination: str) -> None:
@@ -412,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, help="the job's lock, already taken")
     args = parser.parse_args(argv)
     try:
-        job = jobs.check_job(args.job)
-    except h.AgentError as exc:
+        job = check_job(args.job)
+    except AgentError as exc:
         parser.error(exc.message)
     if args.lock_fd is None:
         try:
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         lock = args.lock_fd
     os.set_inheritable(lock, False)  # held by this process only, not by the job's
     record = jobs.read_job(args.state_dir, job)
-    if record is None or jobs._read_json(jobs.status_path(args.state_dir, job)) is not None:
+    if record is None or system.read_json(jobs.status_path(args.state_dir, job)) is not None:
         print(f"porterbox-jobrun: {job}: not started, or already ended", file=sys.stderr)
         return 1
     os.umask(0o077)

@@ -6,13 +6,13 @@ For the validation tests: a refused request must run nothing and write nothing.
 import json
 import os
 
-from provisioning.agent import hostctl, jobs
+from provisioning.agent import hostctl, jobs, system
 
 
 def spy_commands(monkeypatch) -> list:
     """Every command the agent would have run, and every job supervisor it would have started."""
     calls = []
-    monkeypatch.setattr(hostctl, "run", lambda argv, **kwargs: calls.append(argv))
+    monkeypatch.setattr(system, "run", lambda argv, **kwargs: calls.append(argv))
     monkeypatch.setattr(jobs, "spawn_supervisor", lambda *args: calls.append(["jobrun", *args]))
     return calls
 

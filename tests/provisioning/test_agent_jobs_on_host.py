@@ -6,12 +6,12 @@ import io
 import json
 import shutil
 import tarfile
-import time
 
 import pytest
 
 from provisioning.transport import Target, Transport
 from tests.conftest import require
+from tests.helpers import wait_for
 from tests.provisioning.sshd import free_port, keygen
 from tests.testhost import TestHost
 
@@ -107,15 +107,6 @@ def start(agent):
         assert agent("job-clean", job=job)["ok"]
 
 
-def wait_for(condition, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
-    return result
-
-
 def ended(agent, job, timeout=15.0):
     """job-status once the job is no longer running."""
 
@@ -123,7 +114,7 @@ def ended(agent, job, timeout=15.0):
         answer = agent("job-status", job=job)
         return answer if answer["state"] != "running" else None
 
-    return wait_for(status, timeout)
+    return wait_for(status, timeout, what=f"{job} to end")
 
 
 def read_log(agent, job, limit=1024 * 1024):
@@ -163,7 +154,7 @@ def test_a_job_runs_as_the_account_in_its_session_and_records_its_exit_status(ag
     assert running["state"] == "running"
     assert running["exit_status"] is None and running["ended_at"] is None
     assert running["started_at"].endswith("Z")
-    assert wait_for(lambda: host.exists("/var/lib/schroot/session/porterbox-j1"))
+    wait_for(lambda: host.exists("/var/lib/schroot/session/porterbox-j1"), 15, what="the session")
     host.write_file("/tmp/go-j1", "")
 
     status = ended(agent, "j1")
@@ -213,7 +204,11 @@ def test_the_walltime_ends_a_job_with_sigterm_then_sigkill_after_the_grace(agent
 def test_job_stop_ends_the_job_its_processes_and_its_device_access(agent, host, start):
     start("j5", "echo started; sleep 100", devices=(2,))
     uid = host.uid(ACCOUNT)
-    assert wait_for(lambda: any(p["cmdline"] == "sleep 100" for p in host.processes(uid)))
+    wait_for(
+        lambda: any(p["cmdline"] == "sleep 100" for p in host.processes(uid)),
+        15,
+        what="sleep 100 to run",
+    )
     assert ACCOUNT in acl_users(host, "/dev/nvidia2")
 
     stopped = agent("job-stop", job="j5", grace_s=1)
@@ -327,7 +322,11 @@ def test_a_git_input_that_cannot_be_cloned_fails_the_job_before_its_script(agent
 def test_a_job_whose_supervisor_died_is_failed_and_job_stop_ends_what_it_left(agent, host, start):
     start("j10", "echo started; sleep 100", devices=(3,))
     uid = host.uid(ACCOUNT)
-    assert wait_for(lambda: any(p["cmdline"] == "sleep 100" for p in host.processes(uid)))
+    wait_for(
+        lambda: any(p["cmdline"] == "sleep 100" for p in host.processes(uid)),
+        15,
+        what="sleep 100 to run",
+    )
     (supervisor,) = [
         p
         for p in host.processes(0)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioning.agent import hostctl, jobrun, jobs
+from provisioning.agent import hostctl, jobrun, jobs, protocol, rules
 from tests.provisioning.agent_requests import ask, assert_refused, spy_commands
 
 CONFIG = {
@@ -60,7 +60,7 @@ a_fuzz = settings(max_examples=150, suppress_health_check=[HealthCheck.function_
 
 @pytest.fixture
 def config(tmp_path):
-    return hostctl.parse_config({**CONFIG, "state_dir": str(tmp_path / "state")})
+    return protocol.parse_config({**CONFIG, "state_dir": str(tmp_path / "state")})
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def member(name, kind=tarfile.REGTYPE, linkname="", size=1, mode=0o644):
 @a_fuzz
 @given(
     job=st.one_of(
-        hostile_text.filter(lambda s: not jobs.JOB.fullmatch(s)),
+        hostile_text.filter(lambda s: not rules.JOB.fullmatch(s)),
         st.sampled_from(["r42", "j0", "J42", "j42/../r1", "j-1", "j" + "9" * 19, "j42\n"]),
         not_a_string,
     )
@@ -126,7 +126,7 @@ def test_it_refuses_hostile_job_names_in_every_verb(config, commands, job):
 @a_fuzz
 @given(
     account=st.one_of(
-        hostile_text.filter(lambda s: not hostctl.USER.fullmatch(s)),
+        hostile_text.filter(lambda s: not protocol.USER.fullmatch(s)),
         st.sampled_from(["root", "porterbox", "porterbox-users", "daemon", "pj-x\n"]),
         not_a_string,
     )
@@ -146,10 +146,10 @@ def test_it_refuses_stacks_and_devices_the_host_does_not_have(config, commands):
 # -- the environment ---------------------------------------------------------------------------
 
 denied_names = st.one_of(
-    st.sampled_from(sorted(jobs.DENIED_ENV | jobs.SETUID_DROPPED_ENV)),
+    st.sampled_from(sorted(rules.DENIED_ENV | rules.SETUID_DROPPED_ENV)),
     st.builds(
         lambda prefix, rest: prefix + rest,
-        st.sampled_from(jobs.DENIED_ENV_PREFIXES),
+        st.sampled_from(rules.DENIED_ENV_PREFIXES),
         st.from_regex(r"[A-Z0-9_]{0,20}", fullmatch=True),
     ),
     st.sampled_from(["LD_PRELOAD", "PYTHONSTARTUP", "PERL5OPT", "RUBYOPT", "PORTERBOX_OUTPUT"]),
@@ -160,7 +160,7 @@ denied_names = st.one_of(
 @given(
     name=st.one_of(
         denied_names,
-        hostile_text.filter(lambda s: not jobs.ENV_NAME.fullmatch(s)),
+        hostile_text.filter(lambda s: not rules.ENV_NAME.fullmatch(s)),
         st.just("A" * 65),
         st.sampled_from(["path", "1ABC", "BASH_FUNC_f%%", "A-B", "A=B", ""]),
     )
@@ -236,8 +236,8 @@ def test_it_refuses_graces_out_of_range(config, commands, grace):
 
 
 def test_a_host_configured_for_tests_accepts_a_shorter_walltime(tmp_path, commands):
-    config = hostctl.parse_config({**CONFIG, "state_dir": str(tmp_path), "job_min_walltime_s": 2})
-    assert jobs.check_walltime(2, config) == 2
+    config = protocol.parse_config({**CONFIG, "state_dir": str(tmp_path), "job_min_walltime_s": 2})
+    assert rules.check_walltime(2, config.job_min_walltime_s) == 2
     answer = ask(config, {**START, "walltime_s": 1})
     assert answer["error"]["code"] == "bad_walltime"
     assert "from 2 to 2592000" in answer["error"]["message"]
@@ -245,8 +245,8 @@ def test_a_host_configured_for_tests_accepts_a_shorter_walltime(tmp_path, comman
 
 @pytest.mark.parametrize("value", [0, 61, "2", 2.0, True])
 def test_it_refuses_a_configured_minimum_walltime_out_of_range(value):
-    with pytest.raises(hostctl.AgentError) as refused:
-        hostctl.parse_config({**CONFIG, "job_min_walltime_s": value})
+    with pytest.raises(protocol.AgentError) as refused:
+        protocol.parse_config({**CONFIG, "job_min_walltime_s": value})
     assert refused.value.code == "bad_config"
     assert refused.value.message.startswith("config.job_min_walltime_s")
 
@@ -278,7 +278,7 @@ hostile_urls = st.one_of(
         ]
     ),
     st.builds(lambda evil: f"https://salsa.debian.org/{evil}", hostile_text).filter(
-        lambda url: not jobs.GIT_URL.fullmatch(url)
+        lambda url: not rules.GIT_URL.fullmatch(url)
     ),
     not_a_string,
 )
@@ -299,7 +299,7 @@ def test_it_refuses_git_urls_that_are_not_plain_https(config, commands, url):
             ["", "--upload-pack=x", "-b", "main..evil", "main/", "/main", ".hidden", "a//b"]
         ),
         st.sampled_from(["main.lock", "a/.b", "main ", "ma in", "main\n", "x" * 101, "HEAD@{1}"]),
-        hostile_text.filter(lambda s: not jobs.GIT_REF.fullmatch(s)),
+        hostile_text.filter(lambda s: not rules.GIT_REF.fullmatch(s)),
         not_a_string,
     )
 )
@@ -327,11 +327,11 @@ def test_it_refuses_input_of_another_shape(config, commands, value):
 
 def test_it_takes_a_git_input_without_a_ref_as_the_default_branch(config):
     url = "https://salsa.debian.org/x.git"
-    cleaned = jobs.validate("job-start", {**START, "input": {"git": url}}, config)
+    cleaned = jobs.validate_start({**START, "input": {"git": url}}, config)
     assert cleaned["input"] == {"git": url}
 
 
-@pytest.mark.parametrize("size", [0, -1, "10", 1.5, True, None, jobs.MAX_ARCHIVE_BYTES + 1])
+@pytest.mark.parametrize("size", [0, -1, "10", 1.5, True, None, rules.MAX_ARCHIVE_BYTES + 1])
 def test_it_refuses_an_archive_size_out_of_range(config, commands, size):
     answer = ask(config, {**START, "input": {"archive_bytes": size}})
     assert_refused(answer, "bad_input", "input.archive_bytes", config, commands)
@@ -378,8 +378,8 @@ def test_it_accepts_an_archive_whose_links_stay_inside(config):
         member("d.txt", tarfile.LNKTYPE, "data/a.txt"),
     )
     request = {**START, "input": {"archive_bytes": len(archive)}}
-    assert jobs.validate("job-start", request, config)["input"] == {"archive_bytes": len(archive)}
-    jobs.check_archive(io.BytesIO(archive))  # what receive_archive() runs on the spooled file
+    assert jobs.validate_start(request, config)["input"] == {"archive_bytes": len(archive)}
+    rules.check_archive(io.BytesIO(archive))  # what receive_archive() runs on the spooled file
 
 
 # -- the other verbs ---------------------------------------------------------------------------

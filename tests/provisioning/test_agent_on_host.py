@@ -11,6 +11,7 @@ import pytest
 from provisioning.accounts import keys_digest
 from provisioning.transport import HostKeyMismatch, Target, Transport
 from tests.conftest import require
+from tests.helpers import wait_for
 from tests.provisioning.sshd import keygen
 from tests.testhost import TestHost
 
@@ -212,7 +213,11 @@ def test_revoke_locks_the_user_out_and_kills_all_her_processes(alice, agent, hos
     uid = host.uid("alice")
     started = login("alice", "setsid sleep 1000 </dev/null >/dev/null 2>&1 &")
     assert started.returncode == 0, started
-    assert wait_for(lambda: any(p["cmdline"] == "sleep 1000" for p in host.processes(uid)))
+    wait_for(
+        lambda: any(p["cmdline"] == "sleep 1000" for p in host.processes(uid)),
+        10,
+        what="sleep 1000 to run",
+    )
 
     answer = agent("revoke", session="r1")
 
@@ -236,7 +241,7 @@ def test_sessions_and_their_processes_outlive_an_sshd_restart(alice, host, login
 
     started = login("alice", "setsid sleep 1001 </dev/null >/dev/null 2>&1 &")
     assert started.returncode == 0, started
-    assert wait_for(sleeping)
+    wait_for(sleeping, 10, what="sleep 1001 to run")
     before = sleeping()
 
     host.stop_sshd()
@@ -332,15 +337,6 @@ def test_hostile_values_are_refused_and_change_nothing(agent, host, keys, field,
     assert host.read_file("/etc/passwd") == passwd
     assert not host.exists("/var/lib/porterbox/sessions/r7.json")
     assert acl_users(host, "/dev/nvidia3") == set()
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_the_apt_wrapper_installs_into_the_users_own_session_as_root(alice, host, login):

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning.accounts import RESERVED, keys_digest
-from provisioning.agent import apt, hostctl, login
+from provisioning.agent import apt, host, hostctl, login, protocol, system
 from tests.provisioning.agent_requests import ask, assert_refused, spy_commands
 
 
@@ -73,7 +73,7 @@ a_fuzz = settings(max_examples=150, suppress_health_check=[HealthCheck.function_
 
 @pytest.fixture
 def config(tmp_path):
-    return hostctl.parse_config({**CONFIG, "state_dir": str(tmp_path / "state")})
+    return protocol.parse_config({**CONFIG, "state_dir": str(tmp_path / "state")})
 
 
 @pytest.fixture
@@ -87,11 +87,11 @@ def commands(monkeypatch):
 @a_fuzz
 @given(
     user=st.one_of(
-        hostile_text.filter(lambda s: not hostctl.USER.fullmatch(s)),
+        hostile_text.filter(lambda s: not protocol.USER.fullmatch(s)),
         st.sampled_from(sorted(RESERVED)),
         st.just("porterbox-users"),  # the group's own name
         st.from_regex(r"[a-z][a-z0-9-]{31,40}", fullmatch=True),  # too long for useradd
-        st.from_regex(hostctl.USER, fullmatch=True).map(lambda s: s + "\n"),
+        st.from_regex(protocol.USER, fullmatch=True).map(lambda s: s + "\n"),
         not_a_string,
     )
 )
@@ -104,9 +104,9 @@ def test_it_refuses_hostile_user_names(config, commands, user):
 @a_fuzz
 @given(
     session=st.one_of(
-        hostile_text.filter(lambda s: not hostctl.SESSION.fullmatch(s)),
+        hostile_text.filter(lambda s: not protocol.SESSION.fullmatch(s)),
         st.from_regex(r"[a-z][a-z0-9-]{40,50}", fullmatch=True),
-        st.from_regex(hostctl.SESSION, fullmatch=True).map(lambda s: s + "/../../etc/passwd"),
+        st.from_regex(protocol.SESSION, fullmatch=True).map(lambda s: s + "/../../etc/passwd"),
         st.just("R42"),
         not_a_string,
     )
@@ -315,8 +315,8 @@ def test_it_refuses_malformed_requests(config, commands, request_, code, field):
     ],
 )
 def test_it_refuses_a_broken_configuration(change, field):
-    with pytest.raises(hostctl.AgentError) as refused:
-        hostctl.parse_config({**CONFIG, **change})
+    with pytest.raises(protocol.AgentError) as refused:
+        protocol.parse_config({**CONFIG, **change})
     assert refused.value.code == "bad_config"
     assert refused.value.message.startswith(field)
 
@@ -380,7 +380,7 @@ def test_it_accepts_valid_requests(config, request_, fields):
 
 def test_it_computes_the_visible_devices_of_each_vendor(config):
     devices = (("nvidia", 3), ("amd", 1), ("nvidia", 0), ("fpga", 0), ("amd", 0))
-    assert hostctl.visible_devices_env(devices) == {
+    assert protocol.visible_devices_env(devices) == {
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # the portal books nvidia-smi's numbering
         "CUDA_VISIBLE_DEVICES": "0,3",
         "ROCR_VISIBLE_DEVICES": "0,1",
@@ -389,7 +389,7 @@ def test_it_computes_the_visible_devices_of_each_vendor(config):
 
 
 def test_it_shows_no_device_of_a_vendor_not_booked():
-    env = hostctl.visible_devices_env((("intel", 0),))
+    env = protocol.visible_devices_env((("intel", 0),))
     assert env["CUDA_VISIBLE_DEVICES"] == env["ROCR_VISIBLE_DEVICES"] == ""
     assert env["ZE_AFFINITY_MASK"] == "0"
 
@@ -407,7 +407,7 @@ def test_it_shows_no_device_of_a_vendor_not_booked():
 )
 def test_it_keeps_only_the_type_and_data_of_a_key(key, options):
     line = f"{options}{key} alice@laptop; rm -rf / `id` $(id) 'q' \"q\""
-    assert hostctl.normalise_key(line) == " ".join(key.split()[:2])
+    assert protocol.normalise_key(line) == " ".join(key.split()[:2])
 
 
 @given(
@@ -417,7 +417,7 @@ def test_it_keeps_only_the_type_and_data_of_a_key(key, options):
 )
 def test_it_never_writes_an_option_or_a_comment(key, option, comment):
     line = f'command="{option}" {key} {comment}'
-    assert hostctl.normalise_key(line) == " ".join(key.split()[:2])
+    assert protocol.normalise_key(line) == " ".join(key.split()[:2])
 
 
 def test_it_reports_the_digest_the_portal_computes_of_the_same_keys(config):
@@ -498,7 +498,7 @@ def test_it_updates_and_upgrades_without_package_names(verb):
 @given(
     pid=st.one_of(
         st.integers(max_value=1),
-        st.integers(min_value=hostctl.PID_MAX + 1),
+        st.integers(min_value=host.PID_MAX + 1),
         st.booleans(),  # JSON true is not a pid, though Python's bool is an int
         st.floats(allow_nan=False, allow_infinity=False),  # JSON has neither
         st.text(max_size=8),
@@ -558,7 +558,7 @@ def test_health_check_refuses_what_is_not_a_stack_and_one_device(
     tmp_path, monkeypatch, request_, code, field
 ):
     commands = spy_commands(monkeypatch)
-    config = hostctl.parse_config(
+    config = protocol.parse_config(
         {**CONFIG, "state_dir": str(tmp_path / "state"), "health_checks": {"nvidia": NVIDIA_CHECK}}
     )
     assert_refused(ask(config, request_), code, field, config, commands)
@@ -571,8 +571,8 @@ def test_health_check_runs_the_hosts_own_command_in_a_throwaway_schroot(tmp_path
         calls.append((argv, kwargs))
         return subprocess.CompletedProcess(argv, 3, stdout="x" * 5000, stderr="ecc error\n")
 
-    monkeypatch.setattr(hostctl, "run", fake_run)
-    config = hostctl.parse_config(
+    monkeypatch.setattr(system, "run", fake_run)
+    config = protocol.parse_config(
         {**CONFIG, "state_dir": str(tmp_path / "state"), "health_checks": {"nvidia": NVIDIA_CHECK}}
     )
     answer = ask(config, HEALTH)
@@ -586,7 +586,7 @@ def test_health_check_runs_the_hosts_own_command_in_a_throwaway_schroot(tmp_path
         *("ROCR_VISIBLE_DEVICES=", "ZE_AFFINITY_MASK="),
         *NVIDIA_CHECK,
     ]
-    assert kwargs == {"check": False, "timeout": hostctl.HEALTH_CHECK_TIMEOUT_S}
+    assert kwargs == {"check": False, "timeout": host.HEALTH_CHECK_TIMEOUT_S}
 
 
 def test_health_check_of_a_vendor_without_a_check_runs_nothing(config, commands):
@@ -610,7 +610,7 @@ def test_health_check_of_a_vendor_without_a_check_runs_nothing(config, commands)
     ],
 )
 def test_it_refuses_a_broken_health_check_configuration(checks, field):
-    with pytest.raises(hostctl.AgentError) as refused:
-        hostctl.parse_config({**CONFIG, "health_checks": checks})
+    with pytest.raises(protocol.AgentError) as refused:
+        protocol.parse_config({**CONFIG, "health_checks": checks})
     assert refused.value.code == "bad_config"
     assert refused.value.message.startswith(field)
