@@ -1,9 +1,11 @@
 import os
 
 import pytest
+import time_machine
 from django.db import connection
 
 from tests.factories import UserFactory
+from tests.helpers import NOW
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -55,3 +57,11 @@ def _fast_password_hasher():
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def frozen():
+    """The clock stopped at tests.helpers.NOW; a module takes it with
+    `pytestmark = pytest.mark.usefixtures("frozen")`."""
+    with time_machine.travel(NOW, tick=False) as traveller:
+        yield traveller

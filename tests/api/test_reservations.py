@@ -1,24 +1,17 @@
 """The reservations API: JSON in and out, precise 4xx errors, never someone else's data."""
 
-from datetime import UTC, datetime
-
 import pytest
-import time_machine
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from portal.booking.models import AuditEntry, Reservation
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
 START = "2026-11-23T10:00:00Z"
 END = "2026-11-23T12:00:00Z"
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture

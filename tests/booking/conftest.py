@@ -1,11 +1,7 @@
-from datetime import UTC, datetime
-
 import pytest
 
 from portal.booking.models import BookingPolicy
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
-
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)  # a Monday
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from portal.booking.models import Reservation
 from portal.booking.services import Conflict, reservation_create, reservation_create_for_need
 from portal.inventory.hwspec import Hwspec
 from portal.inventory.models import Host, MaintenanceWindow
-from tests.booking.conftest import NOW
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
+from tests.helpers import NOW
 
 H = timedelta(hours=1)
 STEP = timedelta(minutes=15)

@@ -18,8 +18,8 @@ from portal.booking.services import (
     reservation_shorten,
 )
 from portal.inventory.models import Host, MaintenanceWindow
-from tests.booking.conftest import NOW
 from tests.factories import UserFactory
+from tests.helpers import NOW
 
 H = timedelta(hours=1)
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

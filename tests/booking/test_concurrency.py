@@ -27,6 +27,7 @@ from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory,
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BOOKERS = 32
+# Not tests.helpers.NOW (off the 15-minute grid): bookings here start whole quarters from now.
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 Q = timedelta(minutes=15)
 

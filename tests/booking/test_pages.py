@@ -11,14 +11,9 @@ from portal.booking.models import AuditEntry, Reservation
 from portal.booking.services import reservation_create, reservation_decide, reservation_end_now
 from portal.inventory.models import MaintenanceWindow
 from tests.factories import UserFactory
+from tests.helpers import NOW
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture

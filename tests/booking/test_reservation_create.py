@@ -9,8 +9,8 @@ from portal.booking.models import Allocation, Reservation
 from portal.booking.services import BookingError, Conflict, reservation_create
 from portal.http import status_of
 from portal.inventory.models import Host
-from tests.booking.conftest import NOW
 from tests.factories import AcceleratorFactory, DriverStackFactory, UserFactory
+from tests.helpers import NOW
 
 H = timedelta(hours=1)
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

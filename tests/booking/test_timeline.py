@@ -11,14 +11,10 @@ from portal.booking.models import Reservation
 from portal.inventory.models import Host
 from tests.factories import UserFactory
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)  # a Monday; 10:07 in Berlin
 BOOK_LINK = re.compile(r'/hosts/gpu1/book/\?accelerator=([a-z]+:\d+)&amp;start=([0-9T:-]+)"')
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture

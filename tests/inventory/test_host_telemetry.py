@@ -12,6 +12,7 @@ from portal.inventory import charts
 from portal.inventory.models import DeviceSample
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
+# Not tests.helpers.NOW: the readings below lie at fixed times of 4 May 2026 around this one.
 NOW = datetime(2026, 5, 4, 12, 30, tzinfo=UTC)
 HOUR = DeviceSample.Resolution.HOUR
 

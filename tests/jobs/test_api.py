@@ -1,9 +1,8 @@
 """The jobs API: submit (JSON or multipart), list, show, log, cancel; someone else's is 404."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -20,14 +19,10 @@ from tests.factories import (
     tarball,
 )
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
 H = timedelta(hours=1)
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import time_machine
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
@@ -20,15 +19,12 @@ from tests.factories import (
     UserFactory,
     tarball,
 )
+from tests.helpers import NOW
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
 H = timedelta(hours=1)
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,12 @@
 """A job lost with its host goes back to the queue, a limited number of times."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from portal.booking.models import Allocation
 from portal.jobs.models import Job
 from portal.operations.jobs import requeue, requeue_from_failed_host
 from tests.factories import AcceleratorFactory, JobFactory
-
-NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+from tests.helpers import NOW
 
 
 def running_job(**kwargs):

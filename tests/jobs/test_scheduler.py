@@ -17,6 +17,7 @@ from tests.factories import (
     UserFactory,
 )
 
+# Not tests.helpers.NOW (off the 15-minute grid): these tests book from now.
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 

@@ -15,8 +15,9 @@ from django.utils import timezone
 from portal.booking.models import Reservation
 from portal.inventory.models import DeviceSample, Squatter
 from portal.operations import services, telemetry
+from tests.helpers import wait_for
 from tests.operations.conftest import book_now, state_of
-from tests.operations.harness import SMI_XML_ON_HOST, smi_xml, wait_for
+from tests.operations.harness import SMI_XML_ON_HOST, smi_xml
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
 

@@ -3,10 +3,9 @@ affects with other slots, returning to service, and the staff pages and admin ar
 
 import importlib
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.db import connection
 from django.urls import reverse
 
@@ -14,16 +13,13 @@ from portal.booking.models import Allocation, Reservation
 from portal.inventory.models import Host, MaintenanceWindow
 from portal.operations import health
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
+from tests.helpers import NOW
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)  # a Monday; Berlin is UTC+1 (CET)
 H = timedelta(hours=1)
 SITE = "https://portal.example.org"
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture(autouse=True)

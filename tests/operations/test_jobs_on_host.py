@@ -34,7 +34,7 @@ from portal.operations import services
 from provisioning.client import AgentClient
 from tests.browser.conftest import browser, login, page, screenshot  # noqa: F401 - fixtures
 from tests.factories import PASSWORD, PartnerMembershipFactory
-from tests.operations.harness import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
 

@@ -1,9 +1,8 @@
 """GET /metrics: what Prometheus scrapes, who may scrape it, and how many queries it costs."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -21,8 +20,8 @@ from tests.factories import (
     JobFactory,
     UserFactory,
 )
+from tests.helpers import NOW
 
-NOW = datetime(2031, 3, 4, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
 M = timedelta(minutes=1)
 H = timedelta(hours=1)
@@ -30,10 +29,7 @@ TOKEN = "s3cret-scrape-token"
 R = Reservation.State
 
 
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from django.utils import timezone
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import reservation_end_now
 from portal.operations import services
+from tests.helpers import wait_for
 from tests.operations.conftest import book_now, state_of
-from tests.operations.harness import wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
 

@@ -21,7 +21,7 @@ from portal.booking.models import Reservation
 from portal.inventory.models import DeviceSample, Host
 from portal.operations import services, telemetry
 from portal.operations.registration import RegistrationError, host_sync_inventory
-from provisioning.agent import hostctl
+from provisioning.agent import protocol, system
 from provisioning.client import Telemetry
 from tests.factories import DriverStackFactory, HostFactory, UserFactory
 from tests.provisioning.test_gpu_probes import FAKE_NVIDIA_SMI, FIXTURES, H100_CSV
@@ -35,8 +35,8 @@ AGENT = """\
 import sys
 sys.modules["pynvml"] = None  # the host's python3 has no NVML binding
 sys.path.insert(0, {repo!r})
-from provisioning.agent import hostctl
-hostctl.COMMAND_ENV["PATH"] = {tools!r}
+from provisioning.agent import hostctl, system
+system.COMMAND_ENV["PATH"] = {tools!r}
 sys.exit(hostctl.main(["--ssh", "--config", {config!r}]))
 """
 
@@ -147,9 +147,9 @@ def test_booking_grant_and_readings_find_the_device_of_its_vendor(mixed_host, ag
     [due] = services.due_reservations(mixed_host, NOW)
     devices = services.wanted(due).devices
     assert [(d.vendor, d.index) for d in devices] == [("amd", 0)]
-    config = hostctl.load_config(str(agent_config))
-    refs = hostctl.check_devices([d.as_dict() for d in devices], config)
-    nodes = hostctl._device_nodes(config, refs)  # and AMD's shared nodes that exist here
+    config = protocol.load_config(str(agent_config))
+    refs = protocol.check_devices([d.as_dict() for d in devices], config)
+    nodes = system.device_nodes(config, refs)  # and AMD's shared nodes that exist here
     assert [n for n in nodes if n not in SHARED["amd"]] == ["/dev/dri/renderD128"]
 
     # Readings: each vendor's #0 is stored on its own device.

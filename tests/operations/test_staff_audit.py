@@ -1,9 +1,6 @@
 """Staff actions outside the admin land in the admin's own log, with who did what and why."""
 
-from datetime import UTC, datetime
-
 import pytest
-import time_machine
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
@@ -11,14 +8,9 @@ from portal.accounts.models import PartnerProject
 from portal.accounts.services import project_decide
 from portal.operations import health
 from tests.factories import DriverStackFactory, HostFactory, PartnerProjectFactory
+from tests.helpers import NOW
 
-NOW = datetime(2026, 11, 23, 9, 7, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
+pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture

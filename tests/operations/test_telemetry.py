@@ -9,7 +9,8 @@ from django.utils import timezone
 from portal.inventory.models import DeviceSample
 from portal.operations.telemetry import record
 from provisioning import gpu
-from provisioning.agent import hostctl
+from provisioning.agent import host as agent_host
+from provisioning.agent import hostctl, protocol
 from provisioning.client import AgentError, Telemetry
 from tests.factories import AcceleratorFactory, HostFactory
 from tests.provisioning.test_gpu_probes import h100_capture
@@ -36,13 +37,13 @@ def test_the_agents_reading_of_every_vendor_is_stored_per_device(db, monkeypatch
     pids = [int(app["pid"]) for app in h100_apps()]
     owners = fake_proc(tmp_path, {pids[0]: 0, pids[1]: NO_SUCH_UID})  # root, and a person
     nvml = FakeTelemetryNVML(h100_capture(), h100_apps())
-    monkeypatch.setattr(hostctl, "_probe_runner", runner)
+    monkeypatch.setattr(agent_host, "probe_runner", runner)
     monkeypatch.setattr(
-        hostctl,
+        agent_host,
         "sample_each",
         partial(gpu.sample_each, nvml=nvml, owner=partial(gpu.process_owner, proc_root=owners)),
     )
-    config = hostctl.parse_config({"stacks": {}, "devices": {}, "shared_nodes": {}})
+    config = protocol.parse_config({"stacks": {}, "devices": {}, "shared_nodes": {}})
     answer = json.loads(json.dumps(hostctl.handle(b'{"verb": "telemetry"}', config)))
     assert answer["ok"] is True and answer["errors"] == []
 

@@ -7,8 +7,9 @@ the test host over SSH, and the test watches the database and logs in like a use
 import pytest
 
 from portal.booking.models import Reservation
+from tests.helpers import wait_for
 from tests.operations.conftest import book_now, state_of
-from tests.operations.harness import Worker, wait_for
+from tests.operations.harness import Worker
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
 
