@@ -1,32 +1,29 @@
 """Reads of free capacity: which accelerators meet a need, and when they are next free.
 
-Availability is computed, never stored (the pretix way). The search runs in the database: a
-slot can only open at the search's own start or when an allocation or a maintenance window
-ends, so those are the candidate starts. An allocation's end counts only if its own device
-stays free for the duration; for more than one device, a correlated count of the host's
-matching accelerators that nothing holds for [t, t + duration) decides. Per host the database
-keeps the earliest fitting candidate (ORDER BY ... LIMIT 1), so one row per host comes back.
-The allocation indexes (`allocation_active_idx`, and the accelerator foreign key) serve the
-probes.
+Availability is computed, never stored (the pretix way), as a sweep: the busy intervals of every
+matching device within the window are read in one range scan (the allocation indexes serve it),
+and each device's gaps become intervals of the starts it could take ([gap start, gap end -
+duration]). Per host, a +1/-1 sweep over those intervals on the booking grid, with the host's
+maintenance windows as a veto, stops at the first point where enough devices are free. Reads:
+the matching devices, their allocations in the window, the hosts' maintenance windows, the hosts
+found; never a query per candidate start.
 """
 
+import heapq
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import (
-    Count,
     DateTimeField,
     Exists,
     ExpressionWrapper,
     F,
-    IntegerField,
     OuterRef,
     Q,
     QuerySet,
-    Subquery,
-    Value,
+    Window,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Lag, Lead
 
 from portal.booking.models import Allocation
 from portal.inventory.hwspec import VENDORS_FOR_KIND, Hwspec
@@ -135,24 +132,105 @@ def free_accelerators(
     return [(accs[0].host, accs) for accs in by_host.values() if len(accs) >= need.count]
 
 
-def _free_count(need: Need, host_field: str, at: str | datetime, duration: timedelta) -> Coalesce:
-    """How many matching accelerators of the outer row's host are free for [at, at + duration).
+def _start_events(
+    gaps: list[tuple[datetime, datetime | None]],
+    earliest: datetime,
+    horizon: datetime,
+    duration: timedelta,
+    step: timedelta,
+) -> list[tuple[datetime, int]]:
+    """One device's +1/-1 events on the grid: +1 where a run of its possible starts begins, -1
+    at the first grid point after it. A start t is possible inside a gap [g0, g1) (g1 None: open)
+    if g0 <= t and t + duration <= g1, and if earliest <= t < horizon."""
+    events = []
+    last = ceil_to(horizon, step)  # the first grid point that is too late
+    for begin, end in gaps:
+        first = ceil_to(max(begin, earliest), step)
+        stop = last if end is None else min(last, floor_to(end - duration, step) + step)
+        if first < stop:
+            events += [(first, 1), (stop, -1)]
+    return events
 
-    `at` is a datetime, or the name of the outer row's field that holds the candidate start.
-    """
-    # The count is a subquery over accelerators; "held" a subquery within it, two levels down.
-    start = OuterRef(OuterRef(at)) if isinstance(at, str) else Value(at)
-    end = ExpressionWrapper(start + Value(duration), output_field=DateTimeField())
-    # The outer query has already kept only hosts in service that offer the stack.
-    counted = (
-        Accelerator.objects.filter(_device_filter(need), host=OuterRef(host_field))
-        .exclude(_held(OuterRef("pk"), start, end))
+
+def _gaps(
+    need: Need, earliest: datetime, horizon: datetime, duration: timedelta
+) -> dict[int, dict[int, list[tuple[datetime, datetime | None]]]]:
+    """Host -> matching device -> its free gaps of at least `duration` that may hold a start in
+    [earliest, horizon), from one range scan: each allocation in the window with the end of
+    the one before it and the start of the one after it on the same device (LAG and LEAD), of
+    which only those next to a long enough gap come back."""
+    devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
+    by_device = {}
+    for pk, host_id in matching_accelerators(need).values_list("pk", "host").order_by():
+        by_device[pk] = devices.setdefault(host_id, {}).setdefault(pk, [])
+    per_device = {"partition_by": F("accelerator"), "order_by": F("start").asc()}
+    held = (
+        Allocation.objects.filter(
+            active=True,
+            accelerator__in=matching_accelerators(need),
+            start__lt=horizon + duration,
+            end__gt=earliest,
+        )
+        .annotate(
+            before=Window(Lag("end"), **per_device),
+            after=Window(Lead("start"), **per_device),
+        )
+        .filter(
+            Q(before__isnull=True)
+            | Q(after__isnull=True)
+            | Q(after__gte=ExpressionWrapper(F("end") + duration, output_field=DateTimeField()))
+        )
         .order_by()
-        .values("host")
-        .annotate(n=Count("pk"))
-        .values("n")
+        .values_list("accelerator", "start", "end", "before", "after")
     )
-    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+    busy = set()
+    for pk, start, end, before, after in held:
+        busy.add(pk)
+        gaps = by_device[pk]
+        if before is None:  # the device's first allocation in the window
+            gaps.append((earliest, start))
+        if after is None or after >= end + duration:
+            gaps.append((end, after))
+    for pk, gaps in by_device.items():
+        if pk not in busy:
+            gaps.append((earliest, None))
+    return devices
+
+
+def _vetoes(
+    windows: list[tuple[datetime, datetime]], duration: timedelta, step: timedelta
+) -> list[tuple[datetime, int]]:
+    """A host's maintenance windows as +1/-1 events on the grid: a start t is vetoed while
+    [t, t + duration) overlaps a window, i.e. window start - duration < t < window end."""
+    events = []
+    for start, end in windows:
+        events += [(floor_to(start - duration, step) + step, 1), (ceil_to(end, step), -1)]
+    return events
+
+
+def _first_fit(
+    devices: list[list[tuple[datetime, int]]], vetoes: list[tuple[datetime, int]], count: int
+) -> tuple[datetime, int] | None:
+    """The first grid point where at least `count` devices may start and no veto holds, with
+    the number of devices free there; None if there is none."""
+    free = vetoed = 0
+    # Per point: the -1s before the +1s, so that the count at a point is the count after it.
+    merged = heapq.merge(
+        *(sorted(events) for events in devices),
+        ((moment, 2 * change) for moment, change in sorted(vetoes)),
+    )
+    pending: datetime | None = None
+    for moment, change in merged:
+        if pending is not None and moment != pending and free >= count and not vetoed:
+            return pending, free
+        pending = moment
+        if change in (1, -1):
+            free += change
+        else:
+            vetoed += change // 2
+    if pending is not None and free >= count and not vetoed:
+        return pending, free
+    return None
 
 
 def availability(
@@ -166,80 +244,34 @@ def availability(
 ) -> list[Slot]:
     """The earliest slot of each host that meets the need within `days`, soonest first.
 
-    `earliest` must be on the booking grid; candidate starts found from allocation ends are
-    rounded up to it (a slot found that way is checked again at the rounded time).
+    `earliest` must be on the booking grid; every slot starts on it, before the horizon.
     """
     horizon = earliest + timedelta(days=days)
-    matching = matching_accelerators(need)
-    hosts = Host.objects.filter(Exists(matching.filter(host=OuterRef("pk"))))
-
-    def usable(candidates: QuerySet, host_field: str, time_field: str, one_free: bool) -> QuerySet:
-        """Candidates where the need fits; `one_free`: each already has one device free."""
-        start = OuterRef(time_field)
-        end = ExpressionWrapper(start + Value(duration), output_field=DateTimeField())
-        candidates = candidates.exclude(_in_maintenance(OuterRef(host_field), start, end))
-        if one_free and need.count == 1:
-            return candidates  # the common case needs no count
-        return candidates.annotate(free=_free_count(need, host_field, time_field, duration)).filter(
-            free__gte=need.count
-        )
-
-    first: dict[int, datetime] = {}
-
-    def keep(host_id: int, moment: datetime) -> None:
-        moment = ceil_to(moment, step)
-        if moment < horizon and (host_id not in first or moment < first[host_id]):
-            first[host_id] = moment
-
-    # 1. Free right at `earliest`.
-    now_free = hosts.annotate(free=_free_count(need, "pk", earliest, duration)).filter(
-        free__gte=need.count
+    devices = _gaps(need, earliest, horizon, duration)
+    windows: dict[int, list[tuple[datetime, datetime]]] = {}
+    overlapping = MaintenanceWindow.objects.filter(
+        host__in=matching_accelerators(need).values("host"),
+        start__lt=horizon + duration,
+        end__gt=earliest,
     )
-    now_free = now_free.exclude(_in_maintenance(OuterRef("pk"), earliest, earliest + duration))
-    for host_id in now_free.values_list("pk", flat=True):
-        keep(host_id, earliest)
+    for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
+        windows.setdefault(host_id, []).append((start, end))
 
-    def first_of(candidates: QuerySet, host_field: str, one_free: bool = False) -> Subquery:
-        """The host's earliest candidate start where the need fits."""
-        fitting = usable(candidates, host_field, "end", one_free).order_by("end").values("end")[:1]
-        return Subquery(fitting, output_field=DateTimeField())
+    first: dict[int, tuple[datetime, int]] = {}
+    for host_id, gaps_by_device in devices.items():
+        if len(gaps_by_device) < need.count:
+            continue
+        events = [
+            _start_events(gaps, earliest, horizon, duration, step)
+            for gaps in gaps_by_device.values()
+        ]
+        found = _first_fit(events, _vetoes(windows.get(host_id, []), duration, step), need.count)
+        if found is not None:
+            first[host_id] = found
 
-    # 2. Free when an allocation of a matching accelerator ends, and that accelerator stays free
-    # for the duration (a slot can only open when some device it uses becomes free).
-    ends = (
-        Allocation.objects.filter(
-            active=True, end__gt=earliest, end__lt=horizon, accelerator__in=matching
-        )
-        .annotate(host_id=F("accelerator__host"))
-        .filter(host_id=OuterRef("pk"))
-        .exclude(
-            _held(
-                OuterRef("accelerator"),
-                OuterRef("end"),
-                ExpressionWrapper(OuterRef("end") + Value(duration), output_field=DateTimeField()),
-            )
-        )
-    )
-    # 3. Free when a maintenance window of the host ends.
-    windows = MaintenanceWindow.objects.filter(
-        end__gt=earliest, end__lt=horizon, host=OuterRef("pk")
-    )
-    rows = hosts.annotate(
-        after_allocation=first_of(ends, "host_id", one_free=True),
-        after_maintenance=first_of(windows, "host"),
-    ).values_list("pk", "after_allocation", "after_maintenance")
-    for host_id, *moments in rows:
-        for moment in moments:
-            if moment is not None:
-                keep(host_id, moment)
-
-    found = Host.objects.in_bulk(list(first))
-    slots = []
-    for host_id, start in sorted(first.items(), key=lambda item: (item[1], found[item[0]].name)):
-        host = found[host_id]
-        picked = free_accelerators(need, start, start + duration, host=host)
-        if picked:  # re-checked at the rounded time
-            slots.append(Slot(host, start, start + duration, len(picked[0][1])))
-        if len(slots) == limit:
-            break
-    return slots
+    hosts = Host.objects.in_bulk(list(first))
+    ordered = sorted(first.items(), key=lambda item: (item[1][0], hosts[item[0]].name))
+    return [
+        Slot(hosts[host_id], start, start + duration, free)
+        for host_id, (start, free) in ordered[:limit]
+    ]

@@ -1,11 +1,12 @@
 """Booking by need and the availability search, computed in the database."""
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from portal.booking.availability import Need, availability
-from portal.booking.models import Reservation
+from portal.booking.availability import Need, availability, free_accelerators
+from portal.booking.models import Allocation, Reservation
 from portal.booking.services import Conflict, reservation_create, reservation_create_for_need
 from portal.inventory.hwspec import Hwspec
 from portal.inventory.models import Host, MaintenanceWindow
@@ -147,3 +148,50 @@ def test_it_rounds_an_early_end_up_to_the_grid(member, fleet, cuda):
     r = hold(fleet["h100"], [0, 1], START, START + 5 * H, user=member)
     reservation_end_now(reservation=r, actor=member, now=START + H + timedelta(minutes=7))
     assert search(need(cuda, gb=80)) == [("h100", START + H + STEP)]
+
+
+def _first_free_by_brute_force(n, earliest, horizon, duration, step):
+    """The reference: every grid point, asked one by one (free_accelerators, the booking's own
+    check), per host the first where the need fits."""
+    first = {}
+    at = earliest
+    while at < horizon:
+        for host, accs in free_accelerators(n, at, at + duration):
+            first.setdefault(host.name, (at, len(accs)))
+        at += step
+    return sorted(first.items(), key=lambda item: (item[1][0], item[0]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
+    """Random calendars (ends off the grid, back-to-back allocations, maintenance windows):
+    the sweep's first slot per host and its free count are those of a walk over the grid."""
+    rng = random.Random(seed)
+    owner = UserFactory(debian_member_source="staff")
+    for h in range(3):
+        host = HostFactory(name=f"h{h}")
+        host.stacks.add(cuda)
+        reservation = Reservation.objects.create(
+            user=owner, host=host, stack=cuda, start=START, end=START + 48 * H
+        )
+        for i in range(rng.randint(1, 4)):
+            acc = AcceleratorFactory(host=host, index=i, memory_mib=rng.choice([40960, 81559]))
+            at = START - 2 * H + timedelta(minutes=5 * rng.randint(0, 24))
+            while at < START + 30 * H:
+                length = timedelta(minutes=5 * rng.randint(3, 60))
+                if rng.random() < 0.6:
+                    Allocation.objects.create(
+                        accelerator=acc, reservation=reservation, start=at, end=at + length
+                    )
+                at += length + timedelta(minutes=5 * rng.choice([0, 0, 3, 12, 30]))
+        if rng.random() < 0.5:
+            begin = START + timedelta(minutes=5 * rng.randint(0, 200))
+            MaintenanceWindow.objects.create(
+                host=host, start=begin, end=begin + timedelta(minutes=5 * rng.randint(1, 60))
+            )
+    for count, gb, hours in [(1, 0, 1), (2, 0, 2), (2, 80, 1), (3, 0, 3), (1, 80, 5)]:
+        n, duration = need(cuda, count=count, gb=gb), hours * H
+        found = availability(n, duration=duration, earliest=START, days=1, step=H)
+        assert [(s.host.name, (s.start, s.free)) for s in found] == _first_free_by_brute_force(
+            n, START, START + 24 * H, duration, H
+        ), (count, gb, hours)
