@@ -122,21 +122,24 @@ def _run_streamed(
         )
     except OSError as exc:
         raise TransportError(f"the local agent cannot be run: {exc}") from exc
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    if stdin is None or stdout is None or stderr is None:
+        raise AssertionError("unreachable")  # all three are pipes
     err = bytearray()
 
     def feed() -> None:
         try:
-            process.stdin.write(request)
+            stdin.write(request)
             if body is not None:
-                shutil.copyfileobj(body, process.stdin, STREAM_CHUNK)
+                shutil.copyfileobj(body, stdin, STREAM_CHUNK)
         except BrokenPipeError:
             pass  # it answered without reading everything (a refusal): the answer says why
         finally:
             with contextlib.suppress(BrokenPipeError):
-                process.stdin.close()
+                stdin.close()
 
     def drain() -> None:
-        err.extend(process.stderr.read())
+        err.extend(stderr.read())
 
     threads = [threading.Thread(target=f, daemon=True) for f in (feed, drain)]
     for thread in threads:
@@ -144,11 +147,11 @@ def _run_streamed(
     timer = threading.Timer(LOCAL_STREAM_TIMEOUT_S, process.kill)
     timer.start()
     try:
-        out = process.stdout.readline()
+        out = stdout.readline()
         if sink is None:
-            out += process.stdout.read()
+            out += stdout.read()
         else:
-            shutil.copyfileobj(process.stdout, sink, STREAM_CHUNK)
+            shutil.copyfileobj(stdout, sink, STREAM_CHUNK)
         status = process.wait()
         for thread in threads:
             thread.join()
@@ -649,7 +652,8 @@ class AgentClient:
     def revoke(self, *, session: str | None = None, user: str | None = None) -> Revoked:
         if (session is None) == (user is None):
             raise ValueError("revoke takes a session or a user")
-        answer = self.call("revoke", **({"session": session} if session else {"user": user}))
+        fields: dict[str, str | None] = {"session": session} if session else {"user": user}
+        answer = self.call("revoke", **fields)
         return Killed.parse(answer, "revoke")
 
     def job_start(

@@ -149,7 +149,7 @@ class Transport:
         backoff: float = 0.5,
     ) -> None:
         if not isinstance(private_key, paramiko.PKey):
-            private_key = paramiko.PKey.from_path(private_key)
+            private_key = paramiko.PKey.from_path(os.fspath(private_key))
         self.private_key = private_key
         self.connect_timeout = connect_timeout
         self.banner_timeout = banner_timeout
@@ -225,15 +225,17 @@ class Transport:
                 client, pinned = self._clients.get(key, (None, None))
             if client is not None:
                 transport = client.get_transport()
-                usable = transport is not None and transport.is_active()
                 # Keys re-recorded by staff must be checked again, on a new connection.
-                if usable and pinned == target.host_keys:
+                if transport is not None and transport.is_active() and pinned == target.host_keys:
                     return transport
                 client.close()
             client = self._connect_with_retries(target)
             with self._lock:
                 self._clients[key] = (client, target.host_keys)
-            return client.get_transport()
+            transport = client.get_transport()
+            if transport is None:
+                raise AssertionError("unreachable")  # a client just connected has its transport
+            return transport
 
     def _connect_with_retries(self, target: Target) -> paramiko.SSHClient:
         delay = self.backoff
@@ -373,7 +375,9 @@ def _command_line(argv: list[str] | None) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NoValidConnectionsError):  # its own message is "[Errno None] ..."
-        return "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+        return "; ".join(
+            sorted({(isinstance(e, OSError) and e.strerror) or str(e) for e in exc.errors.values()})
+        )
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -58,7 +58,7 @@ def _names(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-NONE = frozenset()
+NONE: frozenset[str] = frozenset()
 JOB_START = _names(
     "job", "account", "stack", "devices", "script", "env", "walltime_s", "grace_s", "input"
 )

@@ -256,7 +256,7 @@ class Supervisor:
 
     def _wait(self, child: Child) -> int:
         """The child's exit status; Ended if the job is stopped or out of time meanwhile."""
-        while child.poll() is None:
+        while (returncode := child.poll()) is None:
             stop = system.read_json(self._stop_path())
             if stop is not None:
                 grace = stop["grace_s"]
@@ -271,7 +271,7 @@ class Supervisor:
                 self._terminate(child, self.record["grace_s"], f"walltime of {walltime} s reached")
                 raise Ended("timed_out", f"walltime of {walltime} s reached")
             self._pump(POLL_S)
-        return child.returncode
+        return returncode
 
     def _stop_path(self) -> str:
         return os.path.join(jobs.job_dir(self.state_dir, self.job), "stop.json")

@@ -307,7 +307,10 @@ def end_abandoned(config: Config, job: str) -> None:
         system.end_session(job)
         release_nodes(config.state_dir, record["account"], record["nodes"], job)
         if system.read_json(os.path.join(job_dir(config.state_dir, job), "status.json")) is None:
-            status = {**read_status(config.state_dir, job), "ended_at": utc_now()}
+            recorded = read_status(config.state_dir, job)
+            if recorded is None:  # not supervised: read_status answers "failed"
+                raise AssertionError("unreachable")
+            status = {**recorded, "ended_at": utc_now()}
             system.write_file(status_path(config.state_dir, job), json.dumps(status), mode=0o644)
 
 

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.split(maxsplit=1)[:1] == ["porterbox-apt"]:
         try:
-            args = shlex.split(command)[1:]
+            apt_args = shlex.split(command)[1:]
         except ValueError as exc:
             print(f"porterbox-apt: {exc}", file=sys.stderr)
             return 2
         # The wrapper checks every argument; sudoers lets the group run it and nothing else.
-        os.execv(SUDO, [SUDO, "-n", APT_WRAPPER, *args])  # noqa: S606 - no shell
+        os.execv(SUDO, [SUDO, "-n", APT_WRAPPER, *apt_args])  # noqa: S606 - no shell
     os.environ.update(record["env"])
     os.execvp(SCHROOT, schroot_argv(record, account, command))  # noqa: S606 - no shell
     return 1  # not reached: exec replaced this process

@@ -55,7 +55,7 @@ SETUID_DROPPED_ENV = frozenset(
         *("NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"),
     }
 )
-INPUT_SHAPES = (set(), {"git"}, {"git", "ref"}, {"archive_bytes"})
+INPUT_SHAPES: tuple[set[str], ...] = (set(), {"git"}, {"git", "ref"}, {"archive_bytes"})
 
 
 def check_job(value: object) -> str:

@@ -100,6 +100,8 @@ def grant(
 def revoke(config: Config, *, session: str | None = None, user: str | None = None) -> dict:
     if session is not None:
         return {"killed": revoke_session(config, session)}
+    if user is None:  # validate_revoke refuses it first
+        raise AgentError("bad_request", "session: revoke takes either session or user")
     try:
         account = pwd.getpwnam(user)
     except KeyError:

@@ -138,7 +138,7 @@ def _amd_smi_mib(size, index: int) -> int:
     factor = {"MB": 1, "MIB": 1, "GB": 1024, "GIB": 1024}.get(str(unit).upper())
     if factor is None or not str(value).isdigit():
         raise ProbeError(f"amd-smi: GPU {index} VRAM size {size!r} is not understood")
-    return int(value) * factor
+    return int(str(value)) * factor
 
 
 # --- telemetry ------------------------------------------------------------------------------

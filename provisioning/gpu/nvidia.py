@@ -27,7 +27,7 @@ def probe(nvml=None, *, runner: Runner | None = None) -> list[Device]:
     """The GPUs NVML sees; [] where there is no NVIDIA driver or library."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml as nvml  # type: ignore[no-redef]  # the module stands in for the parameter
         except ImportError:
             return _probe_smi(runner)
     try:
@@ -185,7 +185,7 @@ def sample(nvml=None, *, runner: Runner | None = None, owner: Owner | None = Non
     there is no NVIDIA driver or library. ``owner`` names the user of each process's pid."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml as nvml  # type: ignore[no-redef]  # the module stands in for the parameter
         except ImportError:
             return _with_owners(_sample_smi(runner), owner)
     try:
