@@ -158,7 +158,8 @@ def make_fleet(scale: int = 1):
             for n, k in STACKS.items()
         )
     }
-    hosts, accs = [], []
+    hosts: list[tuple[Host, str]] = []
+    accs: list[Accelerator] = []
     for vendor, model, arch, mib, stack, count in FLEET:
         for _ in range(max(1, count // scale)):
             name = f"{vendor}{len(hosts) + 1:03d}"
@@ -193,7 +194,8 @@ def load(scale: int, now) -> dict:
     # Per device: back-to-back bookings of 1-8 h (mostly short) with gaps that grow with the
     # distance from now: this week is ~85% booked, the end of the month much less.
     base, horizon = floor_to(now, Q), DAYS * 96
-    reservations, allocations, gaps = [], [], []
+    reservations: list[tuple[object, ...]] = []
+    allocations, gaps = [], []
     for acc in accs:
         t, made = -rng.randrange(32), 0
         while made < PER_DEVICE:
@@ -251,8 +253,11 @@ def measure_availability(repeat: int, budget: float) -> dict:
         every = []
         for label, count, spec, gb, stack, hours in NEEDS:
             hwspec, duration = Hwspec.parse(spec) if spec else None, timedelta(hours=hours)
-            need = Need(count, hwspec, min_memory_mib=gb * GB, stack=stacks.get(stack))
-            times, deadline = [], time.monotonic() + budget
+            need = Need(
+                count, hwspec, min_memory_mib=gb * GB, stack=stacks.get(stack) if stack else None
+            )
+            times: list[float] = []
+            deadline = time.monotonic() + budget
             enough = min(3, repeat)  # then stop at `repeat` runs or when the budget is spent
             while len(times) < enough or (len(times) < repeat and time.monotonic() < deadline):
                 t0 = time.perf_counter()
@@ -373,7 +378,7 @@ def measure_api(port: int, data: dict, scale: int) -> dict:
     run_load(port, [[(tokens[0], {})] * 4 for _ in range(THREADS)])  # warm up: 400s, not counted
     # (a) Distinct devices and free hours (from the generated calendar): every one a 201.
     picked = rng.sample([g for g in data["gaps"] if g[0].vendor == "nvidia"], n)
-    jobs = [[] for _ in range(THREADS)]
+    jobs: list[list[tuple[str, dict]]] = [[] for _ in range(THREADS)]
     for i, (acc, start) in enumerate(picked):
         jobs[i % THREADS].append((rng.choice(tokens), body(acc.host, start, 4, [acc.index])))
     free = report("(a) distinct slots", *run_load(port, jobs))

@@ -25,7 +25,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,9 +72,13 @@ def main() -> None:
     from portal.accounts.sshkeys import parse_public_key
     from portal.booking.models import Allocation, Reservation
     from portal.inventory.models import DriverStack, Host
-    from tests.operations.harness import Person, Worker, host_fingerprint, prepare_host, wait_for
+    from tests.helpers import wait_for
+    from tests.operations.harness import Person, Worker, host_fingerprint, prepare_host
     from tests.provisioning.sshd import keygen
     from tests.testhost import TestHost
+
+    def reached(moment: datetime) -> Callable[[], bool]:
+        return lambda: timezone.now() >= moment
 
     keys = tmp / "keys"
     keys.mkdir()
@@ -111,14 +116,14 @@ def main() -> None:
                 user=user, host=registered, stack=stack, start=start, end=end
             )
             Allocation.objects.create(accelerator=device, reservation=r, start=start, end=end)
-            wait_for(lambda s=start: timezone.now() >= s, timeout=10, interval=0.01)
+            wait_for(reached(start), timeout=10, interval=0.01)
             wait_for(lambda: person.ssh("true").returncode == 0, timeout=60, interval=0.05)
             up.append((timezone.now() - start).total_seconds())
 
             end = timezone.now() + timedelta(seconds=2)
             Reservation.objects.filter(pk=r.pk).update(end=end)
             Allocation.objects.filter(reservation=r).update(end=end)
-            wait_for(lambda e=end: timezone.now() >= e, timeout=10, interval=0.01)
+            wait_for(reached(end), timeout=10, interval=0.01)
             wait_for(lambda: person.ssh("true").returncode != 0, timeout=60, interval=0.05)
             down.append((timezone.now() - end).total_seconds())
             print(f"round {n + 1:>3}: login after {up[-1]:.2f}s, refused after {down[-1]:.2f}s")

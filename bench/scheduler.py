@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 spec = importlib.util.spec_from_file_location("bench_booking", ROOT / "booking.py")
+assert spec is not None and spec.loader is not None  # a .py file: a spec with its loader
 bb = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bb)
 
@@ -54,7 +55,9 @@ def load(now) -> None:
     )  # fmt: skip
 
     base = floor_to(now, bb.Q)
-    reservations, allocations = [], []
+    # COPY rows: an allocation names either its reservation or its job, the other is \N.
+    reservations: list[tuple[object, ...]] = []
+    allocations: list[tuple[object, ...]] = []
     for acc in accs:  # reservations: a device in three is free for the next hours
         t = rng.randrange(-4, 48)
         for _ in range(PER_DEVICE):

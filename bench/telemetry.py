@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 spec = importlib.util.spec_from_file_location("bench_booking", ROOT / "booking.py")
+assert spec is not None and spec.loader is not None  # a .py file: a spec with its loader
 bb = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bb)
 
@@ -91,6 +92,7 @@ def main() -> None:
         from portal.inventory.models import Host
         from portal.operations import telemetry
         from portal.operations.metrics import PorterboxCollector
+        from provisioning.client import Telemetry
 
         now = timezone.now()
         t0 = time.perf_counter()
@@ -106,7 +108,8 @@ def main() -> None:
         print(f"operations_devicesample: {rows} rows, table {table}, indexes {indexes}")
 
         host = Host.objects.get(pk=hosts[0].pk)
-        answer = {
+        # As the client gives it to the loop: the agent's answer through its parser.
+        answer = Telemetry.parse({
             "samples": [
                 {"vendor": a.vendor, "index": a.index, "utilization_pct": 50.0,
                  "memory_used_mib": 1000, "temperature_c": 60.0, "power_w": 300.0,
@@ -115,7 +118,7 @@ def main() -> None:
                 for a in host.accelerators.all()
             ],
             "errors": [],
-        }  # fmt: skip
+        })  # fmt: skip
         moments = iter(now + timedelta(seconds=i + 1) for i in range(args.repeat))
         line(
             "record() of 8 devices",
@@ -135,13 +138,15 @@ def main() -> None:
                 *timed(lambda s=span: charts.host_charts(host, s, now=now), args.repeat),
             )
 
+        sizes: list[int] = []
+
         def scrape() -> None:
             registry = CollectorRegistry()
             registry.register(PorterboxCollector(now))
-            scrape.size = len(generate_latest(registry))
+            sizes.append(len(generate_latest(registry)))
 
         line("/metrics collector, whole fleet", *timed(scrape, args.repeat))
-        print(f"/metrics body: {scrape.size} bytes")
+        print(f"/metrics body: {sizes[-1]} bytes")
 
 
 if __name__ == "__main__":
