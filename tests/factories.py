@@ -10,7 +10,7 @@ from portal.inventory.models import Accelerator, DriverStack, Host
 PASSWORD = "correct horse battery staple 42"
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         skip_postgeneration_save = True
@@ -31,7 +31,7 @@ class UserFactory(factory.django.DjangoModelFactory):
             TOTP.activate(self, generate_totp_secret())
 
 
-class PartnerProjectFactory(factory.django.DjangoModelFactory):
+class PartnerProjectFactory(factory.django.DjangoModelFactory[PartnerProject]):
     class Meta:
         model = PartnerProject
 
@@ -40,7 +40,7 @@ class PartnerProjectFactory(factory.django.DjangoModelFactory):
     state = PartnerProject.State.APPROVED
 
 
-class PartnerMembershipFactory(factory.django.DjangoModelFactory):
+class PartnerMembershipFactory(factory.django.DjangoModelFactory[PartnerMembership]):
     class Meta:
         model = PartnerMembership
 
@@ -48,7 +48,7 @@ class PartnerMembershipFactory(factory.django.DjangoModelFactory):
     user = factory.SubFactory(UserFactory)
 
 
-class DriverStackFactory(factory.django.DjangoModelFactory):
+class DriverStackFactory(factory.django.DjangoModelFactory[DriverStack]):
     class Meta:
         model = DriverStack
         django_get_or_create = ["name"]
@@ -59,7 +59,7 @@ class DriverStackFactory(factory.django.DjangoModelFactory):
     area = DriverStack.Area.NON_FREE
 
 
-class HostFactory(factory.django.DjangoModelFactory):
+class HostFactory(factory.django.DjangoModelFactory[Host]):
     class Meta:
         model = Host
 
@@ -67,7 +67,7 @@ class HostFactory(factory.django.DjangoModelFactory):
     fqdn = factory.LazyAttribute(lambda h: f"{h.name}.example.org")
 
 
-class AcceleratorFactory(factory.django.DjangoModelFactory):
+class AcceleratorFactory(factory.django.DjangoModelFactory[Accelerator]):
     class Meta:
         model = Accelerator
 

@@ -190,10 +190,12 @@ class TestHost:
                 env={"PATH": PATH, "LANG": "C.UTF-8"},
                 preexec_fn=_die_with_parent,
             )
+        ready = self._unshare.stdout
+        assert ready is not None  # a pipe
         try:
-            if self._unshare.stdout.readline() != b"ready\n":
+            if ready.readline() != b"ready\n":
                 raise TestHostError(f"the host did not boot:\n{self._log('setup.log')}")
-            self._unshare.stdout.close()
+            ready.close()
             pid = self._unshare.pid
             self.pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
             self._make_bare()

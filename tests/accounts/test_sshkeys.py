@@ -110,6 +110,7 @@ def expected_fingerprint(line: str) -> str:
 
 
 def ssh_keygen_lf(tmp_path, line: str) -> subprocess.CompletedProcess:
+    assert SSH_KEYGEN is not None  # the callers check that it is installed
     path = tmp_path / "key.pub"
     path.write_text(line + "\n")
     return subprocess.run([SSH_KEYGEN, "-lf", str(path)], capture_output=True, text=True)

@@ -169,7 +169,7 @@ def run_from_the_portal(bootstrapped, live_server) -> str:
     """ansible-playbook -i inventory/portal.py site.yml, as ansible/README.md tells staff: a
     staff token, root, the portal's key; plus what only the test host needs (its stack, no
     systemd, no driver), none of it the device map."""
-    token = Token.objects.create(user=UserFactory(is_staff=True)).key
+    token = Token.objects.create(user=UserFactory.create(is_staff=True)).key
     # A short directory: ssh's control sockets live under it, and their paths have a limit.
     with tempfile.TemporaryDirectory(prefix="pb-") as short:
         return _run_from_the_portal(bootstrapped, live_server, token, Path(short))

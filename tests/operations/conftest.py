@@ -90,7 +90,7 @@ def person(testhost, keys_dir):
     known.write_text(testhost.known_hosts)
 
     def make(username: str) -> Person:
-        user = UserFactory(username=username, debian_member_source="staff")
+        user = UserFactory.create(username=username, debian_member_source="staff")
         key = keygen(keys_dir / f"{username}-{uuid.uuid4().hex[:6]}")
         ssh_key_add(user=user, key=parse_public_key(key.with_suffix(".pub").read_text()))
         return Person(user, key, known, testhost.port)

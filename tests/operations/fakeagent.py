@@ -166,7 +166,8 @@ class FakeAgent(AgentClient):
         return Granted(session, user, f"porterbox-{session}", {})
 
     def revoke(self, *, session: str | None = None, user: str | None = None) -> Killed:
-        self._enter("revoke", **({"session": session} if session else {"user": user}))
+        fields: dict[str, str | None] = {"session": session} if session else {"user": user}
+        self._enter("revoke", **fields)
         if session is not None:
             found = self.sessions.pop(session, None)
             if found is None:
@@ -175,6 +176,7 @@ class FakeAgent(AgentClient):
             if any(s.user == user for s in self.sessions.values()):
                 return Killed(0)
         else:
+            assert user is not None  # as the client: a session or a user
             for name in [n for n, s in self.sessions.items() if s.user == user]:
                 del self.sessions[name]
         account = self.users.get(user)
@@ -275,7 +277,7 @@ class FakeAgents:
     """The fake agents of a test, one per host name, handed out where the loop obtains its
     client (`portal.operations.agents.client_for`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.by_host: dict[str, FakeAgent] = {}
 
     def __getitem__(self, host) -> FakeAgent:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from django.db import connection
 
+from portal.accounts.models import User
 from portal.booking.models import Reservation
 from tests.ansible.bootstrap import bootstrap
 from tests.provisioning.sshd import keygen
@@ -91,7 +92,7 @@ def host_fingerprint(host: TestHost) -> str:
 class Person:
     """A portal user with a real key pair, who logs in to the test host with OpenSSH's ssh."""
 
-    user: object
+    user: User
     key: Path
     known_hosts: Path
     port: int

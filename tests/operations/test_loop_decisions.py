@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.core import mail
 
+from portal.accounts.models import User
 from portal.accounts.services import ssh_key_add
 from portal.accounts.sshkeys import parse_public_key
 from portal.booking.models import BookingPolicy, Reservation
@@ -62,8 +63,8 @@ def public_key() -> str:
     return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
-def member(username: str = "alice"):
-    user = UserFactory(username=username, debian_member_source="staff")
+def member(username: str = "alice") -> User:
+    user = UserFactory.create(username=username, debian_member_source="staff")
     ssh_key_add(user=user, key=parse_public_key(public_key()))
     return user
 

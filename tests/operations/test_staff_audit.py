@@ -1,10 +1,13 @@
 """Staff actions outside the admin land in the admin's own log, with who did what and why."""
 
+from typing import cast
+
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
-from portal.accounts.models import PartnerProject
+from portal.accounts.models import PartnerProject, User
 from portal.accounts.services import project_decide
 from portal.operations import health
 from tests.factories import DriverStackFactory, HostFactory, PartnerProjectFactory
@@ -21,11 +24,12 @@ def gpu1(db):
 
 
 def history(obj) -> list[tuple[str, str]]:
-    return [
-        (e.user.username, e.change_message)
-        for e in LogEntry.objects.filter(object_id=str(obj.pk)).order_by("pk")
-        if e.content_type.model_class() is type(obj)
-    ]
+    rows = []
+    for entry in LogEntry.objects.filter(object_id=str(obj.pk)).order_by("pk"):
+        # django-stubs types LogEntry's foreign keys without their models.
+        if cast(ContentType, entry.content_type).model_class() is type(obj):
+            rows.append((cast(User, entry.user).username, entry.change_message))
+    return rows
 
 
 def test_it_logs_a_resume_with_the_drain_it_ends(client, gpu1, staff):

@@ -17,16 +17,16 @@ from tests.provisioning.test_gpu_probes import h100_capture
 from tests.provisioning.test_gpu_telemetry import (
     NO_SUCH_UID,
     FakeTelemetryNVML,
+    Recorded,
     fake_proc,
     h100_apps,
-    runner_for,
 )
 
 
 def test_the_agents_reading_of_every_vendor_is_stored_per_device(db, monkeypatch, tmp_path):
     """The agent's telemetry verb on recorded outputs of the four vendors' tools (NVML as
     captured on an H100, rocm-smi, xpu-smi, xbutil), through JSON, into the portal."""
-    runner = runner_for(
+    runner = Recorded(
         {
             ("rocm-smi", "--showuse"): "rocm-smi/vega-20-WKS-GL-XE.json",
             ("xpu-smi", "discovery"): "xpu-smi/xpumanager-doc_discovery-j_windows_flex170.json",

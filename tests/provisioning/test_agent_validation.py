@@ -37,7 +37,7 @@ RSA = make_key("ssh-rsa", b"\x01\x00\x01", b"\x00" + bytes(range(256)) * 2)
 SK = make_key("sk-ssh-ed25519@openssh.com", bytes(32), b"ssh:")
 VALID_KEYS = [ED25519, ECDSA, RSA, SK]
 
-CONFIG = {
+CONFIG: dict[str, dict] = {  # the agent's configuration file
     "stacks": {"bookworm": {"chroot": "porterbox-bookworm"}, "trixie": {"chroot": "pb-trixie"}},
     "devices": {
         "nvidia": {"0": ["/dev/nvidia0"], "1": ["/dev/nvidia1"], "3": ["/dev/nvidia3"]},

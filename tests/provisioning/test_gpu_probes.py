@@ -87,24 +87,24 @@ def absent(argv):
     raise FileNotFoundError(argv[0])
 
 
-def recorded(outputs: dict[str | tuple[str, ...], str]):
+class Recorded:
     """A runner that answers each tool from a fixture, by its whole command line where that is
-    listed, else by its name; a tool not listed is not installed."""
-    calls = []
+    listed, else by its name; a tool not listed is not installed. `calls`: the tools it ran."""
 
-    def run(argv):
-        calls.append(argv[0])
-        key = tuple(argv) if tuple(argv) in outputs else argv[0]
-        if key not in outputs:
+    def __init__(self, outputs: dict[str | tuple[str, ...], str]) -> None:
+        self.outputs = outputs
+        self.calls: list[str] = []
+
+    def __call__(self, argv: list[str]) -> str:
+        self.calls.append(argv[0])
+        key = tuple(argv) if tuple(argv) in self.outputs else argv[0]
+        if key not in self.outputs:
             raise FileNotFoundError(argv[0])
-        text = fixture(outputs[key])
+        text = fixture(self.outputs[key])
         if argv[0] in fpga.TOOLS:  # they write their report to --output, not stdout
             Path(argv[argv.index("--output") + 1]).write_text(text)
             return ""
         return text
-
-    run.calls = calls
-    return run
 
 
 # --- NVIDIA -------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_it_rejects_unreadable_amd_smi_json(text, message):
 
 
 def test_it_prefers_amd_smi_to_rocm_smi():
-    runner = recorded(
+    runner = Recorded(
         {"amd-smi": "amd-smi/mi210_static_json.json", "rocm-smi": "rocm-smi/mi100_rocm602.json"}
     )
 
@@ -450,7 +450,7 @@ def test_it_prefers_amd_smi_to_rocm_smi():
 
 
 def test_it_falls_back_to_rocm_smi_without_amd_smi():
-    runner = recorded({"rocm-smi": "rocm-smi/mi100_rocm602.json"})
+    runner = Recorded({"rocm-smi": "rocm-smi/mi100_rocm602.json"})
 
     assert len(amd.probe(runner)) == 4
     assert runner.calls == ["amd-smi", "rocm-smi"]
@@ -500,7 +500,7 @@ def test_it_parses_recorded_xpu_smi_discovery(name, model, uuid):
 
 
 def test_it_reads_an_intel_gpus_memory_from_its_own_report():
-    runner = recorded(
+    runner = Recorded(
         {
             ("xpu-smi", "discovery", "-j"): XPU_LISTING,
             ("xpu-smi", "discovery", "-d", "0"): XPU_REPORT,
@@ -608,13 +608,13 @@ def test_it_names_an_alveo_cards_platform_by_its_shell(shell, arch):
 
 
 def test_it_runs_xbutil_with_a_report_file():
-    runner = recorded({"xbutil": "xrt-smi/ryzen-ai-doc_examine_json_npu.json"})
+    runner = Recorded({"xbutil": "xrt-smi/ryzen-ai-doc_examine_json_npu.json"})
 
     assert [d.pci_bus_id for d in fpga.probe(runner)] == ["00c5:00:01.1"]
 
 
 def test_it_runs_xrt_smi_where_xbutil_is_gone():
-    runner = recorded({"xrt-smi": "xrt-smi/ryzen-ai-doc_examine_json_npu.json"})
+    runner = Recorded({"xrt-smi": "xrt-smi/ryzen-ai-doc_examine_json_npu.json"})
 
     assert [d.model for d in fpga.probe(runner)] == ["NPU"]
     assert runner.calls == ["xbutil", "xrt-smi"]
@@ -647,7 +647,7 @@ def test_it_reads_an_empty_xbutil_device_list_as_no_devices():
 
 
 def test_it_finds_no_fpga_without_xbutil_or_xrt_smi():
-    runner = recorded({})
+    runner = Recorded({})
 
     assert fpga.probe(runner) == []
     assert runner.calls == ["xbutil", "xrt-smi"]
@@ -657,7 +657,7 @@ def test_it_finds_no_fpga_without_xbutil_or_xrt_smi():
 
 
 def test_it_merges_every_vendor():
-    runner = recorded(
+    runner = Recorded(
         {
             "amd-smi": "amd-smi/mi210_static_json.json",
             ("xpu-smi", "discovery", "-j"): XPU_LISTING,

@@ -87,23 +87,24 @@ def fake_proc(root: Path, uids: dict[int, int]) -> Path:
 NO_SUCH_UID = 4_000_000_123  # no passwd entry
 
 
-def runner_for(outputs: dict[tuple[str, str], str]):
-    """A runner answering (tool, subcommand) from fixtures; a tool not listed is not installed."""
-    calls = []
+class Recorded:
+    """A runner answering (tool, subcommand) from fixtures; a tool not listed is not installed.
+    `calls`: the command lines it ran."""
 
-    def run(argv):
-        calls.append(argv)
+    def __init__(self, outputs: dict[tuple[str, str], str]) -> None:
+        self.outputs = outputs
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> str:
+        self.calls.append(argv)
         key = (argv[0], argv[1])
-        if not any(tool == argv[0] for tool, _ in outputs):
+        if not any(tool == argv[0] for tool, _ in self.outputs):
             raise FileNotFoundError(argv[0])
-        text = fixture(outputs[key])
+        text = fixture(self.outputs[key])
         if argv[0] in fpga.TOOLS:
             Path(argv[argv.index("--output") + 1]).write_text(text)
             return ""
         return text
-
-    run.calls = calls
-    return run
 
 
 # --- NVIDIA through NVML ----------------------------------------------------------------------
@@ -227,7 +228,7 @@ def test_it_parses_the_average_power_of_recorded_v13_xml(name, expected):
 
 def test_it_samples_through_nvidia_smi_without_pynvml(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
-    runner = runner_for({("nvidia-smi", "-q"): "nvidia-smi/tesla-t4.xml"})
+    runner = Recorded({("nvidia-smi", "-q"): "nvidia-smi/tesla-t4.xml"})
     proc = fake_proc(tmp_path, {5762: 0})
 
     [sample] = nvidia.sample(runner=runner, owner=partial(process_owner, proc_root=proc))
@@ -322,7 +323,7 @@ def test_it_rejects_unreadable_rocm_smi_samples(text, message):
 
 
 def test_it_samples_amd_gpus_with_rocm_smi():
-    runner = runner_for({("rocm-smi", "--showuse"): "rocm-smi/rx6700xt_rocm612.json"})
+    runner = Recorded({("rocm-smi", "--showuse"): "rocm-smi/rx6700xt_rocm612.json"})
 
     assert amd.sample(runner) == [Sample("amd", 0, 0.0, 1499, 45.0, 6.0, [])]
     assert runner.calls == [amd.ROCM_SMI_SAMPLE]
@@ -380,7 +381,7 @@ def test_it_rejects_unreadable_xpu_smi_dumps(text, index, message):
 
 
 def test_it_dumps_each_intel_gpu_that_discovery_lists():
-    runner = runner_for(
+    runner = Recorded(
         {
             ("xpu-smi", "discovery"): "xpu-smi/xpumanager-doc_discovery-j_linux_0x020a.json",
             ("xpu-smi", "dump"): "xpu-smi/xpumanager-doc_dump_d0_m0-1-2_linux.csv",
@@ -415,7 +416,7 @@ def test_it_samples_no_fpga_without_xbutil_or_xrt_smi():
 
 
 def test_it_samples_every_vendor(tmp_path):
-    runner = runner_for(
+    runner = Recorded(
         {
             ("rocm-smi", "--showuse"): "rocm-smi/vega-20-WKS-GL-XE.json",
             ("xpu-smi", "discovery"): "xpu-smi/xpumanager-doc_discovery-j_windows_flex170.json",
