@@ -9,7 +9,7 @@ from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, Us
 class SSHKeyInline(admin.TabularInline):
     model = SSHKey
     extra = 0
-    fields = ["key_type", "bits", "fingerprint", "comment", "created", "last_used"]
+    fields = ("key_type", "bits", "fingerprint", "comment", "created", "last_used")
     readonly_fields = fields
     can_delete = True
 
@@ -22,7 +22,7 @@ class UserAdmin(BaseUserAdmin):
     list_display = ["username", "email", "debian_member_source", "is_staff", "time_zone"]
     list_filter = ["debian_member_source", "is_staff", "is_active"]
     fieldsets = [
-        *BaseUserAdmin.fieldsets,
+        *(BaseUserAdmin.fieldsets or ()),
         ("Portal", {"fields": ["debian_member_source", "time_zone"]}),
     ]
     inlines = [SSHKeyInline]

@@ -109,7 +109,7 @@ class PartnerProject(models.Model):
         default=1, help_text="Fair-share weight: a project with share 2 gets twice the device time."
     )
     created = models.DateTimeField(default=timezone.now)
-    members = models.ManyToManyField(
+    members: "models.ManyToManyField[User, PartnerMembership]" = models.ManyToManyField(
         User, through="PartnerMembership", related_name="partner_projects"
     )
 

@@ -59,7 +59,7 @@ def ssh_keys(request):
                 return redirect("accounts:ssh_keys")
             errors = result.errors
         else:
-            errors = form.errors["keys"]
+            errors = [str(message) for message in form.errors["keys"]]  # an ErrorList's text
         # An empty form: what was pasted may be a private key, and is never echoed back.
         form, status = SSHKeyAddForm(), 400
     keys = request.user.ssh_keys.all()

@@ -46,7 +46,7 @@ def _blocker(allocation, user) -> dict:
 
 def refusal(error: ServiceError, context) -> Response:
     """The answer to a service's refusal."""
-    body = {"code": error.code, "message": error.message}
+    body: dict[str, object] = {"code": error.code, "message": error.message}
     if error.field:
         fields = getattr(context.get("view"), "service_fields", {})
         body["errors"] = {fields.get(error.field, error.field): [error.message]}
@@ -67,7 +67,7 @@ def exception_handler(exc, context):
         detail, code = exc.detail, _first(exc.get_codes(), name_field=False)
     else:  # Django's Http404 and PermissionDenied, translated by DRF
         detail, code = response.data, "not_found" if response.status_code == 404 else "error"
-    body = {"code": code, "message": _first(detail, name_field=True)}
+    body: dict[str, object] = {"code": code, "message": _first(detail, name_field=True)}
     if isinstance(detail, dict):
         body["errors"] = response.data
     elif isinstance(detail, list):  # errors is an object, as the schema says (ErrorSerializer)

@@ -14,7 +14,8 @@ from rest_framework import permissions, serializers
 class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Machine-readable, as `not_found` or `conflict`.")
     message = serializers.CharField(help_text="For people: what is wrong, and what to do.")
-    errors = serializers.DictField(
+    # The metaclass moves declared fields out of the class, so .errors stays the property.
+    errors = serializers.DictField(  # type: ignore[assignment]
         required=False,
         help_text="The details: per field, its messages (`non_field_errors`: the whole body).",
     )

@@ -1,12 +1,13 @@
 import json
 import math
 from datetime import timedelta
+from typing import cast
 
 from django.utils.dateparse import parse_duration
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from portal.accounts.models import PartnerProject, SSHKey
+from portal.accounts.models import PartnerProject, SSHKey, User
 from portal.booking import bounds
 from portal.booking.models import Reservation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
@@ -23,7 +24,9 @@ class DriverStackSerializer(serializers.ModelSerializer):
 
 
 class AcceleratorSerializer(serializers.ModelSerializer):
-    host = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    host: serializers.SlugRelatedField[Host] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name"
+    )
 
     class Meta:
         model = Accelerator
@@ -41,7 +44,10 @@ class AcceleratorSerializer(serializers.ModelSerializer):
 
 
 class HostSerializer(serializers.ModelSerializer):
-    stacks = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    # many=True: DRF makes it a ManyRelatedField over this one, which the stubs cannot say.
+    stacks: serializers.SlugRelatedField[DriverStack] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="name"
+    )
     accelerators = AcceleratorSerializer(many=True, read_only=True)
     hwspecs = serializers.SerializerMethodField()
 
@@ -83,8 +89,12 @@ class SSHLoginSerializer(serializers.Serializer):
 
 
 class ReservationSerializer(serializers.ModelSerializer):
-    host = serializers.SlugRelatedField(read_only=True, slug_field="name")
-    stack = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    host: serializers.SlugRelatedField[Host] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name"
+    )
+    stack: serializers.SlugRelatedField[DriverStack] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name"
+    )
     devices = serializers.SerializerMethodField()
     ssh = serializers.SerializerMethodField()
 
@@ -281,11 +291,19 @@ class EnvField(serializers.Field):
 
 
 class JobSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(read_only=True, slug_field="slug")
-    submitter = serializers.SlugRelatedField(read_only=True, slug_field="username")
-    stack = serializers.SlugRelatedField(read_only=True, slug_field="name")
+    project: serializers.SlugRelatedField[PartnerProject] = serializers.SlugRelatedField(
+        read_only=True, slug_field="slug"
+    )
+    submitter: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        read_only=True, slug_field="username"
+    )
+    stack: serializers.SlugRelatedField[DriverStack] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name"
+    )
     # None until the scheduler places the job.
-    host = serializers.SlugRelatedField(read_only=True, slug_field="name", allow_null=True)
+    host: serializers.SlugRelatedField[Host] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name", allow_null=True
+    )
     walltime = serializers.SerializerMethodField()
     env = EnvField(read_only=True)
     input_archive = serializers.SerializerMethodField()
@@ -339,7 +357,8 @@ class JobCreateSerializer(serializers.Serializer):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         if user is not None:
-            self.fields["project"].queryset = PartnerProject.objects.filter(
+            project = cast(serializers.SlugRelatedField[PartnerProject], self.fields["project"])
+            project.queryset = PartnerProject.objects.filter(
                 state=PartnerProject.State.APPROVED, partnermembership__user=user
             )
 
@@ -348,5 +367,6 @@ class JobLogSerializer(serializers.Serializer):
     offset = serializers.IntegerField(help_text="Where this chunk starts, in characters.")
     next_offset = serializers.IntegerField(help_text="Ask for this offset next.")
     size = serializers.IntegerField(help_text="Characters of log the portal keeps.")
-    data = serializers.CharField()
+    # The metaclass moves declared fields out of the class, so .data stays the property.
+    data = serializers.CharField()  # type: ignore[assignment]
     eof = serializers.BooleanField(help_text="The job has finished and this is the end.")

@@ -1,14 +1,18 @@
+from typing import TypeVar
+
+from django import forms
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action, api_view, permission_classes
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotAuthenticated, NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.accounts import services as account_services
-from portal.accounts.models import SSHKey
+from portal.accounts.models import SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, parse_public_key
 from portal.api.schema import BUSY, CONFLICT, BlockerSerializer, error
 from portal.api.serializers import (
@@ -35,6 +39,14 @@ from portal.jobs.models import Job
 from portal.jobs.services import job_cancel, job_submit
 
 
+def _caller(request: Request) -> User:
+    """The caller of an operation that IsAuthenticated (the API's default) guards."""
+    user = request.user
+    if not isinstance(user, User):
+        raise NotAuthenticated()
+    return user
+
+
 class HostViewSet(viewsets.ReadOnlyModelViewSet):
     """Hosts and their accelerators. Filters as on the host list page."""
 
@@ -45,11 +57,7 @@ class HostViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Host.objects.none()
-        form = HostFilterForm(self.request.query_params)
-        if not form.is_valid():
-            field, errors = next(iter(form.errors.items()))
-            raise ValidationError({field: errors})
-        kwargs = form.selector_kwargs()
+        kwargs = _query_form(HostFilterForm, self.request).selector_kwargs()
         if self.action == "retrieve":
             kwargs["include_retired"] = True
         return selectors.host_list(**kwargs)
@@ -89,7 +97,7 @@ class SSHKeyViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return SSHKey.objects.none()
-        return self.request.user.ssh_keys.all()
+        return _caller(self.request).ssh_keys.all()
 
     @extend_schema(
         responses={
@@ -108,16 +116,22 @@ class SSHKeyViewSet(
         return Response(self.get_serializer(ssh_key).data, status=status.HTTP_201_CREATED)
 
 
-def _query_form(form_class, request):
+AnyForm = TypeVar("AnyForm", bound=forms.Form)
+
+
+def _query_form(form_class: type[AnyForm], request: Request) -> AnyForm:
     form = form_class(request.query_params)
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
-        raise ValidationError({field: errors})
+        # An ErrorList yields its messages as text.
+        raise ValidationError({field: [str(message) for message in errors]})
     return form
 
 
 class ExtensionBlockerSerializer(BlockerSerializer):
-    yours = None  # every blocker of an extension is someone else's or another of yours
+    # Every blocker of an extension is someone else's or another of yours. None removes the
+    # inherited field (DRF's way, which the stubs do not know).
+    yours = None  # type: ignore[assignment]
 
 
 class ExtensionSerializer(serializers.Serializer):
@@ -164,7 +178,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Reservation.objects.none()
-        mine = Reservation.objects.filter(user=self.request.user)
+        mine = Reservation.objects.filter(user=_caller(self.request))
         now = timezone.now()
         when = self.request.query_params.get("when", "")
         if self.action == "list" and when:
@@ -300,7 +314,7 @@ def ansible_inventory_view(request):
         .order_by("name")
     )
     groups: dict[str, list[str]] = {"porterbox": []}
-    hostvars = {}
+    hostvars: dict[str, dict[str, object]] = {}
     for host in hosts:
         vendors = {a.vendor for a in host.accelerators.all() if not a.retired}
         stacks = [s.name for s in host.stacks.all()]
@@ -322,7 +336,9 @@ def ansible_inventory_view(request):
             hostvars[host.name]["porterbox_devices"] = host.device_nodes
         if host.shared_nodes:
             hostvars[host.name]["porterbox_shared_nodes"] = host.shared_nodes
-    inventory = {group: {"hosts": members} for group, members in sorted(groups.items())}
+    inventory: dict[str, dict[str, object]] = {
+        group: {"hosts": members} for group, members in sorted(groups.items())
+    }
     inventory["_meta"] = {"hostvars": hostvars}
     return Response(inventory)
 
@@ -361,7 +377,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
         jobs = Job.objects.select_related("project", "submitter", "stack", "host").defer("log")
-        user = self.request.user
+        user = _caller(self.request)
         if not user.is_staff:
             jobs = jobs.filter(project__partnermembership__user=user)
         if self.action == "list":

@@ -163,7 +163,7 @@ def _gaps(
     by_device = {}
     for pk, host_id in matching_accelerators(need).values_list("pk", "host").order_by():
         by_device[pk] = devices.setdefault(host_id, {}).setdefault(pk, [])
-    per_device = {"partition_by": F("accelerator"), "order_by": F("start").asc()}
+    device, in_time = F("accelerator"), F("start").asc()
     held = (
         Allocation.objects.filter(
             active=True,
@@ -172,8 +172,8 @@ def _gaps(
             end__gt=earliest,
         )
         .annotate(
-            before=Window(Lag("end"), **per_device),
-            after=Window(Lead("start"), **per_device),
+            before=Window(Lag("end"), partition_by=device, order_by=in_time),
+            after=Window(Lead("start"), partition_by=device, order_by=in_time),
         )
         .filter(
             Q(before__isnull=True)

@@ -6,6 +6,7 @@ a time that does not exist or is ambiguous there (a daylight-saving change) is r
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import cast
 
 from django import forms
 from django.utils import timezone
@@ -89,7 +90,8 @@ class NeedForm(forms.Form):
         return duration
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         spec, stack = data.get("hwspec"), data.get("stack")
         if spec and stack and not stack.serves(spec):
             self.add_error("stack", f"The stack {stack.name} does not serve {spec.kind}.")
@@ -166,13 +168,14 @@ class ReservationForm(forms.Form):
             f"{a.vendor}:{a.index}" if indexes.count(a.index) > 1 else str(a.index): a
             for a in usable
         }
-        self.fields["accelerators"].choices = [
+        cast(forms.MultipleChoiceField, self.fields["accelerators"]).choices = [
             (key, f"#{a.index} {a.model}, {a.memory_gib} GiB") for key, a in self.usable.items()
         ]
-        self.fields["stack"].queryset = host.stacks.all()
+        cast(forms.ModelChoiceField, self.fields["stack"]).queryset = host.stacks.all()
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if not data.get("whole_host") and not data.get("accelerators"):
             raise forms.ValidationError("Choose at least one accelerator, or the whole host.")
         return data

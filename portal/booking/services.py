@@ -138,7 +138,7 @@ def _describe(blockers: Sequence[Allocation], user: User) -> str:
     for b in blockers[:5]:
         if b.job_id:
             whose = "held by a training job"
-        elif b.reservation.user_id == user.pk:
+        elif b.reservation and b.reservation.user_id == user.pk:
             whose = "your own booking"
         else:
             whose = "booked"

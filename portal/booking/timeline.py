@@ -139,7 +139,7 @@ def _cell(start, end, held, down, now, grid) -> Cell:
 
 def _bookable(cell: Cell, *, in_service: bool, horizon: datetime) -> Cell:
     """A free cell that a booking from it would be refused for offers no booking."""
-    if cell.state != "free":
+    if cell.state != "free" or cell.book_from is None:  # every free cell has one (_cell)
         return cell
     if not in_service:
         return Cell(cell.start, cell.end, "unavailable")

@@ -3,6 +3,7 @@
 Views parse and render; every decision is the booking service's (portal/booking/services.py).
 """
 
+from collections.abc import Callable
 from datetime import date
 
 from django.contrib import messages
@@ -139,7 +140,7 @@ def book(request, name):
 
 def _prefill(request, host: Host) -> dict:
     """Initial values from a timeline cell: ?accelerator=<vendor>:<index>&start=<ISO time>."""
-    initial = {}
+    initial: dict[str, object] = {}
     wanted = request.GET.get("accelerator", "")
     # The form names a device by its index, or by vendor:index where two vendors number one
     # alike; the timeline's link always says vendor:index (a bare index is still understood).
@@ -170,12 +171,13 @@ def my_reservations(request):
         .prefetch_related("allocations__accelerator")
         .order_by("-start")
     )
-    groups = {"current": [], "upcoming": [], "past": []}
+    groups: dict[str, list[Reservation]] = {"current": [], "upcoming": [], "past": []}
     for r in mine[:200]:
         groups[r.phase(now)].append(r)
     groups["upcoming"].reverse()
     for r in groups["current"] + groups["upcoming"]:
-        r.offers_login = offers_login(r, now)
+        # For the template (_reservation_table.html) only, not a field of the model.
+        r.offers_login = offers_login(r, now)  # type: ignore[attr-defined]
     return render(request, "booking/my_reservations.html", {"groups": groups, "now": now})
 
 
@@ -233,11 +235,15 @@ def reservation_change(request, pk, change):
     if change not in CHANGES:
         raise Http404("No such change.")
     reservation = _own(request, pk)
-    kwargs = {"reservation": reservation, "actor": request.user, "ip": client_ip(request)}
+    kwargs: dict[str, object] = {
+        "reservation": reservation,
+        "actor": request.user,
+        "ip": client_ip(request),
+    }
     if change in ("extend", "shorten"):
         form = EndForm(request.POST)
         if not form.is_valid():
-            messages.error(request, "; ".join(form.errors["end"]))
+            messages.error(request, "; ".join(str(message) for message in form.errors["end"]))
             return redirect(reservation)
         kwargs["end"] = form.cleaned_data["end"]
     service, done = CHANGES[change]
@@ -250,7 +256,8 @@ def reservation_change(request, pk, change):
     return redirect(reservation)
 
 
-CHANGES = {
+# Each service takes the reservation, the actor and the ip; extend and shorten the end too.
+CHANGES: dict[str, tuple[Callable[..., Reservation], str]] = {
     "extend": (services.reservation_extend, "Extended."),
     "shorten": (services.reservation_shorten, "Shortened."),
     "end": (services.reservation_end_now, "Ended; your access is being revoked."),

@@ -309,7 +309,10 @@ def current_processes(host: Host) -> list[Process]:
 
     The answer is JSON from the host's agent: read defensively, never trusted to be well formed.
     """
-    names = {(a.vendor, a.index): f"#{a.index} {a.model}" for a in host.accelerators.all()}
+    # Keyed to match what the telemetry says, which may be anything.
+    names: dict[tuple[object, object], str] = {
+        (a.vendor, a.index): f"#{a.index} {a.model}" for a in host.accelerators.all()
+    }
     telemetry = host.telemetry if isinstance(host.telemetry, dict) else {}
     processes = []
     for sample in _dicts(telemetry.get("samples")):

@@ -1,3 +1,5 @@
+from typing import cast
+
 from django import forms
 
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
@@ -33,7 +35,8 @@ class HostFilterForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         names = DriverStack.objects.values_list("name", flat=True)
-        self.fields["stack"].choices = [("", "any stack"), *((n, n) for n in names)]
+        stack = cast(forms.ChoiceField, self.fields["stack"])
+        stack.choices = [("", "any stack"), *((n, n) for n in names)]
 
     def clean_hwspec(self):
         return clean_hwspec_text(self.cleaned_data["hwspec"])

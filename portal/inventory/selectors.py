@@ -43,10 +43,11 @@ def host_list(
             stacks = stacks.filter(name=stack)
         if free_only:
             stacks = stacks.filter(area=DriverStack.Area.MAIN)
+        serving: QuerySet[DriverStack] | list[int] = stacks
         if hwspec and hwspec.kind != "cpu":
             # Stacks are a handful of rows; JSON "contains" is not portable to SQLite.
-            stacks = [s.pk for s in stacks if hwspec.kind in s.hwspecs]
-        offered = Host.stacks.through.objects.filter(host=OuterRef("pk"), driverstack__in=stacks)
+            serving = [s.pk for s in stacks if hwspec.kind in s.hwspecs]
+        offered = Host.stacks.through.objects.filter(host=OuterRef("pk"), driverstack__in=serving)
         hosts = hosts.filter(Exists(offered))
 
     return hosts.prefetch_related(

@@ -1,6 +1,7 @@
 """The job submission form. It parses what was typed; the service (job_submit) decides."""
 
 from datetime import timedelta
+from typing import cast
 
 from django import forms
 
@@ -115,7 +116,7 @@ class JobForm(forms.Form):
 
     def __init__(self, user: User, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = submittable_projects(user)
+        cast(forms.ModelChoiceField, self.fields["project"]).queryset = submittable_projects(user)
 
     def clean_hwspec(self) -> str:
         spec = clean_hwspec_text(self.cleaned_data["hwspec"])

@@ -55,7 +55,8 @@ def waiting_in_order(now: datetime) -> tuple[list[Job], list[Job]]:
     does not (no free devices, a quota) is passed over by the scheduler, and its wait reason says
     why. Jobs of projects that are not approved never start; they come second.
     """
-    approved, held_back = [], []
+    approved: list[Job] = []
+    held_back: list[Job] = []
     for job in waiting_jobs().order_by("queued_at", "pk"):
         ok = job.project.state == PartnerProject.State.APPROVED
         (approved if ok else held_back).append(job)

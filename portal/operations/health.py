@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -40,6 +41,15 @@ from portal.inventory.hwspec import NATIVE_KIND, Hwspec
 from portal.inventory.models import Host
 from portal.operations.logs import context
 from portal.operations.mail import mail_user
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Held(TypedDict):
+        active_allocations: list[Allocation]
+
+    # A reservation read with the allocations that hold its devices (notify_affected).
+    AffectedReservation = WithAnnotations[Reservation, _Held]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,7 @@ def _problem(code: str, message: str) -> Problem:
     return {"code": code, "message": message}
 
 
-def _device(vendor: str, index) -> str:
+def _device(vendor: object, index: object) -> str:  # as a reading says them: anything
     return f"{vendor} #{index}"
 
 
@@ -349,7 +359,7 @@ def _resume_howto(host) -> str:
     )
 
 
-def _need(r: Reservation) -> Need:
+def _need(r: AffectedReservation) -> Need:
     """What the reservation holds, as a need another host could meet."""
     devices = [a.accelerator for a in r.active_allocations]
     vendors = {d.vendor for d in devices}
@@ -357,7 +367,9 @@ def _need(r: Reservation) -> Need:
     return Need(count=max(len(devices), 1), hwspec=hwspec, stack=r.stack)
 
 
-def _alternatives(r: Reservation, now, step: timedelta, base: str, cache: dict) -> list[dict]:
+def _alternatives(
+    r: AffectedReservation, now, step: timedelta, base: str, cache: dict
+) -> list[dict]:
     need = _need(r)
     earliest = ceil_to(max(r.start, now), step)
     key = (need, r.end - r.start, earliest)

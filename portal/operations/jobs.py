@@ -11,7 +11,7 @@ import contextlib
 import logging
 import tempfile
 from datetime import datetime, timedelta
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypedDict
 
 from django.conf import settings
 from django.core.files import File
@@ -31,6 +31,15 @@ J = Job.State
 # What the agent's job-status says of a finished job -> the job's state in the portal.
 FINISHED = {"succeeded": J.SUCCEEDED, "failed": J.FAILED, "timed_out": J.TIMED_OUT}
 LOG_CHUNK = 256 * 1024  # bytes of the host's log per job-logs call
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Held(TypedDict):
+        held: list[Allocation]
+
+    # A job read with the allocations of its current attempt (JobPass.run).
+    PlacedJob = WithAnnotations[Job, _Held]
 
 
 def job_account(job: Job) -> str:
@@ -118,7 +127,7 @@ class JobPass:
         log.info("%s: dropped %s, which the portal no longer expects", self.host.name, name,
                  extra=context(self.host, job=_job_of(name)))  # fmt: skip
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: PlacedJob) -> None:
         Job.move(job.pk, J.STARTING, from_=(J.SCHEDULED,))
         devices = sorted(
             (DeviceRef(a.accelerator.vendor, a.accelerator.index) for a in job.held),

@@ -101,7 +101,7 @@ def host_sync_inventory(host: Host) -> SyncResult:
                 result.retired.append((acc.vendor, acc.index))
         host.stacks.set(known.values())
         # An agent too old to report its map leaves the one the portal knows.
-        mapped = {"last_error": ""}
+        mapped: dict[str, object] = {"last_error": ""}
         if answer.device_nodes is not None:
             mapped["device_nodes"] = answer.device_nodes
         if answer.shared_nodes is not None:

@@ -16,6 +16,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
 from django.core.mail import mail_admins
@@ -33,6 +34,15 @@ from portal.operations.mail import mail_user
 from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
 from provisioning.client import AgentClient, AgentError, DeviceRef, SessionState, epoch_seconds
 from provisioning.transport import HostKeyMismatch, TransportError
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Held(TypedDict):
+        active_allocations: list[Allocation]
+
+    # A reservation read with the allocations that hold its devices (due_reservations).
+    DueReservation = WithAnnotations[Reservation, _Held]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +88,7 @@ class Wanted:
         )
 
 
-def due_reservations(host: Host, now: datetime) -> list[Reservation]:
+def due_reservations(host: Host, now: datetime) -> list[DueReservation]:
     return list(
         Reservation.objects.filter(host=host, state__in=LIVE, start__lte=now, end__gt=now)
         .select_related("user", "stack", "host")
@@ -93,7 +103,7 @@ def due_reservations(host: Host, now: datetime) -> list[Reservation]:
     )
 
 
-def wanted(reservation: Reservation) -> Wanted:
+def wanted(reservation: DueReservation) -> Wanted:
     return Wanted(
         reservation=reservation,
         keys=tuple(k.openssh() for k in reservation.user.ssh_keys.all()),
@@ -314,7 +324,7 @@ class _Pass:
                 "%s: revoking %s failed: %s", self.host.name, session or user, exc, extra=extra
             )
             return False
-        self.done.append(f"revoked {session or 'user ' + user}")
+        self.done.append(f"revoked {session or f'user {user}'}")
         log.info(
             "%s: revoked %s (%d processes killed)", self.host.name,
             session or f"user {user}", revoked.killed, extra=extra,

@@ -46,7 +46,7 @@ def host_register(request):
     data = request.POST if request.method == "POST" else None
     existing = Host.objects.filter(name=(data or request.GET).get("name", "")).first()
     form = RegisterForm(data, instance=existing, initial=request.GET.dict() if not data else None)
-    context = {"form": form}
+    context: dict[str, object] = {"form": form}
     if data is None or not form.is_valid():
         return render(
             request, "operations/host_register.html", context, status=400 if data else 200
@@ -129,7 +129,8 @@ class MaintenanceForm(forms.ModelForm):
         return start
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         start, end = data.get("start"), data.get("end")
         if start and end and end <= start:
             self.add_error("end", "The end must be after the start.")

@@ -89,12 +89,14 @@ class Command(BaseCommand):
         for username, host_name, indices, offset, length in plans:
             host = Host.objects.filter(name=host_name).first()
             user = User.objects.filter(username=username).first()
-            if host is None or user is None:
+            # A host of that name that was there before the demo may offer no stack.
+            stack = host.stacks.first() if host is not None else None
+            if host is None or user is None or stack is None:
                 continue
             devices = [host.accelerators.get(index=i) for i in indices] if indices else None
             try:
                 reservation_create(
-                    user=user, host=host, stack=host.stacks.first(), accelerators=devices,
+                    user=user, host=host, stack=stack, accelerators=devices,
                     whole_host=devices is None, start=start + offset * hour,
                     end=start + (offset + length) * hour, purpose="demo",
                 )  # fmt: skip
