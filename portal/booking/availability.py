@@ -6,7 +6,8 @@ and each device's gaps become intervals of the starts it could take ([gap start,
 duration]). Per host, a +1/-1 sweep over those intervals on the booking grid, with the host's
 maintenance windows as a veto, stops at the first point where enough devices are free. Reads:
 the matching devices, their allocations in the window, the hosts' maintenance windows, the hosts
-found; never a query per candidate start.
+found; never a query per candidate start. It looks a day ahead first, then a week, then as far
+as asked, and stops as soon as enough hosts fit.
 """
 
 import heapq
@@ -233,6 +234,39 @@ def _first_fit(
     return None
 
 
+def _first_starts(
+    need: Need, duration: timedelta, earliest: datetime, horizon: datetime, step: timedelta
+) -> dict[int, tuple[datetime, int]]:
+    """Host -> its first start in [earliest, horizon) where the need fits, with the number of
+    matching devices free there."""
+    devices = _gaps(need, earliest, horizon, duration)
+    windows: dict[int, list[tuple[datetime, datetime]]] = {}
+    overlapping = MaintenanceWindow.objects.filter(
+        host__in=matching_accelerators(need).values("host"),
+        start__lt=horizon + duration,
+        end__gt=earliest,
+    )
+    for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
+        windows.setdefault(host_id, []).append((start, end))
+    first = {}
+    for host_id, gaps_by_device in devices.items():
+        if len(gaps_by_device) < need.count:
+            continue
+        events = [
+            _start_events(gaps, earliest, horizon, duration, step)
+            for gaps in gaps_by_device.values()
+        ]
+        found = _first_fit(events, _vetoes(windows.get(host_id, []), duration, step), need.count)
+        if found is not None:
+            first[host_id] = found
+    return first
+
+
+# The search looks this far first, then further only if fewer hosts than asked fit: a host found
+# within a window has its first slot there, and every host not found starts later.
+WINDOWS = (timedelta(days=1), timedelta(days=7))
+
+
 def availability(
     need: Need,
     *,
@@ -247,28 +281,11 @@ def availability(
     `earliest` must be on the booking grid; every slot starts on it, before the horizon.
     """
     horizon = earliest + timedelta(days=days)
-    devices = _gaps(need, earliest, horizon, duration)
-    windows: dict[int, list[tuple[datetime, datetime]]] = {}
-    overlapping = MaintenanceWindow.objects.filter(
-        host__in=matching_accelerators(need).values("host"),
-        start__lt=horizon + duration,
-        end__gt=earliest,
-    )
-    for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
-        windows.setdefault(host_id, []).append((start, end))
-
-    first: dict[int, tuple[datetime, int]] = {}
-    for host_id, gaps_by_device in devices.items():
-        if len(gaps_by_device) < need.count:
-            continue
-        events = [
-            _start_events(gaps, earliest, horizon, duration, step)
-            for gaps in gaps_by_device.values()
-        ]
-        found = _first_fit(events, _vetoes(windows.get(host_id, []), duration, step), need.count)
-        if found is not None:
-            first[host_id] = found
-
+    for window in (*WINDOWS, None):
+        stop = horizon if window is None else min(horizon, earliest + window)
+        first = _first_starts(need, duration, earliest, stop, step)
+        if len(first) >= limit or stop == horizon:
+            break
     hosts = Host.objects.in_bulk(list(first))
     ordered = sorted(first.items(), key=lambda item: (item[1][0], hosts[item[0]].name))
     return [

@@ -195,3 +195,8 @@ def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
         assert [(s.host.name, (s.start, s.free)) for s in found] == _first_free_by_brute_force(
             n, START, START + 24 * H, duration, H
         ), (count, gb, hours)
+    # Past the first day (the search's first window), and stopping once one host fits.
+    n = need(cuda, count=2)
+    found = availability(n, duration=6 * H, earliest=START, days=2, step=H, limit=1)
+    reference = _first_free_by_brute_force(n, START, START + 48 * H, 6 * H, H)[:1]
+    assert [(s.host.name, (s.start, s.free)) for s in found] == reference
