@@ -82,10 +82,23 @@ class Job(models.Model):
     # What the job left in $PORTERBOX_OUTPUT, fetched from the host when it ended (a .tar.gz).
     output = models.FileField(upload_to="jobs/output/", blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # A job array (one submission, N jobs, like `sbatch --array`): each task points to the
+    # array's first job (the first points to itself) and has its index, 0..N-1.
+    array = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="array_tasks"
+    )
+    array_index = models.PositiveIntegerField(null=True, blank=True)
+    # Written by each scheduler pass for waiting jobs: the place in the queue (1 = next) and the
+    # earliest start found for the job's need; the /jobs/ page reads them, it does not search.
+    queue_position = models.PositiveIntegerField(null=True, blank=True)
+    estimated_start = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["queued_at", "id"]
-        indexes = [models.Index(fields=["state", "queued_at"])]
+        indexes = [
+            models.Index(fields=["state", "queued_at"]),
+            models.Index(fields=["queue_position"], name="job_queue_position_idx"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(walltime__gt=timedelta(0)), name="job_walltime_positive"
