@@ -3,15 +3,20 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/scheduler.py
 
 Like bench/booking.py, it only uses DATABASE_URL's database to CREATE and DROP a throwaway one
-(`porterbox_bench`). It loads the fleet of bench/booking.py (1,000 accelerators on 125 hosts),
-50,000 reservations from an hour ago to 30 days ahead (50 per device, 1-8 h, gaps growing with
-the distance), 5,000 finished jobs of 20 partner projects over the last 30 days (their usage
-decays into the fair share), and 10,000 queued jobs of those projects in mixed shapes (1, 2, 4
-or 8 devices; cuda, cuda:sm_90, rocm, sycl or any; 1-48 h). Then it times:
+(`porterbox_bench_scheduler`, or `--database NAME`: not booking.py's, so both can run at once).
+It loads the fleet of bench/booking.py (1,000 accelerators on 125 hosts), 50,000 reservations
+from an hour ago to 30 days ahead (50 per device, 1-8 h, gaps growing with the distance), 5,000
+finished jobs of 20 partner projects over the last 30 days (their usage decays into the fair
+share), and 10,000 queued jobs of those projects in mixed shapes (1, 2, 4 or 8 devices; cuda,
+cuda:sm_90, rocm, sycl or any; 1-48 h). Then it times, in one run:
 - `plan()`: the pass without its writes (read the queue and the devices, order, place), N runs;
-- `schedule()`: one full pass, writing each placement through the booking service.
-Printed: median and p95 of plan() in ms, the seconds of schedule(), how many jobs it placed and
-the number of SQL queries of each. Nothing is asserted.
+- `schedule()`: one full pass, with its parts: the plan, the placements' transaction, and the
+  queue's turns and estimates stored for the /jobs/ page;
+- the floor: the same placements' bare writes (each job's allocation INSERT and job UPDATE) as
+  raw SQL in one transaction, after the pass's writes were undone; and the ratio;
+- `GET /jobs/` (the Django test client, in-process) with the 10,000 waiting jobs after the
+  pass, and with only 10 of them waiting (the others cancelled in a transaction rolled back).
+Printed: milliseconds (median, p95) and SQL queries of each. Nothing is asserted.
 """
 
 import argparse
@@ -106,16 +111,95 @@ def load(now) -> None:
           f"{FINISHED} finished and {QUEUED} queued jobs of {PROJECTS} projects")  # fmt: skip
 
 
+def _timed(module, name: str, spent: dict[str, float]) -> None:
+    """Wrap module.name so that its wall time adds up in spent[name], its calls in spent[#name]."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            spent[f"#{name}"] = spent.get(f"#{name}", 0) + 1
+
+    setattr(module, name, wrapper)
+
+
+def undo(placed: dict[int, list[int]]) -> None:
+    """Put the placed jobs back in the queue, their allocations gone, for the floor's writes."""
+    from portal.booking.models import Allocation
+    from portal.jobs.models import Job
+
+    Allocation.objects.filter(job_id__in=list(placed)).delete()
+    Job.objects.filter(pk__in=list(placed)).update(state="queued", host=None)
+
+
+def floor(placed: dict[int, list[int]], now) -> tuple[float, int]:
+    """The placements' bare writes in one transaction, raw SQL: (seconds, statements)."""
+    from django.db import connection, transaction
+
+    from portal.inventory.models import Accelerator
+    from portal.jobs.models import Job
+    from portal.jobs.scheduler import stop_grace
+
+    hosts = dict(Accelerator.objects.values_list("pk", "host_id"))
+    ends = {pk: now + w + stop_grace() for pk, w in Job.objects.filter(pk__in=list(placed))
+            .values_list("pk", "walltime")}  # fmt: skip
+    statements = 0
+    t0 = time.perf_counter()
+    with transaction.atomic():
+        cur = connection.connection.cursor()  # the driver's own cursor: no Django on the way
+        for job_id, devices in placed.items():
+            rows = ", ".join(["(%s, %s, %s, %s, true)"] * len(devices))
+            values = [v for pk in devices for v in (pk, job_id, now, ends[job_id])]
+            cur.execute(
+                # Only placeholders are formatted in; the values are parameters.
+                f'INSERT INTO booking_allocation (accelerator_id, job_id, start, "end", active) VALUES {rows}',  # noqa: E501, S608
+                values,
+            )
+            cur.execute(
+                "UPDATE jobs_job SET state = 'scheduled', host_id = %s, wait_reason = '' "
+                "WHERE id = %s AND state IN ('queued', 'requeued')",
+                [hosts[devices[0]], job_id],
+            )
+            statements += 2
+    return time.perf_counter() - t0, statements
+
+
+def page(repeat: int) -> tuple[list[float], int, str]:
+    """GET /jobs/ as a staff user: (ms per run, queries of the last run, its body)."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from portal.accounts.models import User
+
+    client = Client(SERVER_NAME="127.0.0.1")
+    client.force_login(User.objects.get(username="bench"))
+    times = []
+    for _ in range(repeat):
+        with CaptureQueriesContext(connection) as queries:
+            t0 = time.perf_counter()
+            response = client.get("/jobs/", secure=True)
+            times.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200, response.status_code
+    return times, len(queries), response.content.decode()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--database", default="porterbox_bench_scheduler")
     args = parser.parse_args()
+    vars(bb)["BENCH_DB"] = args.database  # booking.py's throwaway_django() reads it
     with bb.throwaway_django():
-        from django.db import connection, reset_queries
+        from django.db import connection, reset_queries, transaction
         from django.test.utils import CaptureQueriesContext
         from django.utils import timezone
 
         from portal.jobs import scheduler
+        from portal.jobs.models import Job
 
         now = timezone.now()
         t0 = time.perf_counter()
@@ -134,13 +218,62 @@ def main() -> None:
             f"over {len(times)} runs; {len(planned.placed)} jobs placed, "
             f"{len(planned.waiting)} wait; {len(plan_queries)} queries"
         )
-        with CaptureQueriesContext(connection) as pass_queries:
-            t0 = time.perf_counter()
-            done = scheduler.schedule(now)
-            seconds = time.perf_counter() - t0
+        spent: dict[str, float] = {}
+        for name in ("plan", "_write_placements", "store_queue", "estimate_starts", "availability"):
+            _timed(scheduler, name, spent)
+
+        def one_pass(label: str):
+            spent.clear()
+            with CaptureQueriesContext(connection) as queries:
+                t0 = time.perf_counter()
+                result = scheduler.schedule(now)
+                seconds = time.perf_counter() - t0
+            searches = spent.get("#availability", 0)
+            print(
+                f"{label}: {seconds:.2f} s, {len(result.placed)} jobs placed, {len(queries)} "
+                f"queries: plan {spent['plan']:.2f} s, placements' transaction "
+                f"{spent.get('_write_placements', 0):.2f} s, queue stored "
+                f"{spent['store_queue']:.2f} s, of which start estimates "
+                f"{spent['estimate_starts']:.2f} s ({searches} availability searches, "
+                f"{1000 * spent.get('availability', 0) / max(searches, 1):.0f} ms each)"
+            )
+            return result, seconds
+
+        done, seconds = one_pass("schedule(), one pass")
+        writes = spent["_write_placements"]
+        placing = spent["plan"] + writes
+        without = seconds - spent["estimate_starts"]
+        print(f"  the pass without the start estimates: {without:.2f} s")
+        positions = Job.objects.filter(queue_position__isnull=False).count()
+        estimated = Job.objects.filter(estimated_start__isnull=False).count()
+        print(f"  stored: {positions} turns, {estimated} start estimates")
+        one_pass("schedule(), the next pass (nothing new fits)")
+
+        undo(done.placed)
+        bare, statements = floor(done.placed, now)
         print(
-            f"schedule(): {seconds:.2f} s for one pass that placed {len(done.placed)} jobs "
-            f"({len(pass_queries)} queries: one transaction per placed job)"
+            f"floor: {bare:.2f} s for the same {len(done.placed)} placements' bare writes "
+            f"({statements} statements, one transaction, raw SQL). Ratios to the floor: the "
+            f"placements' transaction {writes / bare:.1f}x, placing (plan and writes, "
+            f"{placing:.2f} s) {placing / bare:.1f}x, the pass without the estimates "
+            f"{without / bare:.1f}x, the whole pass {seconds / bare:.1f}x"
+        )
+
+        ms, many, body = page(args.repeat)
+        waiting = Job.objects.filter(state="queued").count()
+        assert "Waiting for the next scheduler pass." not in body  # reasons stored by the pass
+        print(
+            f"GET /jobs/ with {waiting} waiting jobs: median {statistics.median(ms):.0f} ms, "
+            f"p95 {bb.pct(ms, 95):.0f} ms over {len(ms)} runs; {many} queries"
+        )
+        with transaction.atomic():
+            keep = list(Job.objects.filter(state="queued").values_list("pk", flat=True)[:10])
+            Job.objects.filter(state="queued").exclude(pk__in=keep).update(state="cancelled")
+            ms, few, _ = page(args.repeat)
+            transaction.set_rollback(True)
+        print(
+            f"GET /jobs/ with 10 waiting jobs: median {statistics.median(ms):.0f} ms; {few} "
+            f"queries ({'the same count' if few == many else 'NOT the same count'})"
         )
 
 

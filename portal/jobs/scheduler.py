@@ -11,42 +11,90 @@ stop grace, so it always ends before the next reservation or maintenance of thos
 gaps between reservations are what jobs fill. Devices of one host, the tightest fit first
 (those whose next booking comes soonest), so long gaps stay for long jobs.
 
-Speed. The state of every device (free now? next busy when?) is read once per pass in three
-queries; placement then runs in memory. Resources only shrink within a pass, so a job that does
-not fit is not tried again, and neither is any job of the same shape with a walltime at least
-as long. The allocations are written through the booking service, one short transaction per
-job, and a job whose devices someone booked meanwhile simply waits for the next pass.
+Speed. The waiting jobs are read as plain rows (`Waiting`), not model objects, and the state of
+every device (free now? next busy when?) once per pass in three queries; placement then runs in
+memory. Resources only shrink within a pass, so a job that does not fit is not tried again, and
+neither is any job of the same shape with a walltime at least as long. The placements are
+written in one transaction, a savepoint per job (`_hold_all`): a job whose devices someone
+booked meanwhile rolls back its own savepoint and simply waits for the next pass.
+
+The queue. Each pass also stores every waiting job's turn (`Job.queue_position`) and, for the
+first ESTIMATED, the earliest start found for its need (`Job.estimated_start`, at most one
+availability search per distinct shape), so the /jobs/ page reads them and searches nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import F, Min, QuerySet
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 
 from portal.accounts.models import PartnerProject
-from portal.booking import services as booking
-from portal.booking.availability import Need, matching_accelerators
-from portal.booking.models import Allocation
-from portal.inventory.hwspec import Hwspec
-from portal.inventory.models import Accelerator, Host, MaintenanceWindow
+from portal.booking.availability import Need, availability, ceil_to, matching_accelerators
+from portal.booking.models import Allocation, BookingPolicy
+from portal.errors import Busy, is_lock_failure
+from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 from portal.jobs.models import Job
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 FOREVER = datetime.max.replace(tzinfo=UTC)
+ESTIMATED = 50  # waiting jobs, first in turn order, that get a start estimate
+RETRIES = 3  # tries of the placements' transaction when a lock is not had in time
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A waiting job as the scheduler reads it: what it decides on, and what it last stored."""
+
+    pk: int
+    project_id: int
+    stack_id: int
+    count: int
+    hwspec: str
+    min_memory_mib: int
+    walltime: timedelta
+    queued_at: datetime
+    queue_position: int | None
+    estimated_start: datetime | None
+
+    @property
+    def shape(self) -> tuple:
+        return (self.stack_id, self.hwspec, self.min_memory_mib, self.count)
+
+
+WAITING_FIELDS = [f.name for f in Waiting.__dataclass_fields__.values()]
+
+
+def waiting_rows() -> list[Waiting]:
+    """Every waiting job, longest waiting first, in one query."""
+    rows = (
+        Job.objects.filter(state__in=Job.WAITING)
+        .order_by("queued_at", "pk")
+        .values_list(*WAITING_FIELDS)
+    )
+    return [Waiting(*row) for row in rows]
 
 
 @dataclass
 class PassResult:
     placed: dict[int, list[int]] = field(default_factory=dict)  # job id -> accelerator ids
     waiting: dict[int, str] = field(default_factory=dict)  # job id -> why it waits
+    # What the plan read, for the queue's turns after the writes: the waiting jobs (all
+    # projects), the approved projects, and their decayed usage before this pass.
+    jobs: list[Waiting] = field(default_factory=list)
+    projects: dict[int, PartnerProject] = field(default_factory=dict)
+    usage: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,31 +196,34 @@ class _Placer:
     def __init__(self, now: datetime, devices: dict[int, _Device]):
         self.now, self.devices = now, devices
         self.taken: set[int] = set()
+        self._stacks: dict[int, DriverStack] = {}
         self._matching: dict[tuple, dict[int, list[_Device]]] = {}
         self._failed: dict[tuple, timedelta] = {}  # shape -> shortest walltime that did not fit
 
-    def _by_host(self, job: Job, shape: tuple) -> dict[int, list[_Device]]:
-        if shape not in self._matching:
+    def _by_host(self, job: Waiting) -> dict[int, list[_Device]]:
+        if job.shape not in self._matching:
+            if job.stack_id not in self._stacks:
+                self._stacks[job.stack_id] = DriverStack.objects.get(pk=job.stack_id)
             need = Need(
                 count=job.count,
                 hwspec=Hwspec.parse(job.hwspec) if job.hwspec else None,
                 min_memory_mib=job.min_memory_mib,
-                stack=job.stack,
+                stack=self._stacks[job.stack_id],
             )
             by_host: dict[int, list[_Device]] = defaultdict(list)
             for pk in matching_accelerators(need).values_list("pk", flat=True):
                 if pk in self.devices:
                     by_host[self.devices[pk].host_id].append(self.devices[pk])
-            self._matching[shape] = by_host
-        return self._matching[shape]
+            self._matching[job.shape] = by_host
+        return self._matching[job.shape]
 
-    def place(self, job: Job) -> list[int] | None:
-        shape = (job.stack_id, job.hwspec, job.min_memory_mib, job.count)
+    def place(self, job: Waiting) -> list[int] | None:
+        shape = job.shape
         if shape in self._failed and job.walltime >= self._failed[shape]:
             return None
         until = self.now + job.walltime + stop_grace()
         best: tuple | None = None
-        for host_id, candidates in self._by_host(job, shape).items():
+        for host_id, candidates in self._by_host(job).items():
             fitting = [d for d in candidates if d.pk not in self.taken and d.free_until >= until]
             if len(fitting) < job.count:
                 continue
@@ -191,7 +242,7 @@ class _Placer:
         return ids
 
 
-def _quota_reason(job: Job, project: PartnerProject, used: float, held: int) -> str:
+def _quota_reason(job: Waiting, project: PartnerProject, used: float, held: int) -> str:
     if job.walltime > project.max_walltime_hours * HOUR:
         return f"Its walltime is over the project's limit of {project.max_walltime_hours} hours."
     if held + job.count > project.max_concurrent_devices:
@@ -211,20 +262,23 @@ def _quota_reason(job: Job, project: PartnerProject, used: float, held: int) -> 
 class FairShare:
     """Whose turn it is: the project with the least decayed usage per share, ties to the one
     whose next job waited longest. Each project's jobs wait in a queue, oldest first; a turn's
-    job is charged to its project (devices x walltime) before the project's next turn."""
+    job is charged to its project (devices x walltime) before the project's next turn.
+    `usage` is charged in place: pass a copy to keep the original."""
 
-    def __init__(self, jobs: list[Job], usage: dict[int, float]):
+    def __init__(
+        self, jobs: Iterable[Waiting], projects: dict[int, PartnerProject], usage: dict[int, float]
+    ):
         self.usage = usage
-        self.queues: dict[int, deque[Job]] = defaultdict(deque)
-        self.projects: dict[int, PartnerProject] = {}
+        self.projects = projects
+        self.queues: dict[int, deque[Waiting]] = defaultdict(deque)
         for job in jobs:  # in waiting order
             self.queues[job.project_id].append(job)
-            self.projects[job.project_id] = job.project
         self._heap = [self._key(p) for p in self.queues]
         heapq.heapify(self._heap)
 
     def _key(self, p: int) -> tuple:
-        return (self.usage[p] / max(self.projects[p].share, 1), self.queues[p][0].queued_at, p)
+        share = max(self.projects[p].share, 1)
+        return (self.usage.get(p, 0.0) / share, self.queues[p][0].queued_at, p)
 
     def __bool__(self) -> bool:
         return bool(self._heap)
@@ -233,9 +287,9 @@ class FairShare:
         """The project whose turn it is; call done(p) when its turn is over."""
         return heapq.heappop(self._heap)[-1]
 
-    def charge(self, job: Job) -> float:
+    def charge(self, job: Waiting) -> float:
         hours = job.count * job.walltime / HOUR
-        self.usage[job.project_id] += hours
+        self.usage[job.project_id] = self.usage.get(job.project_id, 0.0) + hours
         return hours
 
     def done(self, p: int) -> None:
@@ -243,21 +297,21 @@ class FairShare:
             heapq.heappush(self._heap, self._key(p))
 
 
-def waiting_jobs():
-    return Job.objects.filter(state__in=Job.WAITING).select_related("stack", "project", "submitter")
+def approved_projects() -> dict[int, PartnerProject]:
+    return PartnerProject.objects.filter(state=PartnerProject.State.APPROVED).in_bulk()
 
 
 def plan(now: datetime) -> PassResult:
     """Which waiting jobs go where now, and why the others wait; writes nothing."""
-    waiting = list(
-        waiting_jobs()
-        .filter(project__state=PartnerProject.State.APPROVED)
-        .order_by("queued_at", "pk")
-    )
-    result = PassResult()
+    result = PassResult(jobs=waiting_rows())
+    if not result.jobs:
+        return result
+    result.projects = approved_projects()
+    waiting = [job for job in result.jobs if job.project_id in result.projects]
     if not waiting:
         return result
-    turns = FairShare(waiting, decayed_usage(now))
+    result.usage = decayed_usage(now)
+    turns = FairShare(waiting, result.projects, defaultdict(float, result.usage))
     used, held = month_usage(now), _held_devices(now)
     placer = _Placer(now, _devices(now))
     while turns:
@@ -281,39 +335,124 @@ def plan(now: datetime) -> PassResult:
     return result
 
 
-def hold(job: Job, accelerators: list[Accelerator], start: datetime, end: datetime) -> None:
-    """Hold the job's devices through the booking service; the job moves from waiting to
-    scheduled in the same transaction (booking.allocate's claim)."""
+# -- Writing the placements ---------------------------------------------------------------------
 
-    def claim(host: Host) -> None:
-        if not Job.move(job.pk, Job.State.SCHEDULED, from_=Job.WAITING, host=host, wait_reason=""):
-            raise booking.BookingError("not_waiting", "The job is no longer waiting.")
 
-    booking.allocate(
-        owner={"job_id": job.pk},
-        holder=job.submitter,
-        accelerators=accelerators,
-        start=start,
-        end=end,
-        claim=claim,
+class _NotHeld(Exception):
+    """A job the pass cannot hold after all; its savepoint is rolled back."""
+
+
+def _hold_all(placed: dict[int, list[int]], jobs: dict[int, Waiting], now: datetime) -> dict:
+    """Hold each placed job's devices from now to its end, all in one transaction with a
+    savepoint per job; the job moves from waiting to scheduled in its savepoint (a conditional
+    UPDATE, so a job cancelled meanwhile is not held). Returns job id -> why it was not held.
+
+    The booking invariant (docs/architecture.md, "The booking invariant") as in
+    `booking.services.allocate`, in bulk: the devices locked once, in pk order, then the
+    overlap and maintenance checks from one read each, then the writes; on PostgreSQL the
+    exclusion constraint has the last word, and a job it refuses loses only its savepoint.
+    """
+    ids = sorted({pk for devices in placed.values() for pk in devices})
+    ends = {job_id: now + jobs[job_id].walltime + stop_grace() for job_id in placed}
+    last = max(ends.values())
+    refused: dict[int, str] = {}
+    with transaction.atomic(durable=True):
+        locked = {
+            pk: (host_id, retired)
+            for pk, host_id, retired in Accelerator.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")
+            .values_list("pk", "host_id", "retired")
+        }
+        hosts = {host_id for host_id, _ in locked.values()}
+        maintenance: dict[int, list[datetime]] = defaultdict(list)
+        for host_id, start in MaintenanceWindow.objects.filter(
+            host_id__in=hosts, start__lt=last, end__gt=now
+        ).values_list("host_id", "start"):
+            maintenance[host_id].append(start)
+        booked = _booked(ids, now, last)
+        for job_id, devices in placed.items():
+            end = ends[job_id]
+            try:
+                if any(pk not in locked or locked[pk][1] for pk in devices):
+                    raise _NotHeld("an accelerator was retired")
+                (host_id,) = {locked[pk][0] for pk in devices}
+                if any(start < end for start in maintenance[host_id]):
+                    raise _NotHeld("its host goes into maintenance")
+                if any(start < end for pk in devices for start in booked[pk]):
+                    raise _NotHeld("booked meanwhile")
+                with transaction.atomic():  # the job's savepoint
+                    if not Job.move(
+                        job_id, Job.State.SCHEDULED, from_=Job.WAITING, host_id=host_id,
+                        wait_reason="", queue_position=None, estimated_start=None,
+                    ):  # fmt: skip
+                        raise _NotHeld("no longer waiting")
+                    _insert_allocations(job_id, devices, now, end)
+                for pk in devices:  # held now: no later job of this batch may take them
+                    booked[pk].append(now)
+            except _NotHeld as exc:
+                refused[job_id] = str(exc)
+            except IntegrityError as exc:
+                if "allocation_no_overlap" not in str(exc):
+                    raise
+                refused[job_id] = "booked meanwhile"
+    return refused
+
+
+def _insert_allocations(job_id: int, devices: list[int], start: datetime, end: datetime) -> None:
+    """Allocation.objects.bulk_create() of the job's rows as one plain INSERT: the same
+    statement without building a model object per row (the pass writes hundreds)."""
+    meta = Allocation._meta
+    fields = {f.name: f.column for f in meta.concrete_fields}
+    columns = ", ".join(
+        connection.ops.quote_name(fields[name])
+        for name in ("accelerator", "job", "start", "end", "active")
     )
+    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(devices))
+    start_db, end_db = (connection.ops.adapt_datetimefield_value(t) for t in (start, end))
+    params = [v for pk in devices for v in (pk, job_id, start_db, end_db, True)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {rows}",  # noqa: S608 (names from the model, values as parameters)
+            params,
+        )
+
+
+def _booked(ids: list[int], start: datetime, end: datetime) -> dict[int, list[datetime]]:
+    """When the active allocations of these devices that overlap [start, end) begin."""
+    booked: dict[int, list[datetime]] = defaultdict(list)
+    rows = Allocation.objects.filter(
+        accelerator_id__in=ids, active=True, start__lt=end, end__gt=start
+    ).values_list("accelerator_id", "start")
+    for pk, begins in rows:
+        booked[pk].append(begins)
+    return booked
+
+
+def _write_placements(result: PassResult, now: datetime) -> None:
+    jobs = {job.pk: job for job in result.jobs}
+    for attempt in range(RETRIES):
+        try:
+            refused = _hold_all(result.placed, jobs, now)
+            break
+        except OperationalError as exc:
+            # A lock not had in time: nothing was written; back off and try the whole batch.
+            if not is_lock_failure(exc):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    else:
+        raise Busy()
+    for job_id, why in refused.items():  # booked or changed since the plan was made
+        del result.placed[job_id]
+        result.waiting[job_id] = f"Its devices were taken a moment ago ({why})."
 
 
 def schedule(now: datetime | None = None) -> PassResult:
-    """One pass: plan, then hold the planned devices through the booking service."""
+    """One pass: plan, hold the planned devices, say why the others wait, store the queue."""
     now = now or timezone.now()
     result = plan(now)
-    accelerators = Accelerator.objects.select_related("host").in_bulk(
-        [pk for ids in result.placed.values() for pk in ids]
-    )
-    jobs = Job.objects.select_related("submitter").in_bulk(list(result.placed))
-    for job_id, ids in list(result.placed.items()):
-        job = jobs[job_id]
-        try:
-            hold(job, [accelerators[pk] for pk in ids], now, now + job.walltime + stop_grace())
-        except booking.BookingError as exc:  # booked or changed since the plan was made
-            del result.placed[job_id]
-            result.waiting[job_id] = f"Its devices were taken a moment ago ({exc.message})"
+    if result.placed:
+        _write_placements(result, now)
     by_reason: dict[str, list[int]] = defaultdict(list)
     for job_id, reason in result.waiting.items():
         by_reason[reason].append(job_id)
@@ -321,6 +460,137 @@ def schedule(now: datetime | None = None) -> PassResult:
         Job.objects.filter(pk__in=ids, state__in=Job.WAITING).exclude(wait_reason=reason).update(
             wait_reason=reason
         )
+    store_queue(now, result)
     if result.placed:
         log.info("scheduled %d jobs", len(result.placed))
     return result
+
+
+# -- The queue as the /jobs/ page shows it --------------------------------------------------------
+
+
+def turn_order(
+    jobs: Iterable[Waiting], projects: dict[int, PartnerProject], usage: dict[int, float]
+) -> list[Waiting]:
+    """Waiting jobs of approved projects in the order the scheduler takes them, assuming each
+    fits when its turn comes (one that does not is passed over; its wait reason says why)."""
+    turns = FairShare(
+        (j for j in jobs if j.project_id in projects), projects, defaultdict(float, usage)
+    )
+    ordered = []
+    while turns:
+        p = turns.next_turn()
+        job = turns.queues[p].popleft()
+        ordered.append(job)
+        turns.charge(job)
+        turns.done(p)
+    return ordered
+
+
+def estimate_starts(jobs: list[Waiting], now: datetime) -> dict[int, datetime | None]:
+    """The earliest slot free for each job's need and walltime (None: none within the booking
+    horizon). It counts reservations, maintenance and the jobs already placed, not the waiting
+    jobs ahead, nor the project's quotas.
+
+    At most one availability search per distinct shape, and often fewer: the earliest start
+    never comes sooner for a longer walltime (a slot free for longer is free for less), so when
+    the shortest and the longest walltime of a device shape start at the same time, every
+    walltime between them does too; otherwise the middle one is searched, and so on.
+    """
+    policy = BookingPolicy.current()
+    earliest = ceil_to(now, policy.granularity)
+    stacks = DriverStack.objects.in_bulk({job.stack_id for job in jobs})
+    walltimes: dict[tuple, set[timedelta]] = defaultdict(set)
+    for job in jobs:
+        walltimes[job.shape].add(job.walltime)
+    found: dict[tuple, datetime | None] = {}
+    for shape, times in walltimes.items():
+        stack_id, hwspec, min_memory_mib, count = shape
+        try:
+            spec = Hwspec.parse(hwspec) if hwspec else None
+        except InvalidHwspec:
+            found.update(((*shape, w), None) for w in times)
+            continue
+        need = Need(count, spec, min_memory_mib, stacks[stack_id])
+
+        def search(walltime: timedelta, need: Need = need) -> datetime | None:
+            slots = availability(
+                need,
+                duration=walltime + stop_grace(),
+                earliest=earliest,
+                days=policy.max_days_ahead,
+                step=policy.granularity,
+                limit=1,
+            )
+            return slots[0].start if slots else None
+
+        for walltime, start in _monotone(search, sorted(times)).items():
+            found[(*shape, walltime)] = start
+    return {job.pk: found[(*job.shape, job.walltime)] for job in jobs}
+
+
+def _monotone(search, walltimes: list[timedelta]) -> dict[timedelta, datetime | None]:
+    """search(w) for every w of the sorted walltimes, given that it never decreases with w
+    (None, no slot, being the latest): equal answers at both ends of a run answer its inside."""
+    found = {walltimes[0]: search(walltimes[0])}
+    if len(walltimes) > 1:
+        found[walltimes[-1]] = search(walltimes[-1])
+
+    def fill(lo: int, hi: int) -> None:  # walltimes[lo] and walltimes[hi] are searched
+        if hi - lo < 2:
+            return
+        if found[walltimes[lo]] == found[walltimes[hi]]:
+            found.update((walltimes[i], found[walltimes[lo]]) for i in range(lo + 1, hi))
+            return
+        mid = (lo + hi) // 2
+        found[walltimes[mid]] = search(walltimes[mid])
+        fill(lo, mid)
+        fill(mid, hi)
+
+    fill(0, len(walltimes) - 1)
+    return found
+
+
+def store_queue(now: datetime, result: PassResult | None = None) -> None:
+    """Store each waiting job's turn and, for the first ESTIMATED, its estimated start; clear
+    both for jobs of projects not approved and for jobs that stopped waiting. Only the rows
+    whose figures changed are written, in one statement on PostgreSQL."""
+    if result is None:
+        result = PassResult(jobs=waiting_rows())
+        result.projects = approved_projects()
+        result.usage = decayed_usage(now) if result.jobs else {}
+    left = [job for job in result.jobs if job.pk not in result.placed]
+    ordered = turn_order(left, result.projects, result.usage)
+    estimates = estimate_starts(ordered[:ESTIMATED], now) if ordered else {}
+    wanted: dict[int, tuple[int | None, datetime | None]] = {job.pk: (None, None) for job in left}
+    for position, job in enumerate(ordered, start=1):
+        wanted[job.pk] = (position, estimates.get(job.pk))
+    changed = [
+        (job.pk, *wanted[job.pk])
+        for job in left
+        if (job.queue_position, job.estimated_start) != wanted[job.pk]
+    ]
+    _write_queue(changed)
+    Job.objects.exclude(state__in=Job.WAITING).filter(
+        Q(queue_position__isnull=False) | Q(estimated_start__isnull=False)
+    ).update(queue_position=None, estimated_start=None)
+
+
+def _write_queue(rows: Sequence[tuple[int, int | None, datetime | None]]) -> None:
+    if not rows:
+        return
+    if connection.vendor == "postgresql":  # one UPDATE ... FROM unnest(arrays) for any number
+        pks, positions, starts = zip(*rows, strict=True)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE jobs_job SET queue_position = v.position, estimated_start = v.start "
+                "FROM unnest(%s::integer[], %s::integer[], %s::timestamptz[]) "
+                "AS v(id, position, start) WHERE jobs_job.id = v.id",
+                [list(pks), list(positions), list(starts)],
+            )
+        return
+    Job.objects.bulk_update(
+        [Job(pk=pk, queue_position=p, estimated_start=s) for pk, p, s in rows],
+        ["queue_position", "estimated_start"],
+        batch_size=300,
+    )

@@ -1,7 +1,8 @@
-"""Reads about training jobs: the queue in the scheduler's order, start estimates, usage.
+"""Reads about training jobs: the queue in the scheduler's order, usage, what was trained.
 
-Nothing here writes; the figures are computed from the jobs and their `Allocation` rows each
-time (availability is computed, not stored), with the scheduler's own usage functions.
+Nothing here writes. The queue's turns and start estimates are what the scheduler's last pass
+stored (it searches, the pages do not); usage is computed from the jobs' `Allocation` rows each
+time, with the scheduler's own functions.
 """
 
 from __future__ import annotations
@@ -10,23 +11,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
 from portal.accounts.models import PartnerProject
-from portal.booking.availability import Need, availability, ceil_to
-from portal.booking.models import BookingPolicy
-from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.jobs import scheduler
 from portal.jobs.models import Job
-from portal.jobs.scheduler import (
-    FairShare,
-    charged_allocations,
-    decayed_usage,
-    stop_grace,
-    waiting_jobs,
-)
+from portal.jobs.scheduler import charged_allocations
 
 HOUR = timedelta(hours=1)
-ESTIMATED = 50  # waiting jobs that get a start estimate: each costs an availability search
 
 
 def running_jobs() -> QuerySet[Job]:
@@ -46,60 +38,30 @@ def scheduled_jobs() -> QuerySet[Job]:
     )
 
 
-def waiting_in_order(now: datetime) -> tuple[list[Job], list[Job]]:
-    """Waiting jobs of approved projects in the order the scheduler takes them, and the others.
-
-    As in `scheduler.plan()`: the project with the least decayed usage per share takes the next
-    turn (ties: the longest waiting head job), its longest waiting job goes, and the project is
-    charged devices x walltime. Here every job is assumed to fit when its turn comes; one that
-    does not (no free devices, a quota) is passed over by the scheduler, and its wait reason says
-    why. Jobs of projects that are not approved never start; they come second.
-    """
-    approved: list[Job] = []
-    held_back: list[Job] = []
-    for job in waiting_jobs().order_by("queued_at", "pk"):
-        ok = job.project.state == PartnerProject.State.APPROVED
-        (approved if ok else held_back).append(job)
-    turns = FairShare(approved, decayed_usage(now))
-    ordered = []
-    while turns:
-        p = turns.next_turn()
-        job = turns.queues[p].popleft()
-        ordered.append(job)
-        turns.charge(job)
-        turns.done(p)
-    return ordered, held_back
+def waiting_queue() -> QuerySet[Job]:
+    """Waiting jobs of approved projects in the order the scheduler takes them, as its last
+    pass stored it (`Job.queue_position`, portal/jobs/scheduler.py); jobs queued since then
+    come last, longest waiting first. Slice it: the queue may be long."""
+    return (
+        Job.objects.filter(state__in=Job.WAITING, project__state=PartnerProject.State.APPROVED)
+        .select_related("project", "stack")
+        .order_by(F("queue_position").asc(nulls_last=True), "queued_at", "pk")
+    )
 
 
-def estimated_starts(jobs: list[Job], now: datetime) -> dict[int, datetime | None]:
-    """The earliest slot free for each job's need and walltime (None: none within the booking
-    horizon), for the first ESTIMATED jobs. It counts reservations, maintenance and the jobs
-    already placed, not the waiting jobs ahead, nor the project's quotas.
-    """
-    policy = BookingPolicy.current()
-    earliest = ceil_to(now, policy.granularity)
-    found: dict[tuple, datetime | None] = {}
-    starts = {}
-    for job in jobs[:ESTIMATED]:
-        shape = (job.stack_id, job.hwspec, job.min_memory_mib, job.count, job.walltime)
-        if shape not in found:
-            try:
-                spec = Hwspec.parse(job.hwspec) if job.hwspec else None
-            except InvalidHwspec:
-                found[shape] = None
-            else:
-                need = Need(job.count, spec, job.min_memory_mib, job.stack)
-                slots = availability(
-                    need,
-                    duration=job.walltime + stop_grace(),
-                    earliest=earliest,
-                    days=policy.max_days_ahead,
-                    step=policy.granularity,
-                    limit=1,
-                )
-                found[shape] = slots[0].start if slots else None
-        starts[job.pk] = found[shape]
-    return starts
+def held_back_jobs() -> QuerySet[Job]:
+    """Waiting jobs of projects that are not approved: they never start until staff approve."""
+    return (
+        Job.objects.filter(state__in=Job.WAITING)
+        .exclude(project__state=PartnerProject.State.APPROVED)
+        .select_related("project")
+        .order_by("queued_at", "pk")
+    )
+
+
+def is_estimated(job: Job) -> bool:
+    """Whether the last pass looked for the job's start (None then: no slot in the horizon)."""
+    return job.queue_position is not None and job.queue_position <= scheduler.ESTIMATED
 
 
 # -- Usage --------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from portal.accounts.models import PartnerMembership, PartnerProject
-from portal.jobs import selectors, services
+from portal.jobs import scheduler, selectors, services
 from portal.jobs.forms import JobForm, submittable_projects
 from portal.jobs.models import Job
 from portal.pages import refuse
 
-QUEUE_SHOWN = 500  # waiting jobs listed on the queue page; the rest are counted
+WAITING_PER_PAGE = 100  # waiting jobs on a page of the queue
+HOLDING_SHOWN = 200  # running and scheduled jobs listed (as many as devices at most); counted
+HELD_BACK_SHOWN = 100  # jobs of projects not approved listed; they wait for staff, not a turn
 TAIL_LINES = 200
 HOUR = timedelta(hours=1)
 
@@ -35,31 +37,24 @@ def _with_hours(jobs):
 
 @login_required
 def queue(request):
-    now = timezone.now()
-    ordered, held_back = selectors.waiting_in_order(now)
-    estimates = selectors.estimated_starts(ordered, now)
+    """The queue as the scheduler's last pass stored it: a constant number of queries and at
+    most a page of waiting jobs, whatever the queue's length (nothing is searched here)."""
+    page = Paginator(selectors.waiting_queue(), WAITING_PER_PAGE).get_page(request.GET.get("page"))
+    shown = _with_hours(list(page.object_list))
+    running, scheduled = selectors.running_jobs(), selectors.scheduled_jobs()
     mine = set(
         PartnerMembership.objects.filter(user=request.user).values_list("project_id", flat=True)
     )
-    _with_hours(ordered[:QUEUE_SHOWN])
-    waiting = [
-        {
-            "position": i,
-            "job": job,
-            "estimated": i <= selectors.ESTIMATED,
-            "start": estimates.get(job.pk),
-        }
-        for i, job in enumerate(ordered[:QUEUE_SHOWN], start=1)
-    ]
     context = {
-        "running": _with_hours(list(selectors.running_jobs())),
-        "scheduled": _with_hours(list(selectors.scheduled_jobs())),
-        "waiting": waiting,
-        "more": max(len(ordered) - QUEUE_SHOWN, 0),
-        "held_back": held_back[:QUEUE_SHOWN],
+        "running": _with_hours(list(running[:HOLDING_SHOWN])),
+        "running_count": running.count(),
+        "scheduled": _with_hours(list(scheduled[:HOLDING_SHOWN])),
+        "scheduled_count": scheduled.count(),
+        "page": page,
+        "waiting": [{"job": job, "estimated": selectors.is_estimated(job)} for job in shown],
+        "held_back": list(selectors.held_back_jobs()[:HELD_BACK_SHOWN]),
         "mine": mine,
-        "now": now,
-        "estimated": selectors.ESTIMATED,
+        "estimated": scheduler.ESTIMATED,
     }
     return render(request, "jobs/queue.html", context)
 
@@ -120,6 +115,7 @@ def job_detail(request, pk):
         "walltime_hours": job.walltime / HOUR,
         "device_hours": selectors.device_hours([job], timezone.now()).get(job.pk, 0.0),
         "waiting": job.state in Job.WAITING,
+        "estimated": selectors.is_estimated(job),
         "finished": job.state in Job.FINISHED,
         "stopping": holding and job.stop_requested,
         "cancellable": job.state not in Job.FINISHED and not job.stop_requested,

@@ -4,10 +4,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from portal.booking.models import Allocation
-from portal.jobs import selectors
+from portal.jobs import scheduler, selectors
 from portal.jobs.models import Job
 from tests.factories import (
     AcceleratorFactory,
@@ -82,12 +84,17 @@ def test_it_orders_the_queue_by_fair_share(alice, member, stack, devices):
         for i in range(2)
     )  # fmt: skip
 
-    ordered, held_back = selectors.waiting_in_order(NOW)
+    scheduler.store_queue(NOW)
 
-    assert [j.pk for j in ordered] == [i1.pk, b1.pk, b2.pk, i2.pk]
-    assert held_back == []
+    assert turns() == [i1.pk, b1.pk, b2.pk, i2.pk]
     page = alice.get(reverse("jobs:queue")).content.decode()
     assert page.index(f"#{i1.pk} {i1.name}") < page.index(f"#{b1.pk} {b1.name}")
+
+
+def turns():
+    """Waiting jobs in the turn order the scheduler stored."""
+    waiting = Job.objects.filter(queue_position__isnull=False).order_by("queue_position")
+    return list(waiting.values_list("pk", flat=True))
 
 
 def test_it_weighs_usage_by_share(member, stack, devices):
@@ -97,8 +104,8 @@ def test_it_weighs_usage_by_share(member, stack, devices):
              NOW - 12 * H, NOW - 2 * H)  # fmt: skip
     first = JobFactory(project=small, stack=stack, queued_at=NOW - 2 * H)
     second = JobFactory(project=large, stack=stack, queued_at=NOW - H)
-    ordered, _ = selectors.waiting_in_order(NOW)
-    assert [j.pk for j in ordered] == [second.pk, first.pk]
+    scheduler.store_queue(NOW)
+    assert turns() == [second.pk, first.pk]
 
 
 def test_it_shows_wait_reasons_estimates_and_held_back_jobs(
@@ -112,7 +119,8 @@ def test_it_shows_wait_reasons_estimates_and_held_back_jobs(
     suspended = JobFactory(project=PartnerProjectFactory(state="suspended"), stack=stack)
     running = JobFactory(project=member.project, stack=stack, state="running",
                          host=devices[0].host, started_at=NOW - H)  # fmt: skip
-    monkeypatch.setattr(selectors, "ESTIMATED", 2)
+    monkeypatch.setattr(scheduler, "ESTIMATED", 2)
+    scheduler.store_queue(NOW)  # what each pass of the scheduler stores
 
     response = alice.get(reverse("jobs:queue"))
 
@@ -123,13 +131,96 @@ def test_it_shows_wait_reasons_estimates_and_held_back_jobs(
     row = page[page.index(f"#{fits.pk} ") :]
     assert "Mon 23 Nov 2026 10:15 CET" in row[: row.index("</tr>")]
     row = page[page.index(f"#{never.pk} ") :]
-    assert "unknown" in row[: row.index("</tr>")]
+    assert "no slot within the horizon" in row[: row.index("</tr>")]
     row = page[page.index(f"#{late.pk} ") :]
     assert "not estimated" in row[: row.index("</tr>")]
     held_back = page[page.index("Held back") :]
     assert f"#{suspended.pk} " in held_back
     running_part = page[page.index("<h2>Running") : page.index("<h2>Scheduled")]
     assert f"#{running.pk} {running.name}" in running_part and "gpu1" in running_part
+
+
+def row_of(page, job):
+    at = page.index(f"#{job.pk} ")
+    return page[page.rindex("<tr>", 0, at) : page.index("</tr>", at)]
+
+
+def test_it_shows_the_stored_turn_and_says_when_a_job_came_after_the_last_pass(
+    alice, member, stack, devices
+):
+    first = JobFactory(project=member.project, stack=stack, queued_at=NOW - 2 * H)
+    scheduler.store_queue(NOW)
+    later = JobFactory(project=member.project, stack=stack, queued_at=NOW - H)
+
+    page = alice.get(reverse("jobs:queue")).content.decode()
+
+    assert "<td>1</td>" in row_of(page, first)
+    assert "<td>new</td>" in row_of(page, later) and "not estimated" in row_of(page, later)
+    assert page.index(f"#{first.pk} ") < page.index(f"#{later.pk} ")
+    detail = alice.get(reverse("jobs:job_detail", args=[first.pk])).content.decode()
+    assert "1 in the queue" in detail and "Mon 23 Nov 2026 10:15 CET" in detail
+
+
+def test_the_queue_costs_as_many_queries_with_60_waiting_jobs_as_with_10(
+    alice, member, stack, devices
+):
+    """The page reads what the scheduler stored: its queries do not grow with the queue."""
+    DriverStackFactory(name="rocm-6", hwspecs=["rocm"])
+    projects = [member.project, *(PartnerProjectFactory(slug=f"p{i}") for i in range(3))]
+    PartnerMembershipFactory(user=member.user, project=projects[1])
+    shapes = [{"count": 1}, {"count": 2, "hwspec": "cuda"}, {"count": 4, "walltime": 3 * H},
+              {"hwspec": "rocm"}, {"min_memory_mib": 1024}]  # fmt: skip
+    JobFactory(project=PartnerProjectFactory(state="suspended"), stack=stack)  # held back
+    JobFactory(project=projects[2], stack=stack, state="running", host=devices[0].host,
+               started_at=NOW - H)  # fmt: skip
+
+    def add(n):
+        for i in range(n):
+            project, shape = projects[i % len(projects)], shapes[i % len(shapes)]
+            JobFactory(project=project, stack=stack, queued_at=NOW - i * timedelta(minutes=1),
+                       **shape)  # fmt: skip
+        scheduler.store_queue(NOW)
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            response = alice.get(reverse("jobs:queue"))
+        assert response.status_code == 200
+        return len(captured), response.content.decode()
+
+    add(10)
+    few, page = queries()
+    assert page.count("Waiting for the next scheduler pass.") == 10
+    add(50)
+    many, page = queries()
+    assert page.count("Waiting for the next scheduler pass.") == 60
+    assert few == many
+
+
+def test_it_lists_the_waiting_jobs_a_page_at_a_time(alice, member, stack, monkeypatch):
+    monkeypatch.setattr("portal.jobs.views.WAITING_PER_PAGE", 3)
+    jobs = [JobFactory(project=member.project, stack=stack, queued_at=NOW - (5 - i) * H)
+            for i in range(5)]  # fmt: skip
+    scheduler.store_queue(NOW)
+
+    first = alice.get(reverse("jobs:queue")).content.decode()
+    second = alice.get(reverse("jobs:queue"), {"page": 2}).content.decode()
+
+    assert "5 waiting jobs, 1-3 shown" in first and "Page 1 of 2" in first
+    assert all(f"#{j.pk} " in first for j in jobs[:3]) and f"#{jobs[3].pk} " not in first
+    assert "5 waiting jobs, 4-5 shown" in second
+    assert all(f"#{j.pk} " in second for j in jobs[3:])
+
+
+def test_it_bounds_the_running_and_scheduled_jobs_listed(
+    alice, member, stack, devices, monkeypatch
+):
+    monkeypatch.setattr("portal.jobs.views.HOLDING_SHOWN", 2)
+    for state in ("running", "running", "running", "scheduled"):
+        JobFactory(project=member.project, stack=stack, state=state, host=devices[0].host,
+                   started_at=NOW - H)  # fmt: skip
+    page = alice.get(reverse("jobs:queue")).content.decode()
+    assert "3 jobs running on their devices, the first 2 shown" in page
+    assert "1 job placed on devices" in page and "shown)" not in page
 
 
 def test_it_links_only_the_viewers_own_jobs_from_the_queue(alice, member, stack):

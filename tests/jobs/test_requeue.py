@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from portal.booking.models import Allocation
+from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.operations.jobs import requeue, requeue_from_failed_host
 from tests.factories import AcceleratorFactory, JobFactory
@@ -48,3 +49,12 @@ def test_it_waits_before_declaring_a_host_failed(db, settings):
     host.last_seen = NOW - timedelta(seconds=301)
     assert requeue_from_failed_host(host, NOW) == 1
     assert Job.objects.get(pk=job.pk).state == "requeued"
+
+
+def test_a_requeued_job_gets_its_turn_again_at_the_next_pass(db):
+    job = running_job()
+    requeue(job, NOW, "gpu1 could not be reached")
+
+    scheduler.store_queue(NOW)  # the queue part of a pass
+
+    assert Job.objects.get(pk=job.pk).queue_position == 1

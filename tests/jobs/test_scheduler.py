@@ -1,11 +1,13 @@
 """The fair-share scheduler: who goes first, where jobs fit between reservations, quotas."""
 
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from portal.booking.models import Allocation
 from portal.booking.services import Conflict, reservation_create
+from portal.inventory.models import Accelerator
 from portal.jobs import scheduler
 from portal.jobs.models import Job
 from tests.factories import (
@@ -213,3 +215,164 @@ def test_it_leaves_a_job_waiting_when_its_devices_were_taken_after_the_plan(stac
     job.refresh_from_db()
     assert job.state == "queued" and "taken a moment ago" in job.wait_reason
     assert not Allocation.objects.filter(job=job).exists()
+
+
+def test_a_job_whose_devices_were_taken_waits_and_the_others_are_still_placed(stack, devices):
+    project = PartnerProjectFactory()
+    first, second = queue(project, stack, 2, count=2)
+    plan = scheduler.plan(NOW)
+    taken = plan.placed[first.pk][0]
+    reservation_create(  # one of the first job's devices, booked between the plan and the write
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=[Accelerator.objects.get(pk=taken)], now=NOW,
+    )  # fmt: skip
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler, "plan", lambda now: plan)
+        result = scheduler.schedule(NOW)
+
+    assert list(result.placed) == [second.pk]
+    first.refresh_from_db()
+    assert first.state == "queued" and "taken a moment ago" in first.wait_reason
+    assert Job.objects.get(pk=second.pk).state == "scheduled"
+    assert Allocation.objects.filter(job=second).count() == 2
+    assert not Allocation.objects.filter(job=first).exists()
+
+
+def test_it_never_holds_one_device_twice_in_a_pass(stack, devices):
+    """The placer hands each device out once; the writer checks anyway."""
+    project = PartnerProjectFactory()
+    first, second = queue(project, stack, 2)
+    plan = scheduler.plan(NOW)
+    plan.placed[second.pk] = plan.placed[first.pk]  # a plan gone wrong
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler, "plan", lambda now: plan)
+        result = scheduler.schedule(NOW)
+
+    assert list(result.placed) == [first.pk]
+    assert Job.objects.get(pk=second.pk).state == "queued"
+
+
+@pytest.mark.postgres
+def test_the_exclusion_constraint_rolls_back_only_the_refused_jobs_savepoint(stack, devices):
+    project = PartnerProjectFactory()
+    first, second = queue(project, stack, 2, count=2)
+    plan = scheduler.plan(NOW)
+    taken = plan.placed[first.pk][0]
+    reservation_create(
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=[Accelerator.objects.get(pk=taken)], now=NOW,
+    )  # fmt: skip
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler, "plan", lambda now: plan)
+        patch.setattr(scheduler, "_booked", lambda *args: defaultdict(list))  # blind check
+        result = scheduler.schedule(NOW)
+
+    assert list(result.placed) == [second.pk]
+    first.refresh_from_db()  # its claim was rolled back with its savepoint
+    assert (first.state, first.host_id) == ("queued", None)
+    assert not Allocation.objects.filter(job=first).exists()
+    assert Allocation.objects.filter(job=second).count() == 2
+
+
+def test_a_pass_stores_each_waiting_jobs_turn_and_estimate(stack, devices, settings):
+    a, b = PartnerProjectFactory(slug="a"), PartnerProjectFactory(slug="b")
+    placed = queue(a, stack, 1, count=4, waited=3 * H)  # takes all four devices
+    a_waits = queue(a, stack, 2, waited=2 * H)
+    b_waits = queue(b, stack, 2, waited=H)
+    never = JobFactory(project=b, stack=stack, count=5, queued_at=NOW - H / 2)  # one host of 4
+    held_back = JobFactory(project=PartnerProjectFactory(state="suspended"), stack=stack)
+
+    result = scheduler.schedule(NOW)
+
+    assert list(result.placed) == [placed[0].pk]
+    rows = dict(Job.objects.values_list("pk", "queue_position"))
+    # Usage counts what ran (the placed job not yet): a's jobs waited longest, then turns
+    # alternate, each charged as if it fitted.
+    assert [rows[j.pk] for j in (a_waits[0], b_waits[0], a_waits[1], b_waits[1], never)] == [
+        1, 2, 3, 4, 5,
+    ]  # fmt: skip
+    assert rows[placed[0].pk] is None and rows[held_back.pk] is None
+    starts = dict(Job.objects.values_list("pk", "estimated_start"))
+    # The four devices are held for an hour: the next slot starts when they are free.
+    assert starts[b_waits[0].pk] == NOW + H and starts[a_waits[1].pk] == NOW + H
+    assert starts[never.pk] is None  # nothing fits within the horizon
+
+
+def test_it_estimates_each_shape_once_and_only_the_first_jobs(stack, devices, monkeypatch):
+    project = PartnerProjectFactory()
+    queue(project, stack, 5, count=4, walltime=H)  # placed: one after another they wait
+    searches = []
+    real = scheduler.availability
+    monkeypatch.setattr(
+        scheduler, "availability", lambda need, **kw: searches.append(1) or real(need, **kw)
+    )
+    monkeypatch.setattr(scheduler, "ESTIMATED", 3)
+
+    scheduler.schedule(NOW)
+
+    assert len(searches) == 1  # one shape
+    estimated = Job.objects.filter(estimated_start__isnull=False)
+    assert sorted(estimated.values_list("queue_position", flat=True)) == [1, 2, 3]
+
+
+def test_it_clears_the_turn_and_estimate_of_a_job_that_stopped_waiting(stack, devices):
+    project = PartnerProjectFactory()
+    job = JobFactory(project=project, stack=stack, count=5)  # never fits: it waits
+    scheduler.schedule(NOW)
+    assert Job.objects.get(pk=job.pk).queue_position == 1
+    Job.objects.filter(pk=job.pk).update(state=Job.State.CANCELLED)
+
+    scheduler.schedule(NOW)
+
+    job.refresh_from_db()
+    assert (job.queue_position, job.estimated_start) == (None, None)
+
+
+def test_a_pass_writes_its_placements_in_one_transaction(
+    stack, devices, django_assert_max_num_queries
+):
+    project = PartnerProjectFactory()
+    queue(project, stack, 4)
+    with django_assert_max_num_queries(40):  # a transaction per job was 7 queries each
+        result = scheduler.schedule(NOW)
+    assert len(result.placed) == 4
+
+
+def test_it_searches_no_walltime_between_two_that_start_at_the_same_time(
+    stack, devices, monkeypatch
+):
+    project = PartnerProjectFactory()
+    for hours in (1, 2, 3, 5, 8):
+        JobFactory(project=project, stack=stack, count=5, walltime=hours * H)  # never fits
+    searched = []
+    real = scheduler.availability
+    monkeypatch.setattr(
+        scheduler,
+        "availability",
+        lambda need, **kw: searched.append(kw["duration"]) or real(need, **kw),
+    )
+
+    scheduler.schedule(NOW)
+
+    assert searched == [H, 8 * H]  # no slot for either: none for any walltime between
+    assert Job.objects.filter(queue_position__isnull=False).count() == 5
+
+
+def test_it_bisects_walltimes_whose_starts_differ(stack, devices):
+    project = PartnerProjectFactory()
+    reservation_create(  # all four devices are booked from 3 h on, for a day
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW + 3 * H, end=NOW + 27 * H, accelerators=devices, now=NOW,
+    )  # fmt: skip
+    blocker = JobFactory(project=project, stack=stack, count=4, walltime=H, queued_at=NOW - H)
+    jobs = {hours: JobFactory(project=project, stack=stack, count=4, walltime=hours * H)
+            for hours in (1, 2, 3, 4)}  # fmt: skip
+
+    scheduler.schedule(NOW)  # the blocker takes the four devices for the first hour
+
+    assert Job.objects.get(pk=blocker.pk).state == "scheduled"
+    starts = {h: Job.objects.get(pk=j.pk).estimated_start for h, j in jobs.items()}
+    assert starts == {1: NOW + H, 2: NOW + H, 3: NOW + 27 * H, 4: NOW + 27 * H}
