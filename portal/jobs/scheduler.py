@@ -67,6 +67,7 @@ class Waiting:
     queued_at: datetime
     queue_position: int | None
     estimated_start: datetime | None
+    wait_reason: str
 
     @property
     def shape(self) -> tuple:
@@ -453,14 +454,7 @@ def schedule(now: datetime | None = None) -> PassResult:
     result = plan(now)
     if result.placed:
         _write_placements(result, now)
-    by_reason: dict[str, list[int]] = defaultdict(list)
-    for job_id, reason in result.waiting.items():
-        by_reason[reason].append(job_id)
-    for reason, ids in by_reason.items():
-        Job.objects.filter(pk__in=ids, state__in=Job.WAITING).exclude(wait_reason=reason).update(
-            wait_reason=reason
-        )
-    store_queue(now, result)
+    store_queue(now, result)  # with the wait reasons: one write per waiting job that changed
     if result.placed:
         log.info("scheduled %d jobs", len(result.placed))
     return result
@@ -552,9 +546,10 @@ def _monotone(search, walltimes: list[timedelta]) -> dict[timedelta, datetime | 
 
 
 def store_queue(now: datetime, result: PassResult | None = None) -> None:
-    """Store each waiting job's turn and, for the first ESTIMATED, its estimated start; clear
-    both for jobs of projects not approved and for jobs that stopped waiting. Only the rows
-    whose figures changed are written, in one statement on PostgreSQL."""
+    """Store each waiting job's turn, its estimated start (the first ESTIMATED) and why it waits
+    (the pass's reasons, if it has any), in one write of the rows that changed (one statement on
+    PostgreSQL); clear the turn and estimate of jobs of projects not approved and of jobs that
+    stopped waiting."""
     if result is None:
         result = PassResult(jobs=waiting_rows())
         result.projects = approved_projects()
@@ -562,35 +557,41 @@ def store_queue(now: datetime, result: PassResult | None = None) -> None:
     left = [job for job in result.jobs if job.pk not in result.placed]
     ordered = turn_order(left, result.projects, result.usage)
     estimates = estimate_starts(ordered[:ESTIMATED], now) if ordered else {}
-    wanted: dict[int, tuple[int | None, datetime | None]] = {job.pk: (None, None) for job in left}
-    for position, job in enumerate(ordered, start=1):
-        wanted[job.pk] = (position, estimates.get(job.pk))
-    changed = [
-        (job.pk, *wanted[job.pk])
-        for job in left
-        if (job.queue_position, job.estimated_start) != wanted[job.pk]
-    ]
+    position = {job.pk: i for i, job in enumerate(ordered, start=1)}
+    changed = []
+    for job in left:
+        wanted = (
+            position.get(job.pk),
+            estimates.get(job.pk),
+            result.waiting.get(job.pk, job.wait_reason),
+        )
+        if (job.queue_position, job.estimated_start, job.wait_reason) != wanted:
+            changed.append((job.pk, *wanted))
     _write_queue(changed)
     Job.objects.exclude(state__in=Job.WAITING).filter(
         Q(queue_position__isnull=False) | Q(estimated_start__isnull=False)
     ).update(queue_position=None, estimated_start=None)
 
 
-def _write_queue(rows: Sequence[tuple[int, int | None, datetime | None]]) -> None:
+def _write_queue(rows: Sequence[tuple[int, int | None, datetime | None, str]]) -> None:
+    """Write (pk, queue_position, estimated_start, wait_reason) to the jobs still waiting."""
     if not rows:
         return
     if connection.vendor == "postgresql":  # one UPDATE ... FROM unnest(arrays) for any number
-        pks, positions, starts = zip(*rows, strict=True)
+        pks, positions, starts, reasons = zip(*rows, strict=True)
+        waiting = tuple(str(state) for state in Job.WAITING)
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE jobs_job SET queue_position = v.position, estimated_start = v.start "
-                "FROM unnest(%s::integer[], %s::integer[], %s::timestamptz[]) "
-                "AS v(id, position, start) WHERE jobs_job.id = v.id",
-                [list(pks), list(positions), list(starts)],
+                "UPDATE jobs_job SET queue_position = v.position, estimated_start = v.start, "
+                "wait_reason = v.reason "
+                "FROM unnest(%s::integer[], %s::integer[], %s::timestamptz[], %s::text[]) "
+                "AS v(id, position, start, reason) "
+                "WHERE jobs_job.id = v.id AND jobs_job.state IN %s",
+                [list(pks), list(positions), list(starts), list(reasons), waiting],
             )
         return
-    Job.objects.bulk_update(
-        [Job(pk=pk, queue_position=p, estimated_start=s) for pk, p, s in rows],
-        ["queue_position", "estimated_start"],
-        batch_size=300,
+    Job.objects.filter(state__in=Job.WAITING).bulk_update(
+        [Job(pk=pk, queue_position=p, estimated_start=s, wait_reason=r) for pk, p, s, r in rows],
+        ["queue_position", "estimated_start", "wait_reason"],
+        batch_size=250,
     )
