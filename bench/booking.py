@@ -13,10 +13,14 @@ Phases and what they print:
    over the next 30 days, dense this week and thinning out, via COPY; seconds and table sizes.
 2. availability: `availability()` in-process for a set of needs over 7 and 30 days; median and
    p95 ms per need, and how many slots it found (at most 10, the service's limit).
-3. API: gunicorn (4 workers x 4 threads), 16 client threads with keep-alive POSTing to
-   /api/reservations/ with token auth: (a) distinct free slots, all must be 201; (b) all
-   threads on the same 4 devices and overlapping times: 201 or 409, never 5xx; then a check
-   in the database that no accelerator holds overlapping active allocations.
+3. API: gunicorn (4 workers x 4 threads), client threads with keep-alive POSTing to
+   /api/reservations/ with token auth: (a) distinct free slots, all must be 201, one client at
+   a time and 8 at once; (b) 16 threads on the same 4 devices and overlapping times: 201 or
+   409, never 5xx; then a check in the database that no accelerator holds overlapping active
+   allocations. `DATABASE_CONN_MAX_AGE` is passed through to gunicorn (default 60).
+4. The floor: the same kind of booking as a raw transaction through psycopg2 (the user's row
+   and the devices' rows locked in sorted order, the reservation and its allocations
+   inserted), one at a time and 8 at once, on distinct free slots; and the API's share of it.
 Nothing is asserted about time; the figures are for people (bench/README.md).
 """
 
@@ -46,6 +50,7 @@ BENCH_DB = "porterbox_bench"
 SEED = 20261122
 Q = timedelta(minutes=15)  # the booking grid
 DAYS, PER_DEVICE, THREADS, REQUESTS = 30, 200, 16, 800
+WIDE = 8  # clients at once for the distinct bookings and the floor
 # (vendor, model, arch, MiB, stack, hosts); each host has 8 devices of one model.
 FLEET = [
     ("nvidia", "NVIDIA A100-SXM4-40GB", "sm_80", 40960, "cuda-12", 25),
@@ -102,6 +107,7 @@ def portal_env(bench_url: str, var_dir: str) -> dict:
         "CACHE_URL": "locmem://",
         "PORTAL_VAR_DIR": var_dir,
         "LOG_LEVEL": "ERROR",  # the 409s would log a warning each
+        "DATABASE_CONN_MAX_AGE": os.environ.get("DATABASE_CONN_MAX_AGE", "60"),
         "DJANGO_SETTINGS_MODULE": "portal.settings",
     }
 
@@ -223,7 +229,10 @@ def load(scale: int, now) -> dict:
             cur.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", [table, rid])
         cur.execute("ANALYZE")
     hosts, tokens = [h for h, _ in hosts], [t.key for t in tokens]
-    return {"hosts": hosts, "tokens": tokens, "gaps": gaps, "allocations": len(allocations)}
+    return {
+        "hosts": hosts, "tokens": tokens, "gaps": gaps, "allocations": len(allocations),
+        "users": [u.pk for u in users], "stack_of": stack_of,
+    }  # fmt: skip
 
 
 def table_sizes() -> None:
@@ -449,7 +458,20 @@ def body(host, start, length: int, devices: list[int]) -> dict:
             "devices": devices}  # fmt: skip
 
 
-def measure_api(port: int, data: dict, scale: int) -> dict:
+def free_bookings(data: dict, n: int, rng) -> list[tuple[object, object]]:
+    """n distinct free hours of NVIDIA devices (from the generated calendar), no two alike;
+    each phase takes its own, so every booking of (a) and of the floor must succeed."""
+    return rng.sample([g for g in data["gaps"] if g[0].vendor == "nvidia"], n)
+
+
+def distinct(port: int, data: dict, picked, width: int, rng, name: str) -> dict:
+    jobs: list[list[tuple[str, dict]]] = [[] for _ in range(width)]
+    for i, (acc, start) in enumerate(picked):
+        jobs[i % width].append((rng.choice(data["tokens"]), body(acc.host, start, 4, [acc.index])))
+    return report(name, *run_load(port, jobs))
+
+
+def measure_api(port: int, data: dict, scale: int, picked: list) -> dict:
     from django.db import connection
     from django.utils import timezone
 
@@ -457,21 +479,18 @@ def measure_api(port: int, data: dict, scale: int) -> dict:
 
     rng, tokens, n = random.Random(SEED + 1), data["tokens"], REQUESTS // scale
     run_load(port, [[(tokens[0], {})] * 4 for _ in range(THREADS)])  # warm up: 400s, not counted
-    # (a) Distinct devices and free hours (from the generated calendar): every one a 201.
-    picked = rng.sample([g for g in data["gaps"] if g[0].vendor == "nvidia"], n)
-    jobs: list[list[tuple[str, dict]]] = [[] for _ in range(THREADS)]
-    for i, (acc, start) in enumerate(picked):
-        jobs[i % THREADS].append((rng.choice(tokens), body(acc.host, start, 4, [acc.index])))
-    free = report("(a) distinct slots", *run_load(port, jobs))
+    # (a) Distinct devices and free hours: every one a 201; one client, then WIDE at once.
+    one = distinct(port, data, picked[:n], 1, rng, "(a) distinct slots, 1 client")
+    wide = distinct(port, data, picked[n : 2 * n], WIDE, rng, f"(a) distinct slots, {WIDE} clients")
     # (b) Everyone wants devices 0-3 of one host, 1-2 h in the same 5 hours, 1 or 2 at a time.
     host, t0 = data["hosts"][0], ceil_to(timezone.now() + timedelta(days=DAYS + 2), Q)
-    jobs = [[] for _ in range(THREADS)]
+    jobs: list[list[tuple[str, dict]]] = [[] for _ in range(THREADS)]
     for i in range(n):
         devices = rng.sample(range(4), rng.choice((1, 1, 2)))
         wanted = body(host, t0 + rng.randrange(16) * Q, rng.choice((4, 8)), devices)
         jobs[i % THREADS].append((rng.choice(tokens), wanted))
     results, wall = run_load(port, jobs)
-    contended = report("(b) contended", results, wall)
+    contended = report(f"(b) contended, {THREADS} clients", results, wall)
     granted = sum(len(json.loads(b)["devices"]) for s, _, b in results if s == 201)
     with connection.cursor() as cur:
         cur.execute(
@@ -490,7 +509,63 @@ def measure_api(port: int, data: dict, scale: int) -> dict:
     ok = "OK" if overlaps == 0 and stored == granted else "!!!!!! FAILED !!!!!!"
     print(f"  double-booking check: {overlaps} overlapping active allocation pairs in the table;")
     print(f"  the contended devices hold {stored} allocations, the 201s granted {granted}: {ok}")
-    return {"free": free, "contended": contended, "overlaps": overlaps, "ok": ok}
+    return {"one": one, "wide": wide, "contended": contended, "overlaps": overlaps, "ok": ok}
+
+
+RAW_RESERVATION = (
+    "INSERT INTO booking_reservation (user_id, host_id, stack_id, whole_host, purpose, start,"
+    ' "end", state, created, updated, last_error, ready_mailed, ending_mailed) VALUES'
+    " (%s, %s, %s, false, '', %s, %s, 'scheduled', now(), now(), '', false, false) RETURNING id"
+)
+RAW_ALLOCATIONS = (
+    'INSERT INTO booking_allocation (accelerator_id, reservation_id, start, "end", active)'
+    " SELECT unnest(%s::bigint[]), %s, %s, %s, true"
+)
+
+
+def raw_booking(cur, user: int, host: int, stack: int, devices: list[int], start, end) -> None:
+    """The minimal booking transaction: what the service must do whatever else it checks."""
+    cur.execute("SELECT id FROM accounts_user WHERE id = %s FOR UPDATE", [user])
+    cur.execute(
+        "SELECT id FROM inventory_accelerator WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        [sorted(devices)],
+    )
+    cur.execute(RAW_RESERVATION, [user, host, stack, start, end])
+    cur.execute(RAW_ALLOCATIONS, [sorted(devices), cur.fetchone()[0], start, end])
+
+
+def measure_floor(bench_url: str, data: dict, picked, width: int, rng) -> dict:
+    """Raw booking transactions on distinct free hours, `width` connections at once."""
+    import psycopg2
+
+    jobs: list[list[tuple]] = [[] for _ in range(width)]
+    for i, (acc, start) in enumerate(picked):
+        user, stack = rng.choice(data["users"]), data["stack_of"][acc.host_id]
+        jobs[i % width].append((user, acc.host_id, stack, [acc.pk], start, start + 4 * Q))
+    conns = [psycopg2.connect(bench_url) for _ in range(width)]  # connected before the clock
+    results, lock = [], threading.Lock()
+
+    def client(conn, job):
+        mine = []
+        for booking in job:
+            t0 = time.perf_counter()
+            with conn, conn.cursor() as cur:  # one transaction, committed at the end
+                raw_booking(cur, *booking)
+            mine.append((201, (time.perf_counter() - t0) * 1000, b""))
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=client, args=pair) for pair in zip(conns, jobs, strict=True)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for conn in conns:
+        conn.close()
+    clients = "1 connection" if width == 1 else f"{width} connections"
+    return report(f"raw booking transaction, {clients}", results, wall)
 
 
 def main() -> None:
@@ -553,16 +628,27 @@ def run(args, scale: int, bench_url: str, var_dir: str) -> None:
     BookingPolicy.objects.update(
         max_days_ahead=DAYS * 2, max_concurrent_reservations=10**6, max_device_hours_per_week=10**6
     )
-    print(f"Booking API, gunicorn 4 workers x 4 threads, {THREADS} client threads:")
+    n = REQUESTS // scale
+    picked = free_bookings(data, 4 * n, random.Random(SEED + 2))
+    conn_max_age = portal_env(bench_url, var_dir)["DATABASE_CONN_MAX_AGE"]
+    print(f"Booking API, gunicorn 4 workers x 4 threads, DATABASE_CONN_MAX_AGE={conn_max_age}:")
     with portal_server(bench_url, var_dir) as (port, log_path):
-        api = measure_api(port, data, scale)
+        api = measure_api(port, data, scale, picked[: 2 * n])
+    print("The floor: the booking transaction alone, raw SQL through psycopg2:")
+    rng = random.Random(SEED + 3)
+    raw_floor = {
+        "one": measure_floor(bench_url, data, picked[2 * n : 3 * n], 1, rng),
+        "wide": measure_floor(bench_url, data, picked[3 * n :], WIDE, rng),
+    }
     log = log_path.read_text()
     errors = log.count("Traceback")
     if errors:
         print(f"  !!!!!! {errors} TRACEBACKS IN THE GUNICORN LOG !!!!!!\n{log[-4000:]}")
 
-    a, b = api["free"], api["contended"]
-    fives = sum(v for s, v in (a["statuses"] + b["statuses"]).items() if s >= 500)
+    a, b = api["wide"], api["contended"]
+    fives = sum(
+        v for s, v in (api["one"]["statuses"] + a["statuses"] + b["statuses"]).items() if s >= 500
+    )
     print(f"\nSummary ({machine})")
     print(f"  load               {data['allocations']:>7} allocations   {loaded:7.1f} s")
     for days, (median, p95, floor, worst) in search.items():
@@ -570,12 +656,21 @@ def run(args, scale: int, bench_url: str, var_dir: str) -> None:
             f"  availability {days:2}d  median {median:7.1f} ms   p95 {p95:7.1f} ms"
             f"   floor median {floor:7.1f} ms   worst need/floor {worst:4.2f}"
         )
-    for name, f in (("API distinct", a), ("API contended", b)):
+    rows = (
+        ("API distinct 1", api["one"]), (f"API distinct {WIDE}", a), (f"API contended {THREADS}", b)
+    )  # fmt: skip
+    for name, f in rows:
         st = f["statuses"]
         print(
             f"  {name:17}  {f['rps']:5.0f} req/s  median {f['median']:5.0f} ms  p95"
             f" {f['p95']:5.0f} ms  201: {st[201]}/{f['n']}  409: {st[409]}"
             f"  other: {f['n'] - st[201] - st[409]}"
+        )
+    for width, key in ((1, "one"), (WIDE, "wide")):
+        raw, mine = raw_floor[key]["rps"], api[key]["rps"]
+        print(
+            f"  floor {width}-wide       {raw:5.0f} req/s  API {mine:5.0f} req/s"
+            f"  API/floor {mine / raw:5.1%}"
         )
     print(f"  double booking     {api['overlaps']} overlaps, {api['ok']}; 5xx: {fives}")
     print(f"  gunicorn log       {errors} tracebacks")

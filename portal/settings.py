@@ -124,10 +124,14 @@ TEMPLATES = [
     },
 ]
 
+# Connections persist (60 s) outside DEBUG: a new PostgreSQL connection per request cost
+# about half of job submission's rate (bench/README.md). The health check pings a reused
+# connection once per request, so a restarted database is a reconnect, not a 500.
 DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'portal.sqlite3'}"),
-        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0 if DEBUG else 60),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -286,6 +290,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Reserve accelerator hosts and manage SSH keys.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # A job's state appears in two answers (a job; a submission's job with its array's ids).
+    "ENUM_NAME_OVERRIDES": {"JobStateEnum": "portal.jobs.models.Job.State"},
 }
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")

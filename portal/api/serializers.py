@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 from datetime import timedelta
@@ -13,6 +14,7 @@ from portal.booking.models import Reservation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
+from portal.jobs.services import MAX_ARRAY
 
 
 class DriverStackSerializer(serializers.ModelSerializer):
@@ -290,7 +292,21 @@ class EnvField(serializers.Field):
         return value
 
 
-class JobSerializer(serializers.ModelSerializer):
+class FieldsOnce:
+    """A ModelSerializer builds its fields from the model at every instantiation (a good part
+    of a submission's answer); this builds them once per class and copies them, as DRF
+    copies declared fields."""
+
+    def get_fields(self):
+        cls = type(self)
+        template = cls.__dict__.get("_fields_once")
+        if template is None:
+            template = super().get_fields()  # type: ignore[misc]
+            cls._fields_once = template  # type: ignore[attr-defined]
+        return copy.deepcopy(template)
+
+
+class JobSerializer(FieldsOnce, serializers.ModelSerializer):
     project: serializers.SlugRelatedField[PartnerProject] = serializers.SlugRelatedField(
         read_only=True, slug_field="slug"
     )
@@ -307,6 +323,13 @@ class JobSerializer(serializers.ModelSerializer):
     walltime = serializers.SerializerMethodField()
     env = EnvField(read_only=True)
     input_archive = serializers.SerializerMethodField()
+    array = serializers.IntegerField(
+        source="array_id", read_only=True, allow_null=True,
+        help_text="The id of the array's first job, for a task of an array; else null.",
+    )  # fmt: skip
+    array_index = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The task's index in its array, 0..N-1."
+    )
 
     class Meta:
         model = Job
@@ -315,7 +338,7 @@ class JobSerializer(serializers.ModelSerializer):
             "min_memory_mib", "walltime", "env", "input_git_url", "input_git_ref",
             "input_archive", "code_licence", "data_licence", "model_freedom", "state",
             "wait_reason", "host", "queued_at", "started_at", "ended_at", "exit_status",
-            "requeues", "last_error", "stop_requested", "created",
+            "requeues", "last_error", "stop_requested", "created", "array", "array_index",
         ]  # fmt: skip
 
     def get_walltime(self, job) -> float:
@@ -325,6 +348,19 @@ class JobSerializer(serializers.ModelSerializer):
     def get_input_archive(self, job) -> bool:
         """Whether the job's input is an uploaded archive."""
         return bool(job.input_archive)
+
+
+class JobSubmittedSerializer(JobSerializer):
+    """What a submission answers: the job (an array's first), and every job it made."""
+
+    array_jobs = serializers.SerializerMethodField()
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "array_jobs"]
+
+    def get_array_jobs(self, job) -> list[int]:
+        """The ids of the jobs made, by index: the array's tasks, or the one job."""
+        return self.context.get("array_jobs", [job.pk])
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -353,6 +389,11 @@ class JobCreateSerializer(serializers.Serializer):
     code_licence = serializers.CharField(max_length=100)
     data_licence = serializers.CharField(max_length=100)
     model_freedom = serializers.ChoiceField(choices=Job.ModelFreedom.choices)
+    array = serializers.IntegerField(
+        min_value=1, max_value=MAX_ARRAY, required=False, allow_null=True, default=None,
+        help_text=f"Submit an array of this many tasks (1 to {MAX_ARRAY}), like sbatch --array: "
+        "N jobs alike, each with its `array_index` (0..N-1); the answer lists their ids.",
+    )  # fmt: skip
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -23,6 +23,7 @@ from portal.api.serializers import (
     JobCreateSerializer,
     JobLogSerializer,
     JobSerializer,
+    JobSubmittedSerializer,
     ReservationCreateSerializer,
     ReservationSerializer,
     SSHKeySerializer,
@@ -36,7 +37,7 @@ from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
-from portal.jobs.services import job_cancel, job_submit
+from portal.jobs.services import job_cancel, job_submit_tasks
 
 
 def _caller(request: Request) -> User:
@@ -224,7 +225,9 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 host=host, stack=data["stack"], whole_host=data["whole_host"],
                 accelerators=_chosen(host, data.get("devices", [])), **common,
             )  # fmt: skip
-        return self._done(made, status.HTTP_201_CREATED)
+        # Built from the objects in hand: the service gives the new reservation its
+        # allocations and their accelerators, so nothing is read back.
+        return Response(self.get_serializer(made).data, status=status.HTTP_201_CREATED)
 
     def _change(self, request, change, **kwargs):
         reservation = self.get_object()
@@ -399,14 +402,18 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSubmittedSerializer})
     def create(self, request):
+        """Submit a job, or an array of jobs (`array`: N); the answer is the (first) job with
+        the ids of every job made in `array_jobs`."""
         body = JobCreateSerializer(data=request.data, user=request.user)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         data["min_memory_mib"] = data.pop("min_memory_gb") * GB
-        job = job_submit(submitter=request.user, **data)
-        return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
+        jobs = job_submit_tasks(submitter=request.user, **data)
+        # Built from the objects in hand (project, stack, submitter are the body's).
+        answer = JobSubmittedSerializer(jobs[0], context={"array_jobs": [j.pk for j in jobs]})
+        return Response(answer.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[
@@ -439,12 +446,28 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             }
         )
 
-    @extend_schema(request=None, responses={200: JobSerializer, 409: FINISHED})
+    @extend_schema(
+        request=None,
+        parameters=[
+            OpenApiParameter(
+                "array",
+                int,
+                enum=[0, 1],
+                description="1: cancel every task of the job's array that has not finished.",
+            )
+        ],
+        responses={200: JobSerializer, 409: FINISHED},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        """Cancel a waiting or scheduled job; a running one is stopped (SIGTERM, then SIGKILL)."""
+        """Cancel a waiting or scheduled job; a running one is stopped (SIGTERM, then SIGKILL).
+
+        With `?array=1`, every task of the job's array that has not finished."""
+        whole_array = request.query_params.get("array", "0")
+        if whole_array not in ("0", "1"):
+            raise ValidationError({"array": ["Use 1 to cancel the whole array, or 0."]})
         job = self.get_object()
-        job = job_cancel(job=job, actor=request.user)
+        job = job_cancel(job=job, actor=request.user, whole_array=whole_array == "1")
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TypeVar
 
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -80,8 +80,10 @@ def check_times(policy: BookingPolicy, start: datetime, end: datetime, now: date
 
 
 def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host: bool):
-    usable = list(host.accelerators.filter(retired=False).order_by("pk"))
+    """The devices to book, sorted by pk. Chosen ones are checked on the objects in hand (the
+    caller has just read them); the lock in the transaction checks again."""
     if whole_host:
+        usable = list(host.accelerators.filter(retired=False).order_by("pk"))
         if not usable:
             raise BookingError("no_devices", f"{host.name} has no accelerator to book.")
         return usable
@@ -90,47 +92,84 @@ def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host:
     ids = {a.pk for a in accelerators}
     if len(ids) != len(accelerators):
         raise BookingError("duplicate_device", "The same accelerator is listed twice.")
-    by_id = {a.pk: a for a in usable}
     for acc in accelerators:
         if acc.host_id != host.pk:
             raise BookingError("wrong_host", f"Accelerator {acc} is not on {host.name}.")
-        if acc.pk not in by_id:
+        if acc.retired:
             raise BookingError("retired_device", f"Accelerator {acc} is retired.")
     return sorted(accelerators, key=lambda a: a.pk)
 
 
-def _week_booked(user_id: int, start: datetime) -> tuple[datetime, timedelta]:
-    """The UTC week (from Monday) of `start`, and the device-time the user holds in it."""
+def _week_of(start: datetime) -> datetime:
+    """The start of the UTC week (from Monday) of `start`."""
     day = start.astimezone(UTC).date()
-    week_start = datetime.combine(day - timedelta(days=day.weekday()), dt_time(0), UTC)
-    booked = Allocation.objects.filter(
+    return datetime.combine(day - timedelta(days=day.weekday()), dt_time(0), UTC)
+
+
+def _week_allocations(user_id: int, week_start: datetime):
+    """The user's active allocations that start in the week. Bounded on the reservation too
+    (index user, end): an allocation starts with its reservation, so one that starts in the
+    week belongs to a reservation that ends after the week's start; without that bound the
+    sum read the user's whole history."""
+    week_end = week_start + timedelta(days=7)
+    return Allocation.objects.filter(
         reservation__user=user_id,
+        reservation__end__gt=week_start,
+        reservation__start__lt=week_end,
         active=True,
         start__gte=week_start,
-        start__lt=week_start + timedelta(days=7),
-    ).aggregate(total=Sum(F("end") - F("start")))["total"]
+        start__lt=week_end,
+    )
+
+
+def _week_booked(user_id: int, start: datetime) -> tuple[datetime, timedelta]:
+    """The UTC week (from Monday) of `start`, and the device-time the user holds in it."""
+    week_start = _week_of(start)
+    booked = _week_allocations(user_id, week_start).aggregate(total=Sum(F("end") - F("start")))[
+        "total"
+    ]
     return week_start, booked or timedelta()
 
 
-def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) -> None:
-    week_start, booked = _week_booked(user_id, start)
-    if booked + wanted > timedelta(hours=policy.max_device_hours_per_week):
+def _refuse_week_hours(policy, week_start: datetime, total: timedelta) -> None:
+    if total > timedelta(hours=policy.max_device_hours_per_week):
         raise BookingError(
             "quota_hours",
-            f"This would make {(booked + wanted) / timedelta(hours=1):g} device-hours in the "
+            f"This would make {total / timedelta(hours=1):g} device-hours in the "
             f"week of {week_start:%Y-%m-%d} (at most {policy.max_device_hours_per_week}).",
         )
 
 
-def _check_quotas(policy: BookingPolicy, user: User, devices, start, end, now) -> None:
-    open_count = user.reservations.filter(state__in=Reservation.OPEN, end__gt=now).count()
+def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) -> None:
+    week_start, booked = _week_booked(user_id, start)
+    _refuse_week_hours(policy, week_start, booked + wanted)
+
+
+def _check_quotas(policy: BookingPolicy, reservation: Reservation, now: datetime) -> None:
+    """The user's quotas, counted with `reservation` just written, from one light read: their
+    reservations that end after the week's start (or now, if earlier), with their allocations
+    (index user, end; a set that the quotas themselves keep small)."""
+    week_start = _week_of(reservation.start)
+    week_end = week_start + timedelta(days=7)
+    rows = Reservation.objects.filter(
+        user=reservation.user_id, end__gt=min(now, week_start)
+    ).values_list(
+        "pk", "state", "end", "allocations__start", "allocations__end", "allocations__active"
+    )
+    open_ids, booked = set(), timedelta()
+    for pk, state, reservation_end, start, end, active in rows:
+        if state in Reservation.OPEN and reservation_end > now and pk != reservation.pk:
+            open_ids.add(pk)
+        if active and week_start <= start < week_end:
+            booked += end - start
+    open_count = len(open_ids)
     if open_count >= policy.max_concurrent_reservations:
         raise BookingError(
             "quota_concurrent",
             f"You already have {open_count} upcoming or active reservations "
             f"(at most {policy.max_concurrent_reservations}).",
         )
-    _check_week_hours(policy, user.pk, start, (end - start) * len(devices))
+    _refuse_week_hours(policy, week_start, booked)
 
 
 def _describe(blockers: Sequence[Allocation], user: User) -> str:
@@ -178,14 +217,27 @@ def audit(actor, ip, action: str, reservation: Reservation | None = None, **deta
     )
 
 
-def _write(work: Callable[[], T]) -> T:
-    """Run `work` in one short durable transaction; a lock not had in time is retried."""
+def _constraint_decides() -> bool:
+    """Whether the database's exclusion constraint refuses overlaps (PostgreSQL, migration
+    0002). Where it does, no check reads the allocations before the insert: the constraint
+    answers, and the blockers are read only to name them after it refused."""
+    return connection.vendor == "postgresql"
+
+
+def _write(work: Callable[[], T], *, overlap: Callable[[], Conflict] | None = None) -> T:
+    """Run `work` in one short durable transaction; a lock not had in time is retried.
+
+    `overlap` says what the exclusion constraint's refusal is, in the users' words (the
+    blockers read after the rollback); without it, a generic conflict.
+    """
     for attempt in range(RETRIES):
         try:
             with transaction.atomic(durable=True):
                 return work()
         except IntegrityError as exc:
             if "allocation_no_overlap" in str(exc):
+                if overlap is not None:
+                    raise overlap() from None
                 raise Conflict("Someone booked these accelerators a moment ago.") from None
             raise
         except OperationalError as exc:
@@ -196,6 +248,25 @@ def _write(work: Callable[[], T]) -> T:
                 raise
             time.sleep(0.05 * 2**attempt)
     raise Busy()
+
+
+def _refuse_overlap(ids, start, end, user: User) -> None:
+    blockers = _blockers(ids, start, end)
+    if blockers:
+        raise Conflict(_describe(blockers, user), blockers)
+
+
+def _named_overlap(ids, start, end, user: User) -> Callable[[], Conflict]:
+    """After the constraint refused: name what is in the way, as the check before it would."""
+
+    def named() -> Conflict:
+        blockers = _blockers(ids, start, end)
+        if blockers:
+            return Conflict(_describe(blockers, user), blockers)
+        # Held at the insert, given back since: still this moment's conflict.
+        return Conflict("Someone booked these accelerators a moment ago.")
+
+    return named
 
 
 def reservation_create(
@@ -235,24 +306,40 @@ def reservation_create(
         if any(a.retired for a in locked):  # retired while we were validating
             raise BookingError("retired_device", "An accelerator was retired a moment ago.")
         _check_maintenance(host, start, end)
-        blockers = _blockers(ids, start, end)
-        if blockers:
-            raise Conflict(_describe(blockers, user), blockers)
-        _check_quotas(policy, user, devices, start, end, now)
+        if not _constraint_decides():
+            _refuse_overlap(ids, start, end, user)
+        # Written first, then the quotas counted with it (one statement): a conflict is
+        # answered before a quota, as ever, on both databases; a refusal rolls it all back.
         reservation = Reservation.objects.create(
             user=user, host=host, stack=stack, whole_host=whole_host,
             purpose=purpose, start=start, end=end, state=state,
         )  # fmt: skip
-        Allocation.objects.bulk_create(
-            Allocation(accelerator_id=i, reservation=reservation, start=start, end=end) for i in ids
+        by_pk = {d.pk: d for d in devices}
+        allocations = Allocation.objects.bulk_create(
+            Allocation(accelerator=by_pk[i], reservation=reservation, start=start, end=end)
+            for i in ids
         )
+        _check_quotas(policy, reservation, now)
         audit(
             user, ip, "create", reservation, host=host.name, start=start.isoformat(),
             end=end.isoformat(), devices=sorted(d.index for d in devices), state=state,
         )  # fmt: skip
+        _hand_over(reservation, allocations)
         return reservation
 
-    return _write(work)
+    return _write(work, overlap=_named_overlap(ids, start, end, user))
+
+
+def _hand_over(reservation: Reservation, allocations: list[Allocation]) -> None:
+    """Give the new reservation its allocations (with their accelerators) as if prefetched,
+    so a caller that shows it (the API's answer) reads nothing back. These are the attributes
+    `prefetch_related("allocations")` fills (Django's own, not in its stubs)."""
+    for allocation in allocations:
+        allocation.reservation = reservation
+    cached = reservation.allocations.all()
+    cached._result_cache = allocations
+    cached._prefetch_done = True  # type: ignore[attr-defined]
+    reservation._prefetched_objects_cache = {"allocations": cached}  # type: ignore[attr-defined]
 
 
 def reservation_create_for_need(
@@ -555,12 +642,11 @@ def allocate(
         if len(locked) != len(ids) or any(a.retired or a.host_id != host.pk for a in locked):
             raise BookingError("retired_device", "An accelerator was retired a moment ago.")
         _check_maintenance(host, start, end)
-        blockers = _blockers(ids, start, end)
-        if blockers:
-            raise Conflict(_describe(blockers, holder), blockers)
+        if not _constraint_decides():
+            _refuse_overlap(ids, start, end, holder)
         claim(host)
         return Allocation.objects.bulk_create(
             Allocation(accelerator_id=i, start=start, end=end, **owner) for i in ids
         )
 
-    return _write(work)
+    return _write(work, overlap=_named_overlap(ids, start, end, holder))

@@ -10,6 +10,7 @@ from portal.booking.forms import GB
 from portal.inventory.forms import clean_hwspec_text
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
+from portal.jobs.services import MAX_ARRAY
 from provisioning.agent.rules import MAX_ENV
 
 
@@ -80,6 +81,14 @@ class JobForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         help_text="One NAME=value a line.",
     )
+    array = forms.IntegerField(
+        label="Array of tasks",
+        required=False,
+        min_value=1,
+        max_value=MAX_ARRAY,
+        help_text=f"Optional: run the job this many times (1 to {MAX_ARRAY}), like sbatch "
+        "--array; each task is a job of its own with its index, 0 to N-1.",
+    )
     input_git_url = forms.URLField(
         label="Input: git URL",
         required=False,
@@ -144,4 +153,5 @@ class JobForm(forms.Form):
             "code_licence": data["code_licence"],
             "data_licence": data["data_licence"],
             "model_freedom": data["model_freedom"],
+            "array": data.get("array"),
         }

@@ -7,9 +7,11 @@ job is refused at submission with a clear message rather than failing on a host 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from portal.accounts.models import PartnerMembership, PartnerProject, User
@@ -78,7 +80,32 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
             archive.seek(0)
 
 
-def job_submit(
+# At most this many tasks in one array: one submission's transaction and answer stay small
+# (1,000 rows, the ids list a few KB), and it is Slurm's default bound (MaxArraySize 1001,
+# indices 0-1000), so a script written for `sbatch --array` fits.
+MAX_ARRAY = 1000
+
+
+def array_env(job: Job) -> dict[str, str]:
+    """What a task of an array sees besides its own env: its index and the array's id (the
+    first job's), as `sbatch --array`'s SLURM_ARRAY_TASK_ID and SLURM_ARRAY_JOB_ID. For the
+    host to set at job start, as it sets PORTERBOX_JOB: the agent refuses these names in a
+    job's own env (docs/decisions.md, issue 16: not wired into job-start yet)."""
+    if job.array_id is None:
+        return {}
+    return {
+        "PORTERBOX_ARRAY_JOB_ID": str(job.array_id),
+        "PORTERBOX_ARRAY_TASK_ID": str(job.array_index),
+    }
+
+
+def job_submit(**fields: Any) -> Job:
+    """Submit one job, or an array (`array=N`): the array's first job. job_submit_tasks's
+    arguments."""
+    return job_submit_tasks(**fields)[0]
+
+
+def job_submit_tasks(
     *,
     project: PartnerProject,
     submitter: User,
@@ -96,8 +123,24 @@ def job_submit(
     input_git_url: str = "",
     input_git_ref: str = "",
     input_archive=None,
-) -> Job:
-    if not may_submit(submitter, project):
+    array: int | None = None,
+) -> list[Job]:
+    """Queue a job, or an array of `array` tasks (like `sbatch --array=0-(N-1)`): N jobs alike,
+    written at once or not at all, each with `array` (the first job) and `array_index` 0..N-1.
+    Every rule holds for each task, and the scheduler counts each as a job of its own."""
+    # Membership and a host with the stack, asked at once (one round trip, not two).
+    member, served = (
+        DriverStack.objects.filter(pk=stack.pk)
+        .annotate(
+            member=Exists(PartnerMembership.objects.filter(project=project, user=submitter)),
+            served=Exists(
+                Host.objects.filter(stacks=OuterRef("pk")).exclude(state=Host.State.RETIRED)
+            ),
+        )
+        .values_list("member", "served")
+        .get()
+    )
+    if project.state != PartnerProject.State.APPROVED or not member:
         raise JobError("not_member", f"Only members of {project} submit its jobs.", "project")
     for field_name, value, limit in (
         ("name", name, 100),
@@ -107,6 +150,8 @@ def job_submit(
     ):
         if len(value) > limit:
             raise JobError("too_long", f"At most {limit} characters.", field_name)
+    if array is not None and (type(array) is not int or not 1 <= array <= MAX_ARRAY):
+        raise JobError("bad_array", f"An array has 1 to {MAX_ARRAY} tasks.", "array")
     if min_memory_mib < 0:
         raise JobError("bad_memory", "The minimum memory cannot be negative.", "min_memory_mib")
     if not script.strip():
@@ -132,7 +177,7 @@ def job_submit(
             f"{project} may hold at most {project.max_concurrent_devices} devices at once.",
             "count",
         )
-    if not Host.objects.filter(stacks=stack).exclude(state=Host.State.RETIRED).exists():
+    if not served:
         raise JobError("stack_missing", f"No host offers the stack {stack.name}.", "stack")
     if spec and not stack.serves(spec):
         # The finder's rule and words (portal/booking/forms.py): such a job would wait forever.
@@ -142,20 +187,42 @@ def job_submit(
     if model_freedom not in Job.ModelFreedom.values:
         raise JobError("bad_freedom", "Say whether the model is free.", "model_freedom")
     _check_input(input_git_url, input_git_ref, input_archive)
-    return Job.objects.create(
-        project=project, submitter=submitter, name=name, script=script, stack=stack,
-        count=count, hwspec=str(spec) if spec else "", min_memory_mib=min_memory_mib,
-        walltime=walltime, env=check_env(env or {}), input_git_url=input_git_url,
-        input_git_ref=input_git_ref, input_archive=input_archive, code_licence=code_licence,
-        data_licence=data_licence, model_freedom=model_freedom,
-    )  # fmt: skip
+    now = timezone.now()
+    common = {
+        "project": project, "submitter": submitter, "name": name, "script": script,
+        "stack": stack, "count": count, "hwspec": str(spec) if spec else "",
+        "min_memory_mib": min_memory_mib, "walltime": walltime, "env": check_env(env or {}),
+        "input_git_url": input_git_url, "input_git_ref": input_git_ref,
+        "code_licence": code_licence, "data_licence": data_licence,
+        "model_freedom": model_freedom, "queued_at": now, "created": now,
+    }  # fmt: skip
+    if not array:
+        return [Job.objects.create(**common, input_archive=input_archive)]
+    with transaction.atomic():
+        first = Job.objects.create(**common, input_archive=input_archive, array_index=0)
+        first.array = first
+        first.save(update_fields=["array"])
+        # One archive file for all tasks: the first job stored it, the others name it.
+        archive = first.input_archive.name if first.input_archive else ""
+        rest = Job.objects.bulk_create(
+            Job(**common, input_archive=archive, array=first, array_index=index)
+            for index in range(1, array)
+        )
+    return [first, *rest]
 
 
-def job_cancel(*, job: Job, actor: User) -> Job:
-    """Cancel a job: a waiting or scheduled one at once; a running one is stopped by the loop."""
+def job_cancel(*, job: Job, actor: User, whole_array: bool = False) -> Job:
+    """Cancel a job: a waiting or scheduled one at once; a running one is stopped by the loop.
+
+    `whole_array`: every task of the job's array (the job alone if it is in none); refused
+    only when no task is left to cancel."""
     if not may_manage(actor, job):
         raise JobError("not_yours", "Only members of the job's project cancel it.")
     now = timezone.now()
+    if whole_array and job.array_id is not None:
+        _cancel_array(job.array_id, now)
+        job.refresh_from_db()
+        return job
     with transaction.atomic():
         if Job.move(job.pk, Job.State.CANCELLED, from_=(*Job.WAITING, Job.State.SCHEDULED),
                     ended_at=now):  # fmt: skip
@@ -166,3 +233,23 @@ def job_cancel(*, job: Job, actor: User) -> Job:
             raise Conflict("finished", "The job has finished already.")
     job.refresh_from_db()
     return job
+
+
+def _cancel_array(array_id: int, now) -> None:
+    """Cancel every task of an array that has not finished: one transaction, a few statements."""
+    tasks = Job.objects.filter(array=array_id)
+    with transaction.atomic():
+        # Locked, so the scheduler cannot place one between the read and the move.
+        waiting = list(
+            tasks.select_for_update()
+            .filter(state__in=(*Job.WAITING, Job.State.SCHEDULED))
+            .values_list("pk", flat=True)
+        )
+        if waiting:
+            Job.objects.filter(pk__in=waiting).update(state=Job.State.CANCELLED, ended_at=now)
+            Allocation.objects.filter(job__in=waiting).update(active=False)
+        stopping = tasks.filter(state__in=(Job.State.STARTING, Job.State.RUNNING)).update(
+            stop_requested=True
+        )
+        if not waiting and not stopping:
+            raise Conflict("finished", "Every task of the array has finished already.")

@@ -1,6 +1,8 @@
 """The reservations API: JSON in and out, precise 4xx errors, never someone else's data."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -181,3 +183,38 @@ def test_it_requires_authentication_to_book(host):
 def test_it_lists_accelerators(host):
     data = APIClient().get("/api/accelerators/?host=gpu1").json()
     assert [(a["host"], a["index"]) for a in data["results"]] == [("gpu1", 0), ("gpu1", 1)]
+
+
+# -- What one booking costs (issue 16) ----------------------------------------------------------
+# The token, the host and the stack of the body, the host's accelerators (once), the policy, the
+# stack check; in the transaction the user's and the devices' locks, maintenance, the
+# reservation, its allocations, the quotas (one read) and the audit entry. SQLite adds the
+# overlap check that PostgreSQL's exclusion constraint makes unneeded. Nothing is read back.
+# The durable transaction's BEGIN and COMMIT are savepoints inside a test's transaction.
+TRANSACTION = 2
+
+
+def booking_queries() -> int:
+    return 13 + (0 if connection.vendor == "postgresql" else 1) + TRANSACTION
+
+
+def test_it_books_in_a_fixed_number_of_queries(api, host):
+    # History and other bookings of the user's do not add queries.
+    for hour in (13, 15):
+        book(
+            api, devices=[0], start=f"2026-11-23T{hour}:00:00Z", end=f"2026-11-23T{hour + 1}:00:00Z"
+        )
+    with CaptureQueriesContext(connection) as queries:
+        response = book(api, devices=[0, 1])
+    assert response.status_code == 201, response.json()
+    assert response.json()["devices"] == [0, 1]
+    assert len(queries) <= booking_queries(), "\n".join(q["sql"][:120] for q in queries)
+
+
+def test_it_names_the_blocker_in_a_fixed_number_of_queries(api, host):
+    book(api, devices=[1])
+    with CaptureQueriesContext(connection) as queries:
+        response = book(api, devices=[0, 1])
+    assert response.status_code == 409
+    assert "gpu1 #1 is your own booking" in response.json()["message"]
+    assert len(queries) <= booking_queries(), "\n".join(q["sql"][:120] for q in queries)

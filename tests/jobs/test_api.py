@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from portal.jobs import services
 from portal.jobs.models import Job
 from tests.factories import (
     AcceleratorFactory,
@@ -230,3 +231,87 @@ def test_it_refuses_a_hwspec_the_stack_does_not_serve_with_a_400(api, stack):
     assert (data["code"], list(data["errors"])) == ("stack_hwspec", ["stack"])
     assert data["message"] == "The stack rocm-6 does not serve cuda."
     assert not Job.objects.exists()
+
+
+# -- Job arrays (issue 16): one submission, N jobs, like sbatch --array -------------------------
+
+
+def test_it_submits_an_array_as_n_jobs_with_their_indices(api, stack):
+    response = api.post("/api/jobs/", body(array=4), format="json")
+    assert response.status_code == 201, response.json()
+    data = response.json()
+    tasks = list(Job.objects.order_by("array_index"))
+    first = tasks[0]
+    assert data["id"] == first.pk and data["array_jobs"] == [t.pk for t in tasks]
+    assert (data["array"], data["array_index"]) == (first.pk, 0)
+    assert [(t.array_id, t.array_index) for t in tasks] == [(first.pk, i) for i in range(4)]
+    assert {(t.state, t.name, t.env["EPOCHS"], t.queued_at) for t in tasks} == {
+        ("queued", "asr", "3", first.queued_at)
+    }
+    assert services.array_env(tasks[2]) == {
+        "PORTERBOX_ARRAY_JOB_ID": str(first.pk),
+        "PORTERBOX_ARRAY_TASK_ID": "2",
+    }
+
+
+def test_a_plain_job_is_in_no_array(api, stack):
+    data = api.post("/api/jobs/", body(), format="json").json()
+    assert (data["array"], data["array_index"], data["array_jobs"]) == (None, None, [data["id"]])
+    assert services.array_env(Job.objects.get()) == {}
+
+
+@pytest.mark.parametrize(
+    ("array", "code", "message"),
+    [
+        (0, "min_value", "Ensure this value is greater than or equal to 1."),
+        (1001, "max_value", "Ensure this value is less than or equal to 1000."),
+        ("x", "invalid", "A valid integer is required."),
+        (2.5, "invalid", "A valid integer is required."),
+    ],
+)
+def test_it_refuses_a_bad_array_size_precisely(api, stack, array, code, message):
+    response = api.post("/api/jobs/", body(array=array), format="json")
+    assert response.status_code == 400
+    data = response.json()
+    assert (data["code"], data["errors"]) == (code, {"array": [message]})
+    assert not Job.objects.exists()
+
+
+def test_an_array_is_refused_whole(api, stack):
+    # Each task must fit the project's limits; one refusal, and no task is written.
+    response = api.post("/api/jobs/", body(array=5, count=5), format="json")
+    assert (response.status_code, response.json()["code"]) == (400, "bad_count")
+    assert not Job.objects.exists()
+
+
+def test_it_cancels_a_whole_array_with_array_1(api, stack):
+    ids = api.post("/api/jobs/", body(array=3), format="json").json()["array_jobs"]
+    Job.objects.filter(pk=ids[1]).update(state="running")
+    Job.objects.filter(pk=ids[2]).update(state="succeeded")
+
+    response = api.post(f"/api/jobs/{ids[0]}/cancel/?array=1")
+
+    assert (response.status_code, response.json()["state"]) == (200, "cancelled")
+    states = dict(Job.objects.values_list("pk", "state"))
+    assert [states[i] for i in ids] == ["cancelled", "running", "succeeded"]
+    assert Job.objects.get(pk=ids[1]).stop_requested
+    Job.objects.filter(pk=ids[1]).update(state="failed")
+    again = api.post(f"/api/jobs/{ids[0]}/cancel/?array=1")
+    assert (again.status_code, again.json()["code"]) == (409, "finished")
+    assert api.post(f"/api/jobs/{ids[0]}/cancel/?array=yes").status_code == 400
+
+
+def test_cancel_without_array_1_cancels_one_task(api, stack):
+    ids = api.post("/api/jobs/", body(array=2), format="json").json()["array_jobs"]
+    assert api.post(f"/api/jobs/{ids[1]}/cancel/").json()["state"] == "cancelled"
+    assert Job.objects.get(pk=ids[0]).state == "queued"
+
+
+def test_it_submits_in_a_fixed_number_of_queries(api, stack, django_assert_max_num_queries):
+    # The token, the project and the stack of the body, membership, a host with the stack,
+    # the insert; an array adds its first job's pointer to itself and one bulk insert.
+    with django_assert_max_num_queries(6):
+        assert api.post("/api/jobs/", body(), format="json").status_code == 201
+    # (SQLite splits a bulk insert at 999 parameters, about 38 jobs: 20 is one insert there too.)
+    with django_assert_max_num_queries(6 + 2 + 2):  # + a transaction's savepoints
+        assert api.post("/api/jobs/", body(array=20), format="json").status_code == 201

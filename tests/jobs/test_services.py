@@ -159,3 +159,42 @@ def test_it_refuses_a_hwspec_the_stack_does_not_serve_as_the_finder_does(member,
     assert not Job.objects.exists()
     assert submit(member, rocm, hwspec="rocm:gfx90a").hwspec == "rocm:gfx90a"
     assert submit(member, rocm, hwspec="cpu").hwspec == "cpu"
+
+
+def test_it_writes_an_array_whole_or_not_at_all(member, stack, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away mid-array")
+
+    monkeypatch.setattr(Job.objects, "bulk_create", broken)
+    with pytest.raises(RuntimeError):
+        submit(member, stack, array=3)
+    assert not Job.objects.exists()  # the first task, written before, went with the rest
+
+
+def test_it_refuses_an_array_size_out_of_bounds(member, stack):
+    for array in (0, 1001, True):
+        with pytest.raises(JobError) as refused:
+            submit(member, stack, array=array)
+        assert (refused.value.code, refused.value.field) == ("bad_array", "array")
+    assert not Job.objects.exists()
+
+
+def test_an_array_of_one_is_an_array(member, stack):
+    job = submit(member, stack, array=1)
+    assert (job.array_id, job.array_index) == (job.pk, 0)
+
+
+def test_the_submit_form_passes_the_array_on(member, stack):
+    from portal.jobs.forms import JobForm
+
+    fields = {
+        "project": member.project.slug, "name": "train", "script": "true", "stack": "cuda-12",
+        "count": 1, "walltime_hours": "2", "code_licence": "MIT", "data_licence": "CC0-1.0",
+        "model_freedom": "free",
+    }  # fmt: skip
+    form = JobForm(member.user, {**fields, "array": "3"})
+    assert form.is_valid(), form.errors
+    first = job_submit(submitter=member.user, **form.submit_kwargs())
+    assert list(Job.objects.filter(array=first).values_list("array_index", flat=True)) == [0, 1, 2]
+    refused = JobForm(member.user, {**fields, "array": "1001"})
+    assert not refused.is_valid() and "array" in refused.errors
