@@ -154,12 +154,13 @@ def _start_events(
 
 
 def _gaps(
-    need: Need, earliest: datetime, horizon: datetime, duration: timedelta
+    need: Need, earliest: datetime, horizon: datetime, duration: timedelta, reach: timedelta
 ) -> dict[int, dict[int, list[tuple[datetime, datetime | None]]]]:
     """Host -> matching device -> its free gaps of at least `duration` that may hold a start in
-    [earliest, horizon), from one range scan: each allocation in the window with the end of
-    the one before it and the start of the one after it on the same device (LAG and LEAD), of
-    which only those next to a long enough gap come back."""
+    [earliest, horizon), from one range scan: each allocation in [earliest, horizon + reach)
+    (reach: the longest duration to be asked of the result) with the end of the one before it
+    and the start of the one after it on the same device (LAG and LEAD), of which only those
+    next to a long enough gap come back."""
     devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
     by_device = {}
     for pk, host_id in matching_accelerators(need).values_list("pk", "host").order_by():
@@ -169,7 +170,7 @@ def _gaps(
         Allocation.objects.filter(
             active=True,
             accelerator__in=matching_accelerators(need),
-            start__lt=horizon + duration,
+            start__lt=horizon + reach,
             end__gt=earliest,
         )
         .annotate(
@@ -234,32 +235,55 @@ def _first_fit(
     return None
 
 
-def _first_starts(
-    need: Need, duration: timedelta, earliest: datetime, horizon: datetime, step: timedelta
-) -> dict[int, tuple[datetime, int]]:
-    """Host -> its first start in [earliest, horizon) where the need fits, with the number of
-    matching devices free there."""
-    devices = _gaps(need, earliest, horizon, duration)
-    windows: dict[int, list[tuple[datetime, datetime]]] = {}
-    overlapping = MaintenanceWindow.objects.filter(
-        host__in=matching_accelerators(need).values("host"),
-        start__lt=horizon + duration,
-        end__gt=earliest,
-    )
-    for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
-        windows.setdefault(host_id, []).append((start, end))
-    first = {}
-    for host_id, gaps_by_device in devices.items():
-        if len(gaps_by_device) < need.count:
-            continue
-        events = [
-            _start_events(gaps, earliest, horizon, duration, step)
-            for gaps in gaps_by_device.values()
-        ]
-        found = _first_fit(events, _vetoes(windows.get(host_id, []), duration, step), need.count)
-        if found is not None:
-            first[host_id] = found
-    return first
+@dataclass
+class _Calendar:
+    """One read of the calendar for a need's devices over [earliest, horizon): per host, each
+    matching device's gaps, and the host's maintenance windows."""
+
+    earliest: datetime
+    horizon: datetime
+    devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]]
+    windows: dict[int, list[tuple[datetime, datetime]]]
+
+    @classmethod
+    def read(
+        cls,
+        need: Need,
+        earliest: datetime,
+        horizon: datetime,
+        shortest: timedelta,
+        longest: timedelta,
+    ) -> "_Calendar":
+        """Three queries; the result answers any duration from `shortest` to `longest`."""
+        devices = _gaps(need, earliest, horizon, shortest, longest)
+        windows: dict[int, list[tuple[datetime, datetime]]] = {}
+        overlapping = MaintenanceWindow.objects.filter(
+            host__in=matching_accelerators(need).values("host"),
+            start__lt=horizon + longest,
+            end__gt=earliest,
+        )
+        for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
+            windows.setdefault(host_id, []).append((start, end))
+        return cls(earliest, horizon, devices, windows)
+
+    def first_starts(
+        self, count: int, duration: timedelta, step: timedelta
+    ) -> dict[int, tuple[datetime, int]]:
+        """Host -> its first start in [earliest, horizon) where `count` devices are free for
+        `duration`, with the number of matching devices free there."""
+        first = {}
+        for host_id, gaps_by_device in self.devices.items():
+            if len(gaps_by_device) < count:
+                continue
+            events = [
+                _start_events(gaps, self.earliest, self.horizon, duration, step)
+                for gaps in gaps_by_device.values()
+            ]
+            vetoes = _vetoes(self.windows.get(host_id, []), duration, step)
+            found = _first_fit(events, vetoes, count)
+            if found is not None:
+                first[host_id] = found
+        return first
 
 
 # The search looks this far first, then further only if fewer hosts than asked fit: a host found
@@ -283,7 +307,8 @@ def availability(
     horizon = earliest + timedelta(days=days)
     for window in (*WINDOWS, None):
         stop = horizon if window is None else min(horizon, earliest + window)
-        first = _first_starts(need, duration, earliest, stop, step)
+        calendar = _Calendar.read(need, earliest, stop, duration, duration)
+        first = calendar.first_starts(need.count, duration, step)
         if len(first) >= limit or stop == horizon:
             break
     hosts = Host.objects.in_bulk(list(first))
@@ -292,3 +317,33 @@ def availability(
         Slot(hosts[host_id], start, start + duration, free)
         for host_id, (start, free) in ordered[:limit]
     ]
+
+
+def earliest_starts(
+    need: Need,
+    asks: set[tuple[int, timedelta]],
+    *,
+    earliest: datetime,
+    days: int,
+    step: timedelta,
+) -> dict[tuple[int, timedelta], datetime | None]:
+    """For each (count, duration) asked of the need's devices (`need.count` aside), the earliest
+    start on any host within `days` (None: none). One read of the calendar answers them all
+    (per window: a day, a week, then as far as asked, while some are still unanswered), so the
+    scheduler's estimates cost a few queries per kind of device, not a search per job."""
+    horizon = earliest + timedelta(days=days)
+    pending, found = set(asks), {}
+    for window in (*WINDOWS, None):
+        if not pending:
+            break
+        stop = horizon if window is None else min(horizon, earliest + window)
+        durations = [duration for _, duration in pending]
+        calendar = _Calendar.read(need, earliest, stop, min(durations), max(durations))
+        for count, duration in sorted(pending):
+            first = calendar.first_starts(count, duration, step)
+            if first or stop == horizon:
+                found[(count, duration)] = min((start for start, _ in first.values()), default=None)
+                pending.discard((count, duration))
+        if stop == horizon:
+            break
+    return found

@@ -39,7 +39,7 @@ from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 
 from portal.accounts.models import PartnerProject
-from portal.booking.availability import Need, availability, ceil_to, matching_accelerators
+from portal.booking.availability import Need, ceil_to, earliest_starts, matching_accelerators
 from portal.booking.models import Allocation, BookingPolicy
 from portal.errors import Busy, is_lock_failure
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
@@ -486,63 +486,36 @@ def estimate_starts(jobs: list[Waiting], now: datetime) -> dict[int, datetime | 
     horizon). It counts reservations, maintenance and the jobs already placed, not the waiting
     jobs ahead, nor the project's quotas.
 
-    At most one availability search per distinct shape, and often fewer: the earliest start
-    never comes sooner for a longer walltime (a slot free for longer is free for less), so when
-    the shortest and the longest walltime of a device shape start at the same time, every
-    walltime between them does too; otherwise the middle one is searched, and so on.
+    One read of the calendar per kind of device (stack, hwspec, memory) answers every count and
+    walltime asked of it (`earliest_starts`), so estimates cost a few queries per kind, not an
+    availability search per job.
     """
     policy = BookingPolicy.current()
     earliest = ceil_to(now, policy.granularity)
     stacks = DriverStack.objects.in_bulk({job.stack_id for job in jobs})
-    walltimes: dict[tuple, set[timedelta]] = defaultdict(set)
+    grace = stop_grace()
+    asks: dict[tuple, set[tuple[int, timedelta]]] = defaultdict(set)
     for job in jobs:
-        walltimes[job.shape].add(job.walltime)
+        stack_id, hwspec, min_memory_mib, count = job.shape
+        asks[(stack_id, hwspec, min_memory_mib)].add((count, job.walltime + grace))
     found: dict[tuple, datetime | None] = {}
-    for shape, times in walltimes.items():
-        stack_id, hwspec, min_memory_mib, count = shape
+    for kind, wanted in asks.items():
+        stack_id, hwspec, min_memory_mib = kind
         try:
             spec = Hwspec.parse(hwspec) if hwspec else None
         except InvalidHwspec:
-            found.update(((*shape, w), None) for w in times)
+            found.update(((*kind, *ask), None) for ask in wanted)
             continue
-        need = Need(count, spec, min_memory_mib, stacks[stack_id])
-
-        def search(walltime: timedelta, need: Need = need) -> datetime | None:
-            slots = availability(
-                need,
-                duration=walltime + stop_grace(),
-                earliest=earliest,
-                days=policy.max_days_ahead,
-                step=policy.granularity,
-                limit=1,
-            )
-            return slots[0].start if slots else None
-
-        for walltime, start in _monotone(search, sorted(times)).items():
-            found[(*shape, walltime)] = start
-    return {job.pk: found[(*job.shape, job.walltime)] for job in jobs}
-
-
-def _monotone(search, walltimes: list[timedelta]) -> dict[timedelta, datetime | None]:
-    """search(w) for every w of the sorted walltimes, given that it never decreases with w
-    (None, no slot, being the latest): equal answers at both ends of a run answer its inside."""
-    found = {walltimes[0]: search(walltimes[0])}
-    if len(walltimes) > 1:
-        found[walltimes[-1]] = search(walltimes[-1])
-
-    def fill(lo: int, hi: int) -> None:  # walltimes[lo] and walltimes[hi] are searched
-        if hi - lo < 2:
-            return
-        if found[walltimes[lo]] == found[walltimes[hi]]:
-            found.update((walltimes[i], found[walltimes[lo]]) for i in range(lo + 1, hi))
-            return
-        mid = (lo + hi) // 2
-        found[walltimes[mid]] = search(walltimes[mid])
-        fill(lo, mid)
-        fill(mid, hi)
-
-    fill(0, len(walltimes) - 1)
-    return found
+        need = Need(1, spec, min_memory_mib, stacks[stack_id])
+        answers = earliest_starts(
+            need,
+            wanted,
+            earliest=earliest,
+            days=policy.max_days_ahead,
+            step=policy.granularity,
+        )
+        found.update(((*kind, *ask), start) for ask, start in answers.items())
+    return {job.pk: found[(*job.shape, job.walltime + grace)] for job in jobs}
 
 
 def store_queue(now: datetime, result: PassResult | None = None) -> None:

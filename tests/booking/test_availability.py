@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from portal.booking.availability import Need, availability, free_accelerators
+from portal.booking.availability import Need, availability, earliest_starts, free_accelerators
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import Conflict, reservation_create, reservation_create_for_need
 from portal.inventory.hwspec import Hwspec
@@ -200,3 +200,13 @@ def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
     found = availability(n, duration=6 * H, earliest=START, days=2, step=H, limit=1)
     reference = _first_free_by_brute_force(n, START, START + 48 * H, 6 * H, H)[:1]
     assert [(s.host.name, (s.start, s.free)) for s in found] == reference
+    # Many (count, duration) asks answered from one read, as the scheduler's estimates are.
+    asks = {(1, H), (1, 5 * H), (2, 2 * H), (2, 6 * H), (3, 3 * H), (5, H)}
+    answers = earliest_starts(need(cuda), asks, earliest=START, days=2, step=H)
+    one_by_one = {}
+    for count, duration in asks:
+        slots = availability(
+            need(cuda, count=count), duration=duration, earliest=START, days=2, step=H, limit=1
+        )
+        one_by_one[(count, duration)] = slots[0].start if slots else None
+    assert answers == one_by_one

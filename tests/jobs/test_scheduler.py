@@ -304,16 +304,18 @@ def test_a_pass_stores_each_waiting_jobs_turn_and_estimate(stack, devices, setti
 def test_it_estimates_each_shape_once_and_only_the_first_jobs(stack, devices, monkeypatch):
     project = PartnerProjectFactory()
     queue(project, stack, 5, count=4, walltime=H)  # placed: one after another they wait
-    searches = []
-    real = scheduler.availability
+    reads = []
+    real = scheduler.earliest_starts
     monkeypatch.setattr(
-        scheduler, "availability", lambda need, **kw: searches.append(1) or real(need, **kw)
+        scheduler,
+        "earliest_starts",
+        lambda need, asks, **kw: reads.append(1) or real(need, asks, **kw),
     )
     monkeypatch.setattr(scheduler, "ESTIMATED", 3)
 
     scheduler.schedule(NOW)
 
-    assert len(searches) == 1  # one shape
+    assert len(reads) == 1  # one kind of device
     estimated = Job.objects.filter(estimated_start__isnull=False)
     assert sorted(estimated.values_list("queue_position", flat=True)) == [1, 2, 3]
 
@@ -341,27 +343,31 @@ def test_a_pass_writes_its_placements_in_one_transaction(
     assert len(result.placed) == 4
 
 
-def test_it_searches_no_walltime_between_two_that_start_at_the_same_time(
+def test_it_reads_the_calendar_once_for_every_count_and_walltime_of_a_kind_of_device(
     stack, devices, monkeypatch
 ):
     project = PartnerProjectFactory()
     for hours in (1, 2, 3, 5, 8):
-        JobFactory(project=project, stack=stack, count=5, walltime=hours * H)  # never fits
-    searched = []
-    real = scheduler.availability
+        for count in (5, 6):  # never fit on four devices: they wait
+            JobFactory(project=project, stack=stack, count=count, walltime=hours * H)
+    asked = []
+    real = scheduler.earliest_starts
     monkeypatch.setattr(
         scheduler,
-        "availability",
-        lambda need, **kw: searched.append(kw["duration"]) or real(need, **kw),
+        "earliest_starts",
+        lambda need, asks, **kw: asked.append(set(asks)) or real(need, asks, **kw),
     )
 
     scheduler.schedule(NOW)
 
-    assert searched == [H, 8 * H]  # no slot for either: none for any walltime between
-    assert Job.objects.filter(queue_position__isnull=False).count() == 5
+    grace = scheduler.stop_grace()
+    assert asked == [{(c, h * H + grace) for h in (1, 2, 3, 5, 8) for c in (5, 6)}]
+    estimated = Job.objects.filter(queue_position__isnull=False)
+    assert estimated.count() == 10
+    assert not estimated.filter(estimated_start__isnull=False).exists()
 
 
-def test_it_bisects_walltimes_whose_starts_differ(stack, devices):
+def test_it_estimates_each_walltime_where_its_start_differs(stack, devices):
     project = PartnerProjectFactory()
     reservation_create(  # all four devices are booked from 3 h on, for a day
         user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
