@@ -5,6 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each test starts manage.py in a process of its own, with its own environment and no
+# DATABASE_URL: independent of the pass's database, so CI runs them in its first pass only.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

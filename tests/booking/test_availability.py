@@ -162,7 +162,7 @@ def _first_free_by_brute_force(n, earliest, horizon, duration, step):
     return sorted(first.items(), key=lambda item: (item[1][0], item[0]))
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(6))
 def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
     """Random calendars (ends off the grid, back-to-back allocations, maintenance windows):
     the sweep's first slot per host and its free count are those of a walk over the grid."""
@@ -201,7 +201,7 @@ def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
     reference = _first_free_by_brute_force(n, START, START + 48 * H, 6 * H, H)[:1]
     assert [(s.host.name, (s.start, s.free)) for s in found] == reference
     # Many (count, duration) asks answered from one read, as the scheduler's estimates are.
-    asks = {(1, H), (1, 5 * H), (2, 2 * H), (2, 6 * H), (3, 3 * H), (5, H)}
+    asks = {(1, H), (1, 5 * H), (1, 12 * H), (2, 2 * H), (2, 10 * H), (3, 3 * H), (5, H)}
     answers = earliest_starts(need(cuda), asks, earliest=START, days=2, step=H)
     one_by_one = {}
     for count, duration in asks:
