@@ -10,17 +10,23 @@ it in a throwaway portal database (SQLite under a temporary directory, or DATABA
 server), and starts a real Celery worker with embedded beat ticking every `--interval` seconds
 on the broker of CELERY_BROKER_URL (the file-system broker if unset).
 
-Each round creates a reservation whose slot starts two seconds later (off the booking grid: the
-loop is measured, not the booking rules), then from the start polls `ssh user@host true` every
-50 ms until it logs in; then it moves the end two seconds ahead and polls until the login is
-refused. Printed: median, p95 and max of both latencies. They include the wait for beat's next
-tick (half the interval on average) and each ssh attempt's own duration (about its connection
-setup), so they are what a user sees. Nothing is asserted.
+Rounds begin once the worker has made its first pass (its boot is not measured). Each round
+creates a reservation whose slot starts two seconds later, plus a random part of a tick so that
+the start falls anywhere between two ticks (a round begins right after the last one's pass:
+without it the phase would be the same every round); off the booking grid: the loop is
+measured, not the booking rules. From the start it polls `ssh user@host true` every 50 ms until
+it logs in; then it moves the end as far ahead and polls until the login is refused.
+Printed: median, p95 and max of both latencies. They include the wait for the host's pass (a
+kick at the very instant, portal/operations/kicks.py; else beat's next tick), the pass itself
+and each ssh attempt's own duration (about its connection setup), so they are what a user sees.
+Beside them, when the pass that granted or revoked began (the reservation's granted_at and
+revoked_at): the part of the wait that is the loop's. Nothing is asserted.
 """
 
 import argparse
 import io
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -107,10 +113,14 @@ def main() -> None:
 
         worker = Worker(tmp, portal_key)
         worker.env["PORTAL_RECONCILE_SECONDS"] = str(args.interval)
+        booted = timezone.now()
         worker.start()
-        up, down = [], []
+        # Round 1 would otherwise measure the worker's boot and its first SSH connection.
+        seen = Host.objects.filter(pk=registered.pk, last_seen__gt=booted)
+        wait_for(seen.exists, timeout=60, what="the worker's first pass")
+        up, down, granted, revoked = [], [], [], []
         for n in range(args.rounds):
-            start = timezone.now() + timedelta(seconds=2)
+            start = timezone.now() + timedelta(seconds=2 + random.uniform(0, args.interval))
             end = start + timedelta(hours=1)
             r = Reservation.objects.create(
                 user=user, host=registered, stack=stack, start=start, end=end
@@ -120,12 +130,18 @@ def main() -> None:
             wait_for(lambda: person.ssh("true").returncode == 0, timeout=60, interval=0.05)
             up.append((timezone.now() - start).total_seconds())
 
-            end = timezone.now() + timedelta(seconds=2)
+            end = timezone.now() + timedelta(seconds=2 + random.uniform(0, args.interval))
             Reservation.objects.filter(pk=r.pk).update(end=end)
             Allocation.objects.filter(reservation=r).update(end=end)
             wait_for(reached(end), timeout=10, interval=0.01)
             wait_for(lambda: person.ssh("true").returncode != 0, timeout=60, interval=0.05)
             down.append((timezone.now() - end).total_seconds())
+            closed = Reservation.objects.filter(pk=r.pk, revoked_at__isnull=False)
+            wait_for(closed.exists, timeout=30)
+            r = closed.get()
+            assert r.granted_at is not None and r.revoked_at is not None
+            granted.append((r.granted_at - start).total_seconds())
+            revoked.append((r.revoked_at - end).total_seconds())
             print(f"round {n + 1:>3}: login after {up[-1]:.2f}s, refused after {down[-1]:.2f}s")
     finally:
         if worker is not None:
@@ -135,7 +151,13 @@ def main() -> None:
 
     print(f"\nbeat interval {args.interval}s, {len(up)} rounds, seconds:")
     print(f"{'':28}{'median':>8}{'p95':>8}{'max':>8}")
-    for label, values in (("slot start -> SSH login", up), ("slot end -> login refused", down)):
+    rows = (
+        ("slot start -> SSH login", up),
+        ("  -> granting pass began", granted),
+        ("slot end -> login refused", down),
+        ("  -> revoking pass began", revoked),
+    )
+    for label, values in rows:
         print(f"{label:28}{statistics.median(values):8.2f}{pct(values, 95):8.2f}{max(values):8.2f}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -138,22 +139,35 @@ def hosts_to_reconcile():
     return [h for h in hosts if is_reachable_in_principle(h)]
 
 
-def reconcile_host(host_id: int, *, client: AgentClient | None = None) -> str:
-    """One pass over one host; returns a line for the worker's log."""
+# What reconcile_host answers when another worker holds the host (kicks.py waits for it).
+LEASE_HELD = "another worker holds this host"
+# The longest a pass waits, after reading the host, for the instant it was kicked for.
+MAX_DECIDE_WAIT = 2
+
+
+def reconcile_host(
+    host_id: int, *, client: AgentClient | None = None, decide_at: datetime | None = None
+) -> str:
+    """One pass over one host; returns a line for the worker's log.
+
+    `decide_at`: a kick's instant (kicks.py). The pass reads the host's status first, then waits
+    for that instant before it decides, so a session opens or closes with only the agent's own
+    step after the instant."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not _claim_lease(host_id, owner, timezone.now()):
-        return "another worker holds this host"
+        return LEASE_HELD
     try:
         host = Host.objects.get(pk=host_id)
-        return _Pass(host, client or agents.client_for(host)).run()
+        return _Pass(host, client or agents.client_for(host), decide_at).run()
     finally:
         _release_lease(host_id, owner)
 
 
 class _Pass:
-    def __init__(self, host: Host, client: AgentClient):
+    def __init__(self, host: Host, client: AgentClient, decide_at: datetime | None = None):
         self.host, self.client = host, client
         self.now = timezone.now()
+        self.decide_at = decide_at
         self.done: list[str] = []
 
     def run(self) -> str:
@@ -162,6 +176,11 @@ class _Pass:
         except (TransportError, AgentError) as exc:
             self._host_failed(exc)
             return f"{self.host.name}: {exc}"
+        if self.decide_at is not None:
+            # Bounded: the lease was claimed to cover a pass, not a wait.
+            if (wait := (self.decide_at - timezone.now()).total_seconds()) > 0:
+                time.sleep(min(wait, MAX_DECIDE_WAIT))
+            self.now = timezone.now()
         self._host_seen()
         sessions = {s.session: s for s in status.sessions}
         due = {}
