@@ -8,7 +8,7 @@ says the host does. test_jobs_on_host.py proves the same on the test host with t
 import io
 import logging
 import tarfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import time_machine
@@ -20,17 +20,14 @@ from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.jobs.services import job_cancel, job_submit
 from portal.operations import services
-from provisioning.client import DeviceRef, Sample, Telemetry
+from provisioning.client import DeviceRef
 from tests.factories import (
-    AcceleratorFactory,
-    DriverStackFactory,
-    HostFactory,
     PartnerMembershipFactory,
 )
+from tests.operations.loop import NOW, gpu_host, healthy
 
 pytestmark = pytest.mark.django_db
 J = Job.State
-NOW = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -43,20 +40,12 @@ def clock():
 def host(clock, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     settings.JOBS_STOP_GRACE_SECONDS = 7
-    host = HostFactory(name="gpu1", host_keys="ssh-ed25519 AAAA", last_seen=NOW)
-    for index in (0, 1):
-        AcceleratorFactory(host=host, vendor="nvidia", index=index)
-    host.stacks.add(DriverStackFactory(name="cuda-12"))
-    return host
+    return gpu_host()
 
 
 @pytest.fixture
 def agent(fake_agents, host):
-    fake = fake_agents[host]
-    fake.reading = Telemetry(
-        tuple(Sample("nvidia", i, 0.0, 0, 40.0, 60.0) for i in (0, 1)), errors=()
-    )
-    return fake
+    return healthy(fake_agents[host])
 
 
 @pytest.fixture

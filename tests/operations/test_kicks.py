@@ -9,25 +9,23 @@ expiry.
 """
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import time_machine
 from celery.signals import before_task_publish
 from django.utils import timezone
 
-from portal.booking.models import Allocation, BookingPolicy, Reservation
+from portal.booking.models import Allocation, Reservation
 from portal.booking.services import reservation_create, reservation_shorten
 from portal.celery import app
 from portal.inventory.models import Host
 from portal.operations import kicks, services, tasks
-from provisioning.client import Sample, Telemetry
-from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory
-from tests.operations.test_loop_decisions import member
+from tests.factories import AcceleratorFactory, HostFactory
+from tests.operations.loop import NOW, gpu_host, healthy, member, minute_grid
 
 pytestmark = pytest.mark.django_db
 S = Reservation.State
-NOW = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 START = NOW + timedelta(minutes=1)
 KICK = "portal.operations.tasks.reconcile_host_at"
 PASS = "portal.operations.tasks.reconcile_host"
@@ -71,24 +69,14 @@ def clock():
 
 @pytest.fixture
 def host(db):
-    host = HostFactory(name="gpu1", host_keys="ssh-ed25519 AAAA", last_seen=NOW)
-    for index in (0, 1):
-        AcceleratorFactory(host=host, vendor="nvidia", index=index)
-    host.stacks.add(DriverStackFactory(name="cuda-12"))
-    policy = BookingPolicy.current()
-    policy.granularity_minutes = policy.min_minutes = 1
-    policy.save()
-    return host
+    minute_grid()
+    return gpu_host()
 
 
 @pytest.fixture
 def agent(fake_agents, host):
     """The host's agent, reading both devices as the inventory has them (a healthy host)."""
-    fake = fake_agents[host]
-    fake.reading = Telemetry(
-        tuple(Sample("nvidia", i, 0.0, 0, 40.0, 60.0) for i in (0, 1)), errors=()
-    )
-    return fake
+    return healthy(fake_agents[host])
 
 
 def book(host, start=START, minutes=30, indexes=(1,), user=None) -> Reservation:

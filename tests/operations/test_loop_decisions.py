@@ -7,27 +7,24 @@ test_reconcile_on_host.py.
 """
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import time_machine
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.core import mail
 
-from portal.accounts.models import User
 from portal.accounts.services import ssh_key_add
 from portal.accounts.sshkeys import parse_public_key
-from portal.booking.models import BookingPolicy, Reservation
+from portal.booking.models import Reservation
 from portal.booking.services import reservation_create, reservation_extend
 from portal.inventory.models import Host
 from portal.operations import services
 from provisioning.client import AccountState, DeviceRef, Sample, SessionState, Telemetry
-from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
+from tests.factories import UserFactory
+from tests.operations.loop import NOW, gpu_host, healthy, member, minute_grid, public_key
 
 pytestmark = pytest.mark.django_db
 S = Reservation.State
-NOW = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -38,35 +35,14 @@ def clock():
 
 @pytest.fixture
 def host(clock):
-    host = HostFactory(name="gpu1", host_keys="ssh-ed25519 AAAA", last_seen=NOW)
-    for index in (0, 1):
-        AcceleratorFactory(host=host, vendor="nvidia", index=index)
-    host.stacks.add(DriverStackFactory(name="cuda-12"))
-    policy = BookingPolicy.current()
-    policy.granularity_minutes = policy.min_minutes = 1
-    policy.save()
-    return host
+    minute_grid()
+    return gpu_host()
 
 
 @pytest.fixture
 def agent(fake_agents, host):
     """The host's agent, reading both devices as the inventory has them (a healthy host)."""
-    fake = fake_agents[host]
-    fake.reading = Telemetry(
-        tuple(Sample("nvidia", i, 0.0, 0, 40.0, 60.0) for i in (0, 1)), errors=()
-    )
-    return fake
-
-
-def public_key() -> str:
-    key = Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-
-
-def member(username: str = "alice") -> User:
-    user = UserFactory.create(username=username, debian_member_source="staff")
-    ssh_key_add(user=user, key=parse_public_key(public_key()))
-    return user
+    return healthy(fake_agents[host])
 
 
 def book(user, host, indexes=(1,), start=NOW, minutes=30) -> Reservation:
