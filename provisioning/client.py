@@ -669,9 +669,11 @@ class AgentClient:
         grace_s: int,
         input: dict,
         archive: BinaryIO | None = None,
+        array: tuple[int, int] | None = None,
     ) -> JobStarted:
         """input {"archive_bytes": N} goes with archive, a file whose next N bytes are sent
-        after the request line, a block at a time."""
+        after the request line, a block at a time. array: (the array's id, the task's index)
+        for a task of a job array; sent only then, so a plain job reads as before."""
         if ("archive_bytes" in input) != (archive is not None):
             raise ValueError("input.archive_bytes and archive go together")
         fields = {
@@ -679,6 +681,8 @@ class AgentClient:
             "devices": [d.as_dict() for d in devices], "script": script, "env": env,
             "walltime_s": walltime_s, "grace_s": grace_s, "input": input,
         }  # fmt: skip
+        if array is not None:
+            fields["array"] = {"job": array[0], "task": array[1]}
         return JobStarted.parse(self._call("job-start", fields, body=archive))
 
     def job_status(self, *, job: str) -> JobStatus:

@@ -86,19 +86,6 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
 MAX_ARRAY = 1000
 
 
-def array_env(job: Job) -> dict[str, str]:
-    """What a task of an array sees besides its own env: its index and the array's id (the
-    first job's), as `sbatch --array`'s SLURM_ARRAY_TASK_ID and SLURM_ARRAY_JOB_ID. For the
-    host to set at job start, as it sets PORTERBOX_JOB: the agent refuses these names in a
-    job's own env (docs/decisions.md, issue 16: not wired into job-start yet)."""
-    if job.array_id is None:
-        return {}
-    return {
-        "PORTERBOX_ARRAY_JOB_ID": str(job.array_id),
-        "PORTERBOX_ARRAY_TASK_ID": str(job.array_index),
-    }
-
-
 def job_submit(**fields: Any) -> Job:
     """Submit one job, or an array (`array=N`): the array's first job. job_submit_tasks's
     arguments."""

@@ -147,6 +147,7 @@ class JobPass:
                     grace_s=settings.JOBS_STOP_GRACE_SECONDS,
                     input=source,
                     archive=archive,
+                    array=(job.array_id, job.array_index or 0) if job.array_id else None,
                 )
         except AgentError as exc:
             log.warning(

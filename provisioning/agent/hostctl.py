@@ -87,7 +87,13 @@ VERBS: dict[str, Verb] = {
     ),
     # Training jobs take the host lock themselves, around what needs it: job-start spools its
     # archive first, so that a slow upload never holds up grants and revokes.
-    "job-start": Verb(JOB_START, jobs.validate_start, jobs.job_start, body=True),
+    "job-start": Verb(
+        JOB_START | {"array"},
+        jobs.validate_start,
+        jobs.job_start,
+        body=True,
+        optional=_names("array"),
+    ),
     "job-status": Verb(_names("job"), jobs.validate_job, jobs.job_status),
     "job-stop": Verb(_names("job", "grace_s"), jobs.validate_stop, jobs.job_stop),
     "job-logs": Verb(_names("job", "offset", "limit"), jobs.validate_logs, jobs.job_logs),

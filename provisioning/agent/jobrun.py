@@ -47,6 +47,17 @@ EXIT_WAIT_S = 30  # for schroot to exit after its command was killed; _undo() ki
 PUMP_BYTES = 64 * 1024
 
 
+def array_env(array: dict | None) -> dict[str, str]:
+    """A task of a job array sees the array's id and its index (as sbatch --array's
+    SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID); a plain job sees neither."""
+    if not array:
+        return {}
+    return {
+        "PORTERBOX_ARRAY_JOB_ID": str(array["job"]),
+        "PORTERBOX_ARRAY_TASK_ID": str(array["task"]),
+    }
+
+
 class Ended(Exception):
     """The job ends before its script has run to its end: stopped, timed out, or a step failed."""
 
@@ -196,6 +207,7 @@ class Supervisor:
             **record["visible"],
             "PORTERBOX_OUTPUT": os.path.join(self.work, "output"),
             "PORTERBOX_JOB": self.job,
+            **array_env(record.get("array")),
         }
         session = f"session:{schroot_session(self.job)}"
         input_dir = os.path.join(self.work, "input")

@@ -90,6 +90,20 @@ def validate_start(fields: dict, config: Config) -> dict:
         "walltime_s": check_walltime(fields["walltime_s"], config.job_min_walltime_s),
         "grace_s": check_grace(fields["grace_s"]),
         "input": check_input(fields["input"]),
+        "array": check_array(fields.get("array")),
+    }
+
+
+def check_array(value: object) -> dict | None:
+    """A task of a job array: {"job": the array's id, "task": its index}, or None (a plain job).
+    The job sees them as PORTERBOX_ARRAY_JOB_ID and PORTERBOX_ARRAY_TASK_ID."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"job", "task"}:
+        raise AgentError("bad_request", "array: must be an object with job and task")
+    return {
+        "job": check_integer("array.job", value["job"], 1, 2**62),
+        "task": check_integer("array.task", value["task"], 0, 2**31),
     }
 
 
@@ -158,7 +172,7 @@ def receive_archive(config: Config, body: BinaryIO | None, size: int) -> str:
 
 def job_start(
     config: Config, *, job, account, stack, devices, script, env, walltime_s, grace_s, input,
-    body: BinaryIO | None = None,
+    array=None, body: BinaryIO | None = None,
 ) -> dict:  # fmt: skip
     if read_job(config.state_dir, job) is not None:
         return {"job": job, "started": False}  # already started: changes nothing, reads nothing
@@ -168,7 +182,7 @@ def job_start(
         archive = receive_archive(config, body, input["archive_bytes"])
     try:
         return _start(config, job, account, stack, devices, script, env, walltime_s, grace_s,
-                      input, archive)  # fmt: skip
+                      input, archive, array)  # fmt: skip
     finally:
         if archive is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -176,7 +190,7 @@ def job_start(
 
 
 def _start(
-    config, job, account, stack, devices, script, env, walltime_s, grace_s, input, archive
+    config, job, account, stack, devices, script, env, walltime_s, grace_s, input, archive, array
 ) -> dict:
     with system.host_lock(config.state_dir):
         if read_job(config.state_dir, job) is not None:
@@ -206,6 +220,7 @@ def _start(
                 "walltime_s": walltime_s,
                 "grace_s": grace_s,
                 "input": {"archive": True} if archive is not None else input,
+                "array": array,
                 "started_at": utc_now(),
             }
             # Written last: its existence is what makes a repeated job-start a no-op.

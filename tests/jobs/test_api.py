@@ -7,7 +7,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from portal.jobs import services
 from portal.jobs.models import Job
 from tests.factories import (
     AcceleratorFactory,
@@ -248,16 +247,11 @@ def test_it_submits_an_array_as_n_jobs_with_their_indices(api, stack):
     assert {(t.state, t.name, t.env["EPOCHS"], t.queued_at) for t in tasks} == {
         ("queued", "asr", "3", first.queued_at)
     }
-    assert services.array_env(tasks[2]) == {
-        "PORTERBOX_ARRAY_JOB_ID": str(first.pk),
-        "PORTERBOX_ARRAY_TASK_ID": "2",
-    }
 
 
 def test_a_plain_job_is_in_no_array(api, stack):
     data = api.post("/api/jobs/", body(), format="json").json()
     assert (data["array"], data["array_index"], data["array_jobs"]) == (None, None, [data["id"]])
-    assert services.array_env(Job.objects.get()) == {}
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ class FakeJob:
     walltime_s: int
     input: dict
     archive: bytes | None
+    array: tuple[int, int] | None = None
     state: str = "running"
     exit_status: int | None = None
     reason: str | None = None
@@ -206,17 +207,20 @@ class FakeAgent(AgentClient):
         grace_s: int,
         input: dict,
         archive: BinaryIO | None = None,
+        array: tuple[int, int] | None = None,
     ) -> JobStarted:
         fields = {"job": job, "account": account, "stack": stack, "devices": list(devices),
                   "script": script, "env": env, "walltime_s": walltime_s, "grace_s": grace_s,
                   "input": input}  # fmt: skip
+        if array is not None:  # as the client sends it: only for a task of an array
+            fields["array"] = array
         self._enter("job-start", **fields)
         if job in self.jobs:
             return JobStarted(job, started=False)
         self._ensure_account(account)
         self.jobs[job] = FakeJob(
             account, stack, tuple(devices), script, dict(env), walltime_s, dict(input),
-            archive.read() if archive is not None else None,
+            archive.read() if archive is not None else None, array,
         )  # fmt: skip
         return JobStarted(job, started=True)
 

@@ -76,7 +76,9 @@ def agent(host, portal_key):
         yield call
 
 
-def job_request(job, script, *, devices=(1,), walltime_s=60, grace_s=1, env=None, input=None):
+def job_request(
+    job, script, *, devices=(1,), walltime_s=60, grace_s=1, env=None, input=None, array=None
+):
     return {
         "job": job,
         "account": ACCOUNT,
@@ -87,6 +89,7 @@ def job_request(job, script, *, devices=(1,), walltime_s=60, grace_s=1, env=None
         "walltime_s": walltime_s,
         "grace_s": grace_s,
         "input": input or {},
+        **({"array": array} if array else {}),
     }
 
 
@@ -173,11 +176,16 @@ def test_a_job_runs_as_the_account_in_its_session_and_records_its_exit_status(ag
     assert not host.exists("/var/lib/schroot/session/porterbox-j1")
 
 
-def test_a_job_sees_only_its_devices(agent, host, start):
-    start("j2", "for n in 0 1 2 ctl; do echo -n > /dev/nvidia$n && echo nvidia$n; done; true")
+def test_a_job_sees_only_its_devices_and_a_task_its_array(agent, host, start):
+    script = (
+        'echo "array=$PORTERBOX_ARRAY_JOB_ID task=$PORTERBOX_ARRAY_TASK_ID"\n'
+        "for n in 0 1 2 ctl; do echo -n > /dev/nvidia$n && echo nvidia$n; done; true"
+    )
+    start("j2", script, array={"job": 41, "task": 3})
 
     assert ended(agent, "j2")["state"] == "succeeded"
     log = read_log(agent, "j2")
+    assert "array=41 task=3" in log.splitlines()
     assert [line for line in log.splitlines() if line.startswith("nvidia")] == [
         "nvidia1",
         "nvidiactl",

@@ -194,6 +194,33 @@ def test_it_refuses_env_that_is_not_a_small_object(config, commands, env):
     assert_refused(ask(config, {**START, "env": env}), "bad_env", "env", config, commands)
 
 
+@pytest.mark.parametrize(
+    "array, field",
+    [
+        ([1, 0], "array"),
+        ({"job": 1}, "array"),
+        ({"job": 1, "task": 0, "more": 1}, "array"),
+        ({"job": 0, "task": 0}, "array.job"),
+        ({"job": "1", "task": 0}, "array.job"),
+        ({"job": 1, "task": -1}, "array.task"),
+        ({"job": 1, "task": True}, "array.task"),
+    ],
+)
+def test_it_refuses_an_array_that_is_not_a_job_and_a_task_index(config, commands, array, field):
+    answer = ask(config, {**START, "array": array})
+    assert_refused(answer, "bad_request", field, config, commands)
+
+
+def test_a_task_of_an_array_sees_the_array_and_its_index_and_a_plain_job_neither():
+    from provisioning.agent.jobrun import array_env
+
+    assert array_env({"job": 41, "task": 3}) == {
+        "PORTERBOX_ARRAY_JOB_ID": "41",
+        "PORTERBOX_ARRAY_TASK_ID": "3",
+    }
+    assert array_env(None) == {}
+
+
 # -- the script, the walltime ------------------------------------------------------------------
 
 
