@@ -574,6 +574,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database")
     parser.add_argument("--repeat", type=int, default=20, help="availability runs per need")
     parser.add_argument("--budget", type=float, default=30, help="seconds per need (min 3 runs)")
+    parser.add_argument(
+        "--search-only", action="store_true", help="the availability search alone, no API phase"
+    )
     args = parser.parse_args()
     admin_url = os.environ.get("DATABASE_URL", "")
     if urlsplit(admin_url).scheme not in ("postgres", "postgresql", "pgsql"):
@@ -624,6 +627,8 @@ def run(args, scale: int, bench_url: str, var_dir: str) -> None:
     table_sizes()
     print("Availability search, in-process (slots: at most 10):")
     search = measure_availability(args.repeat, args.budget)
+    if args.search_only:
+        return
     BookingPolicy.current()  # quotas out of the way: this measures the booking path
     BookingPolicy.objects.update(
         max_days_ahead=DAYS * 2, max_concurrent_reservations=10**6, max_device_hours_per_week=10**6

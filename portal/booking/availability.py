@@ -153,23 +153,47 @@ def _start_events(
     return events
 
 
+def _matching(need: Need) -> dict[int, int]:
+    """The need's devices: accelerator pk -> host pk."""
+    return dict(matching_accelerators(need).values_list("pk", "host").order_by())
+
+
+def _maintenance(
+    hosts: set[int], earliest: datetime, until: datetime
+) -> dict[int, list[tuple[datetime, datetime]]]:
+    """Host -> its maintenance windows that overlap [earliest, until)."""
+    windows: dict[int, list[tuple[datetime, datetime]]] = {}
+    overlapping = MaintenanceWindow.objects.filter(
+        host__in=hosts, start__lt=until, end__gt=earliest
+    ).order_by()
+    for host_id, start, end in overlapping.values_list("host", "start", "end"):
+        windows.setdefault(host_id, []).append((start, end))
+    return windows
+
+
 def _gaps(
-    need: Need, earliest: datetime, horizon: datetime, duration: timedelta, reach: timedelta
+    matching: dict[int, int],
+    earliest: datetime,
+    horizon: datetime,
+    duration: timedelta,
+    reach: timedelta,
 ) -> dict[int, dict[int, list[tuple[datetime, datetime | None]]]]:
-    """Host -> matching device -> its free gaps of at least `duration` that may hold a start in
-    [earliest, horizon), from one range scan: each allocation in [earliest, horizon + reach)
-    (reach: the longest duration to be asked of the result) with the end of the one before it
-    and the start of the one after it on the same device (LAG and LEAD), of which only those
-    next to a long enough gap come back."""
+    """Host -> device (of `matching`, pk -> host) -> its free gaps of at least `duration`
+    that may hold a start in [earliest, horizon), from one range scan: each allocation in
+    [earliest, horizon + reach) (reach: the longest duration to be asked of the result) with
+    the end of the one before it and the start of the one after it on the same device (LAG and
+    LEAD), of which only those next to a long enough gap come back."""
     devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
     by_device = {}
-    for pk, host_id in matching_accelerators(need).values_list("pk", "host").order_by():
+    for pk, host_id in matching.items():
         by_device[pk] = devices.setdefault(host_id, {}).setdefault(pk, [])
+    if not matching:
+        return devices
     device, in_time = F("accelerator"), F("start").asc()
     held = (
         Allocation.objects.filter(
             active=True,
-            accelerator__in=matching_accelerators(need),
+            accelerator__in=list(matching),
             start__lt=horizon + reach,
             end__gt=earliest,
         )
@@ -237,34 +261,13 @@ def _first_fit(
 
 @dataclass
 class _Calendar:
-    """One read of the calendar for a need's devices over [earliest, horizon): per host, each
-    matching device's gaps, and the host's maintenance windows."""
+    """The calendar of a need's devices over [earliest, horizon): per host, each matching
+    device's gaps (`_gaps`), and the host's maintenance windows."""
 
     earliest: datetime
     horizon: datetime
     devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]]
     windows: dict[int, list[tuple[datetime, datetime]]]
-
-    @classmethod
-    def read(
-        cls,
-        need: Need,
-        earliest: datetime,
-        horizon: datetime,
-        shortest: timedelta,
-        longest: timedelta,
-    ) -> "_Calendar":
-        """Three queries; the result answers any duration from `shortest` to `longest`."""
-        devices = _gaps(need, earliest, horizon, shortest, longest)
-        windows: dict[int, list[tuple[datetime, datetime]]] = {}
-        overlapping = MaintenanceWindow.objects.filter(
-            host__in=matching_accelerators(need).values("host"),
-            start__lt=horizon + longest,
-            end__gt=earliest,
-        )
-        for host_id, start, end in overlapping.values_list("host", "start", "end").order_by():
-            windows.setdefault(host_id, []).append((start, end))
-        return cls(earliest, horizon, devices, windows)
 
     def first_starts(
         self, count: int, duration: timedelta, step: timedelta
@@ -305,10 +308,15 @@ def availability(
     `earliest` must be on the booking grid; every slot starts on it, before the horizon.
     """
     horizon = earliest + timedelta(days=days)
+    matching = _matching(need)
+    windows = _maintenance(set(matching.values()), earliest, horizon + duration)
+    first: dict[int, tuple[datetime, int]] = {}
     for window in (*WINDOWS, None):
         stop = horizon if window is None else min(horizon, earliest + window)
-        calendar = _Calendar.read(need, earliest, stop, duration, duration)
-        first = calendar.first_starts(need.count, duration, step)
+        # A host found in a narrower window has its first slot there: only the others go on.
+        left = {pk: host for pk, host in matching.items() if host not in first}
+        gaps = _gaps(left, earliest, stop, duration, duration)
+        first |= _Calendar(earliest, stop, gaps, windows).first_starts(need.count, duration, step)
         if len(first) >= limit or stop == horizon:
             break
     hosts = Host.objects.in_bulk(list(first))
@@ -333,12 +341,16 @@ def earliest_starts(
     scheduler's estimates cost a few queries per kind of device, not a search per job."""
     horizon = earliest + timedelta(days=days)
     pending, found = set(asks), {}
+    matching = _matching(need)
+    longest = max((duration for _, duration in pending), default=timedelta(0))
+    windows = _maintenance(set(matching.values()), earliest, horizon + longest)
     for window in (*WINDOWS, None):
         if not pending:
             break
         stop = horizon if window is None else min(horizon, earliest + window)
         durations = [duration for _, duration in pending]
-        calendar = _Calendar.read(need, earliest, stop, min(durations), max(durations))
+        gaps = _gaps(matching, earliest, stop, min(durations), max(durations))
+        calendar = _Calendar(earliest, stop, gaps, windows)
         for count, duration in sorted(pending):
             first = calendar.first_starts(count, duration, step)
             if first or stop == horizon:

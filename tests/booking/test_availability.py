@@ -195,11 +195,12 @@ def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
         assert [(s.host.name, (s.start, s.free)) for s in found] == _first_free_by_brute_force(
             n, START, START + 24 * H, duration, H
         ), (count, gb, hours)
-    # Past the first day (the search's first window), and stopping once one host fits.
+    # Past the first day (the search's first window): every host, and stopping once one fits.
     n = need(cuda, count=2)
-    found = availability(n, duration=6 * H, earliest=START, days=2, step=H, limit=1)
-    reference = _first_free_by_brute_force(n, START, START + 48 * H, 6 * H, H)[:1]
-    assert [(s.host.name, (s.start, s.free)) for s in found] == reference
+    reference = _first_free_by_brute_force(n, START, START + 48 * H, 6 * H, H)
+    for limit in (1, 10):
+        found = availability(n, duration=6 * H, earliest=START, days=2, step=H, limit=limit)
+        assert [(s.host.name, (s.start, s.free)) for s in found] == reference[:limit]
     # Many (count, duration) asks answered from one read, as the scheduler's estimates are.
     asks = {(1, H), (1, 5 * H), (1, 12 * H), (2, 2 * H), (2, 10 * H), (3, 3 * H), (5, H)}
     answers = earliest_starts(need(cuda), asks, earliest=START, days=2, step=H)
