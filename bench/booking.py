@@ -369,12 +369,13 @@ def measure_availability(repeat: int, budget: float) -> dict:
 
 
 @contextlib.contextmanager
-def portal_server(bench_url: str, var_dir: str):
-    """gunicorn on a free port; stopped (TERM, then KILL) however the block ends."""
+def portal_server(bench_url: str, var_dir: str, extra_env: dict | None = None):
+    """gunicorn on a free port (4 workers x 4 threads; `extra_env` on top of the bench's
+    environment); stopped (TERM, then KILL) however the block ends. bench/jobs.py uses it too."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, **portal_env(bench_url, var_dir))
+    env = dict(os.environ, **portal_env(bench_url, var_dir), **(extra_env or {}))
     log_path = Path(var_dir) / "gunicorn.log"
     with log_path.open("w") as log:
         gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi"]

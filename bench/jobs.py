@@ -106,36 +106,6 @@ def load() -> str:
     return Token.objects.create(user=user).key
 
 
-@contextlib.contextmanager
-def portal_server(bench_url: str, var_dir: str) -> Iterator[tuple[int, Path]]:
-    """gunicorn as bench/booking.py starts it, with the per-user API rate out of the way."""
-    port = free_port()
-    env = dict(os.environ, **bb.portal_env(bench_url, var_dir))
-    env["DATABASE_CONN_MAX_AGE"] = os.environ.get("DATABASE_CONN_MAX_AGE", "60")
-    env["API_RATE_USER"] = "1000000/min"
-    log_path = Path(var_dir) / "gunicorn.log"
-    with log_path.open("w") as log:
-        gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi"]
-        gunicorn += ["-b", f"127.0.0.1:{port}", "--workers", "4", "--threads", "4"]
-        # Our own venv's gunicorn with fixed arguments.
-        proc = subprocess.Popen(gunicorn, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/api/stacks/")
-                if conn.getresponse().status == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("gunicorn did not answer in 30 s")
-        yield port, log_path
-    finally:
-        stop(proc)
-
-
 def run_wide(width: int, per_thread: list[list[Callable[[], bool]]]) -> Results:
     """`width` threads, each making its calls in turn; (ok, ms) per call and the wall time."""
     results: list[tuple[bool, float]] = []
@@ -414,7 +384,9 @@ def run(args, bench_url: str, var_dir: str) -> None:
         f"N = {n} submissions per phase, {args.arrays} arrays of {array}; portal: gunicorn 4"
         f" workers x 4 threads, DATABASE_CONN_MAX_AGE={conn_max_age}"
     )
-    with portal_server(bench_url, var_dir) as (port, log_path):
+    # The per-user API rate out of the way: this measures submission, not the limiter.
+    rate = {"API_RATE_USER": "1000000/min"}
+    with bb.portal_server(bench_url, var_dir, extra_env=rate) as (port, log_path):
         portal = measure_portal(port, token, n, args.arrays, array)
     tracebacks = log_path.read_text().count("Traceback")
     expected = 2 * WIDE + 2 * n + portal["probe"] + args.arrays * array * ("array" in portal)
