@@ -85,3 +85,11 @@ def test_it_refuses_a_malformed_boolean(tmp_path):
 def test_it_runs_on_embedded_defaults_in_debug(tmp_path):
     result = manage("check", env_extra={"DJANGO_DEBUG": "1"}, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_production_keeps_database_connections_and_checks_them_before_use(tmp_path):
+    show = "from django.conf import settings as s; d = s.DATABASES['default']; "
+    show += "print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'])"
+    result = manage("shell", "--no-imports", "-c", show, env_extra=PRODUCTION, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["60", "True"]
