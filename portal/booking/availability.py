@@ -288,6 +288,50 @@ class _Calendar:
                 first[host_id] = found
         return first
 
+    def first_start(self, count: int, duration: timedelta, step: timedelta) -> datetime | None:
+        """The first start on any host where `count` devices are free for `duration`. Hosts
+        are swept in the order of a bound (the count-th earliest first possible start among
+        their devices, no slot can come sooner) and the sweep stops at a host whose bound is
+        not before the best found."""
+        bounds = []
+        last = ceil_to(self.horizon, step)
+        for host_id, gaps_by_device in self.devices.items():
+            firsts = sorted(
+                first
+                for gaps in gaps_by_device.values()
+                if (first := _first_possible(gaps, self.earliest, last, duration, step))
+            )
+            if len(firsts) >= count:
+                bounds.append((firsts[count - 1], host_id))
+        best: datetime | None = None
+        for bound, host_id in sorted(bounds):
+            if best is not None and bound >= best:
+                break
+            events = [
+                _start_events(gaps, self.earliest, self.horizon, duration, step)
+                for gaps in self.devices[host_id].values()
+            ]
+            vetoes = _vetoes(self.windows.get(host_id, []), duration, step)
+            found = _first_fit(events, vetoes, count)
+            if found is not None and (best is None or found[0] < best):
+                best = found[0]
+        return best
+
+
+def _first_possible(
+    gaps: list[tuple[datetime, datetime | None]],
+    earliest: datetime,
+    last: datetime,
+    duration: timedelta,
+    step: timedelta,
+) -> datetime | None:
+    """A device's first possible start on the grid (before `last`), maintenance aside."""
+    for begin, end in gaps:
+        first = ceil_to(max(begin, earliest), step)
+        if first < last and (end is None or first + duration <= end):
+            return first
+    return None
+
 
 # The search looks this far first, then further only if fewer hosts than asked fit: a host found
 # within a window has its first slot there, and every host not found starts later.
@@ -352,9 +396,9 @@ def earliest_starts(
         gaps = _gaps(matching, earliest, stop, min(durations), max(durations))
         calendar = _Calendar(earliest, stop, gaps, windows)
         for count, duration in sorted(pending):
-            first = calendar.first_starts(count, duration, step)
-            if first or stop == horizon:
-                found[(count, duration)] = min((start for start, _ in first.values()), default=None)
+            start = calendar.first_start(count, duration, step)
+            if start is not None or stop == horizon:
+                found[(count, duration)] = start
                 pending.discard((count, duration))
         if stop == horizon:
             break
