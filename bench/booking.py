@@ -569,6 +569,21 @@ def measure_floor(bench_url: str, data: dict, picked, width: int, rng) -> dict:
     return report(f"raw booking transaction, {clients}", results, wall)
 
 
+def database_urls(script: str, bench_db: str) -> tuple[str, str]:
+    """DATABASE_URL (PostgreSQL only: figures on SQLite would mean nothing) and the URL of the
+    throwaway database `bench_db` on the same server; exits with a clear message otherwise."""
+    admin_url = os.environ.get("DATABASE_URL", "")
+    if urlsplit(admin_url).scheme not in ("postgres", "postgresql", "pgsql"):
+        sys.exit(
+            f"bench/{script} measures PostgreSQL only (its figures mean nothing on SQLite):"
+            "\n  DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
+            f" .venv/bin/python bench/{script}"
+        )
+    if urlsplit(admin_url).path.strip("/") == bench_db:
+        sys.exit(f"Name another database in DATABASE_URL: {bench_db} is dropped and recreated.")
+    return admin_url, urlsplit(admin_url)._replace(path=f"/{bench_db}").geturl()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="10x less data: a smoke run")
@@ -579,16 +594,7 @@ def main() -> None:
         "--search-only", action="store_true", help="the availability search alone, no API phase"
     )
     args = parser.parse_args()
-    admin_url = os.environ.get("DATABASE_URL", "")
-    if urlsplit(admin_url).scheme not in ("postgres", "postgresql", "pgsql"):
-        sys.exit(
-            "bench/booking.py measures PostgreSQL only (its figures mean nothing on SQLite):"
-            "\n  DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
-            " .venv/bin/python bench/booking.py"
-        )
-    if urlsplit(admin_url).path.strip("/") == BENCH_DB:
-        sys.exit(f"Name another database in DATABASE_URL: {BENCH_DB} is dropped and recreated.")
-    bench_url = urlsplit(admin_url)._replace(path=f"/{BENCH_DB}").geturl()
+    admin_url, bench_url = database_urls("booking.py", BENCH_DB)
     scale = 10 if args.quick else 1
     create_database(admin_url)
     try:

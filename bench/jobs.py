@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("bench_booking", ROOT / "bench" / "booking.py")
@@ -343,16 +342,7 @@ def main() -> None:
     parser.add_argument("--arrays", type=int, default=10, help="array submissions")
     parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database")
     args = parser.parse_args()
-    admin_url = os.environ.get("DATABASE_URL", "")
-    if urlsplit(admin_url).scheme not in ("postgres", "postgresql", "pgsql"):
-        sys.exit(
-            "bench/jobs.py measures PostgreSQL only (its figures mean nothing on SQLite):"
-            "\n  DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
-            " .venv/bin/python bench/jobs.py"
-        )
-    if urlsplit(admin_url).path.strip("/") == BENCH_DB:
-        sys.exit(f"Name another database in DATABASE_URL: {BENCH_DB} is dropped and recreated.")
-    bench_url = urlsplit(admin_url)._replace(path=f"/{BENCH_DB}").geturl()
+    admin_url, bench_url = bb.database_urls("jobs.py", BENCH_DB)
     database(admin_url)
     try:
         with tempfile.TemporaryDirectory(prefix="porterbox-bench-") as var_dir:
