@@ -8,7 +8,9 @@ that cannot be had in time becomes a retry, and exhausted retries a clear "busy"
 """
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TypeVar
@@ -28,7 +30,7 @@ from portal.booking.availability import (
 )
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
 from portal.errors import Busy, ServiceError, is_lock_failure
-from portal.inventory.models import Accelerator, DriverStack, Host
+from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 
 T = TypeVar("T")
 
@@ -613,40 +615,114 @@ def reservation_decide(
 # -- Other owners (training jobs) --------------------------------------------------------------
 
 
-def allocate(
-    *,
-    owner: dict[str, int],
-    holder: User,
-    accelerators: Sequence[Accelerator],
-    start: datetime,
-    end: datetime,
-    claim: Callable[[Host], None],
-) -> list[Allocation]:
-    """Hold accelerators of one host over [start, end) for an owner other than a reservation.
+@dataclass(frozen=True)
+class Hold:
+    """One owner's devices over [start, end), for allocate_many."""
 
-    `owner` names the Allocation field that points to it and its id (`{"job_id": 7}`), so
-    booking holds devices for the apps above it without importing them. The same locks, overlap
-    check and constraint as a reservation; the users' booking rules (grid, quotas) do not apply,
-    the owner's app applies its own. `claim(host)` runs in the same transaction once the devices
-    are free: the owner's own move (a job: waiting -> scheduled), raising a BookingError to
-    refuse, so an owner never holds devices twice. `holder` is the user the devices are for.
+    owner: int
+    accelerators: Sequence[int]
+    start: datetime
+    end: datetime
+
+
+class _NotHeld(Exception):
+    """An owner allocate_many cannot hold after all; its savepoint is rolled back."""
+
+
+def allocate_many(
+    *, owner_field: str, holds: Sequence[Hold], claim: Callable[[int, int], bool]
+) -> dict[int, str]:
+    """Hold devices for owners other than reservations, all in one short transaction with a
+    savepoint per owner; returns owner id -> why it was not held.
+
+    `owner_field` names the Allocation field that points to the owner (`"job_id"`), so booking
+    holds devices for the apps above it without importing them. The booking invariant as for a
+    reservation, in bulk: the devices locked once, in pk order; the maintenance and overlap
+    checks from one read each, a hold counting against the later ones; on PostgreSQL the
+    exclusion constraint has the last word and refuses only that owner's savepoint. The users'
+    rules (grid, quotas) do not apply: the owner's app applies its own. `claim(owner, host)`
+    runs in the owner's savepoint once its devices are free, the owner's own move (a job:
+    waiting -> scheduled); False refuses, so an owner never holds devices twice.
     """
-    (field,) = owner  # one owner
-    if field == "reservation_id" or field not in {f.attname for f in Allocation._meta.fields}:
-        raise ValueError(f"Allocation has no other owner field {field!r}")
-    ids = sorted(a.pk for a in accelerators)
-    host = accelerators[0].host
+    if owner_field == "reservation_id" or owner_field not in {
+        f.attname for f in Allocation._meta.fields
+    }:
+        raise ValueError(f"Allocation has no other owner field {owner_field!r}")
+    if not holds:
+        return {}
+    ids = sorted({pk for hold in holds for pk in hold.accelerators})
+    first, last = min(h.start for h in holds), max(h.end for h in holds)
 
-    def work() -> list[Allocation]:
-        locked = list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
-        if len(locked) != len(ids) or any(a.retired or a.host_id != host.pk for a in locked):
-            raise BookingError("retired_device", "An accelerator was retired a moment ago.")
-        _check_maintenance(host, start, end)
-        if not _constraint_decides():
-            _refuse_overlap(ids, start, end, holder)
-        claim(host)
-        return Allocation.objects.bulk_create(
-            Allocation(accelerator_id=i, start=start, end=end, **owner) for i in ids
+    def work() -> dict[int, str]:
+        refused: dict[int, str] = {}
+        locked = {
+            pk: (host_id, retired)
+            for pk, host_id, retired in Accelerator.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")
+            .values_list("pk", "host_id", "retired")
+        }
+        hosts = {host_id for host_id, _ in locked.values()}
+        maintenance = _spans(
+            MaintenanceWindow.objects.filter(host_id__in=hosts, start__lt=last, end__gt=first),
+            "host_id",
         )
+        booked = _spans(
+            Allocation.objects.filter(
+                accelerator_id__in=ids, active=True, start__lt=last, end__gt=first
+            ),
+            "accelerator_id",
+        )
+        for hold in holds:
+            try:
+                if any(pk not in locked or locked[pk][1] for pk in hold.accelerators):
+                    raise _NotHeld("an accelerator was retired")
+                (host_id,) = {locked[pk][0] for pk in hold.accelerators}
+                if _overlaps(maintenance[host_id], hold):
+                    raise _NotHeld("its host goes into maintenance")
+                if any(_overlaps(booked[pk], hold) for pk in hold.accelerators):
+                    raise _NotHeld("booked meanwhile")
+                with transaction.atomic():  # the owner's savepoint
+                    if not claim(hold.owner, host_id):
+                        raise _NotHeld("no longer waiting")
+                    _insert_allocations(owner_field, hold)
+                for pk in hold.accelerators:  # held now: no later hold may take them
+                    booked[pk].append((hold.start, hold.end))
+            except _NotHeld as exc:
+                refused[hold.owner] = str(exc)
+            except IntegrityError as exc:
+                if "allocation_no_overlap" not in str(exc):
+                    raise
+                refused[hold.owner] = "booked meanwhile"
+        return refused
 
-    return _write(work, overlap=_named_overlap(ids, start, end, holder))
+    return _write(work)
+
+
+def _spans(rows, key: str) -> dict[int, list[tuple[datetime, datetime]]]:
+    """key -> the (start, end) of each row."""
+    spans: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for pk, start, end in rows.values_list(key, "start", "end"):
+        spans[pk].append((start, end))
+    return spans
+
+
+def _overlaps(spans: list[tuple[datetime, datetime]], hold: Hold) -> bool:
+    return any(start < hold.end and end > hold.start for start, end in spans)
+
+
+def _insert_allocations(owner_field: str, hold: Hold) -> None:
+    """Allocation.objects.bulk_create() of the hold's rows as one plain INSERT: the same
+    statement without building a model object per row (a scheduler pass writes hundreds)."""
+    meta = Allocation._meta
+    column = {f.attname: f.column for f in meta.concrete_fields}
+    names = ("accelerator_id", owner_field, "start", "end", "active")
+    columns = ", ".join(connection.ops.quote_name(column[name]) for name in names)
+    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(hold.accelerators))
+    start, end = (connection.ops.adapt_datetimefield_value(t) for t in (hold.start, hold.end))
+    params = [v for pk in hold.accelerators for v in (pk, hold.owner, start, end, True)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {rows}",  # noqa: S608 (names from the model, values as parameters)
+            params,
+        )

@@ -15,33 +15,33 @@ Speed. The waiting jobs are read as plain rows (`Waiting`), not model objects, a
 every device (free now? next busy when?) once per pass in three queries; placement then runs in
 memory. Resources only shrink within a pass, so a job that does not fit is not tried again, and
 neither is any job of the same shape with a walltime at least as long. The placements are
-written in one transaction, a savepoint per job (`_hold_all`): a job whose devices someone
-booked meanwhile rolls back its own savepoint and simply waits for the next pass.
+written through the booking service in one transaction, a savepoint per job
+(`booking.allocate_many`): a job whose devices someone booked meanwhile rolls back its own
+savepoint and simply waits for the next pass.
 
 The queue. Each pass also stores every waiting job's turn (`Job.queue_position`) and, for the
-first ESTIMATED, the earliest start found for its need (`Job.estimated_start`, at most one
-availability search per distinct shape), so the /jobs/ page reads them and searches nothing.
+first ESTIMATED, the earliest start found for its need (`Job.estimated_start`, one calendar
+read per kind of device), so the /jobs/ page reads them and searches nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import connection
 from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 
 from portal.accounts.models import PartnerProject
+from portal.booking import services as booking
 from portal.booking.availability import Need, ceil_to, earliest_starts, matching_accelerators
 from portal.booking.models import Allocation, BookingPolicy
-from portal.errors import Busy, is_lock_failure
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 from portal.jobs.models import Job
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 FOREVER = datetime.max.replace(tzinfo=UTC)
 ESTIMATED = 50  # waiting jobs, first in turn order, that get a start estimate
-RETRIES = 3  # tries of the placements' transaction when a lock is not had in time
 
 
 @dataclass(slots=True)
@@ -339,110 +338,23 @@ def plan(now: datetime) -> PassResult:
 # -- Writing the placements ---------------------------------------------------------------------
 
 
-class _NotHeld(Exception):
-    """A job the pass cannot hold after all; its savepoint is rolled back."""
-
-
-def _hold_all(placed: dict[int, list[int]], jobs: dict[int, Waiting], now: datetime) -> dict:
-    """Hold each placed job's devices from now to its end, all in one transaction with a
-    savepoint per job; the job moves from waiting to scheduled in its savepoint (a conditional
-    UPDATE, so a job cancelled meanwhile is not held). Returns job id -> why it was not held.
-
-    The booking invariant (docs/architecture.md, "The booking invariant") as in
-    `booking.services.allocate`, in bulk: the devices locked once, in pk order, then the
-    overlap and maintenance checks from one read each, then the writes; on PostgreSQL the
-    exclusion constraint has the last word, and a job it refuses loses only its savepoint.
-    """
-    ids = sorted({pk for devices in placed.values() for pk in devices})
-    ends = {job_id: now + jobs[job_id].walltime + stop_grace() for job_id in placed}
-    last = max(ends.values())
-    refused: dict[int, str] = {}
-    with transaction.atomic(durable=True):
-        locked = {
-            pk: (host_id, retired)
-            for pk, host_id, retired in Accelerator.objects.select_for_update()
-            .filter(pk__in=ids)
-            .order_by("pk")
-            .values_list("pk", "host_id", "retired")
-        }
-        hosts = {host_id for host_id, _ in locked.values()}
-        maintenance: dict[int, list[datetime]] = defaultdict(list)
-        for host_id, start in MaintenanceWindow.objects.filter(
-            host_id__in=hosts, start__lt=last, end__gt=now
-        ).values_list("host_id", "start"):
-            maintenance[host_id].append(start)
-        booked = _booked(ids, now, last)
-        for job_id, devices in placed.items():
-            end = ends[job_id]
-            try:
-                if any(pk not in locked or locked[pk][1] for pk in devices):
-                    raise _NotHeld("an accelerator was retired")
-                (host_id,) = {locked[pk][0] for pk in devices}
-                if any(start < end for start in maintenance[host_id]):
-                    raise _NotHeld("its host goes into maintenance")
-                if any(start < end for pk in devices for start in booked[pk]):
-                    raise _NotHeld("booked meanwhile")
-                with transaction.atomic():  # the job's savepoint
-                    if not Job.move(
-                        job_id, Job.State.SCHEDULED, from_=Job.WAITING, host_id=host_id,
-                        wait_reason="", queue_position=None, estimated_start=None,
-                    ):  # fmt: skip
-                        raise _NotHeld("no longer waiting")
-                    _insert_allocations(job_id, devices, now, end)
-                for pk in devices:  # held now: no later job of this batch may take them
-                    booked[pk].append(now)
-            except _NotHeld as exc:
-                refused[job_id] = str(exc)
-            except IntegrityError as exc:
-                if "allocation_no_overlap" not in str(exc):
-                    raise
-                refused[job_id] = "booked meanwhile"
-    return refused
-
-
-def _insert_allocations(job_id: int, devices: list[int], start: datetime, end: datetime) -> None:
-    """Allocation.objects.bulk_create() of the job's rows as one plain INSERT: the same
-    statement without building a model object per row (the pass writes hundreds)."""
-    meta = Allocation._meta
-    fields = {f.name: f.column for f in meta.concrete_fields}
-    columns = ", ".join(
-        connection.ops.quote_name(fields[name])
-        for name in ("accelerator", "job", "start", "end", "active")
-    )
-    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(devices))
-    start_db, end_db = (connection.ops.adapt_datetimefield_value(t) for t in (start, end))
-    params = [v for pk in devices for v in (pk, job_id, start_db, end_db, True)]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {rows}",  # noqa: S608 (names from the model, values as parameters)
-            params,
-        )
-
-
-def _booked(ids: list[int], start: datetime, end: datetime) -> dict[int, list[datetime]]:
-    """When the active allocations of these devices that overlap [start, end) begin."""
-    booked: dict[int, list[datetime]] = defaultdict(list)
-    rows = Allocation.objects.filter(
-        accelerator_id__in=ids, active=True, start__lt=end, end__gt=start
-    ).values_list("accelerator_id", "start")
-    for pk, begins in rows:
-        booked[pk].append(begins)
-    return booked
-
-
 def _write_placements(result: PassResult, now: datetime) -> None:
+    """Hold each placed job's devices from now to its end through the booking service, in one
+    transaction with a savepoint per job; the job moves from waiting to scheduled in its
+    savepoint (a conditional UPDATE, so a job cancelled meanwhile is not held)."""
     jobs = {job.pk: job for job in result.jobs}
-    for attempt in range(RETRIES):
-        try:
-            refused = _hold_all(result.placed, jobs, now)
-            break
-        except OperationalError as exc:
-            # A lock not had in time: nothing was written; back off and try the whole batch.
-            if not is_lock_failure(exc):
-                raise
-            time.sleep(0.05 * 2**attempt)
-    else:
-        raise Busy()
+    holds = [
+        booking.Hold(job_id, devices, now, now + jobs[job_id].walltime + stop_grace())
+        for job_id, devices in result.placed.items()
+    ]
+
+    def claim(job_id: int, host_id: int) -> bool:
+        return Job.move(
+            job_id, Job.State.SCHEDULED, from_=Job.WAITING, host_id=host_id,
+            wait_reason="", queue_position=None, estimated_start=None,
+        )  # fmt: skip
+
+    refused = booking.allocate_many(owner_field="job_id", holds=holds, claim=claim)
     for job_id, why in refused.items():  # booked or changed since the plan was made
         del result.placed[job_id]
         result.waiting[job_id] = f"Its devices were taken a moment ago ({why})."
