@@ -198,3 +198,8 @@ def test_the_submit_form_passes_the_array_on(member, stack):
     assert list(Job.objects.filter(array=first).values_list("array_index", flat=True)) == [0, 1, 2]
     refused = JobForm(member.user, {**fields, "array": "1001"})
     assert not refused.is_valid() and "array" in refused.errors
+    # Left empty, as a browser sends the untouched field: one plain job.
+    plain = JobForm(member.user, {**fields, "array": ""})
+    assert plain.is_valid(), plain.errors
+    job = job_submit(submitter=member.user, **plain.submit_kwargs())
+    assert (job.array_id, job.array_index) == (None, None)
