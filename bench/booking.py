@@ -83,15 +83,16 @@ def pct(values, q):
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def create_database(admin_url: str, drop_only: bool = False) -> None:
+def create_database(admin_url: str, drop_only: bool = False, name: str = BENCH_DB) -> None:
+    """(Re)create the throwaway database `name`, or only drop it."""
     import psycopg2
 
     conn = psycopg2.connect(admin_url)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         if not drop_only:
-            cur.execute(f"CREATE DATABASE {BENCH_DB}")
+            cur.execute(f"CREATE DATABASE {name}")
     conn.close()
 
 

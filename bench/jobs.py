@@ -60,18 +60,6 @@ SBATCH = ["sbatch", "--parsable", "--hold", "--wrap=true", "--output=/dev/null"]
 Results = tuple[list[tuple[bool, float]], float]
 
 
-def database(admin_url: str, drop_only: bool = False) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(admin_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        if not drop_only:
-            cur.execute(f"CREATE DATABASE {BENCH_DB}")
-    conn.close()
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -343,7 +331,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database")
     args = parser.parse_args()
     admin_url, bench_url = bb.database_urls("jobs.py", BENCH_DB)
-    database(admin_url)
+    bb.create_database(admin_url, name=BENCH_DB)
     try:
         with tempfile.TemporaryDirectory(prefix="porterbox-bench-") as var_dir:
             run(args, bench_url, var_dir)
@@ -355,7 +343,7 @@ def main() -> None:
 
             connections.close_all()
         if not args.keep:
-            database(admin_url, drop_only=True)
+            bb.create_database(admin_url, drop_only=True, name=BENCH_DB)
 
 
 def run(args, bench_url: str, var_dir: str) -> None:
