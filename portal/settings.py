@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "portal.inventory",
     "portal.booking",
     "portal.jobs",
+    "portal.packages",
     "portal.operations",
     "portal.api",
 ]
@@ -364,6 +365,15 @@ JOBS_MAX_REQUEUES = envint("JOBS_MAX_REQUEUES", 3)  # after a host failure, then
 JOBS_HOST_FAILURE_SECONDS = envint("JOBS_HOST_FAILURE_SECONDS", 300)
 JOBS_SCHEDULE_SECONDS = envint("JOBS_SCHEDULE_SECONDS", 15)
 
+# Package tests (portal/packages, issue 17): the partner project whose share Debian's own test
+# runs take in the fair-share queue (created when first needed), a run's walltime, how often
+# the archive watcher reads the configured archives' Sources, and the largest .dsc upload.
+TESTS_PROJECT = env("TESTS_PROJECT", "debian-ci")
+TESTS_WALLTIME_MINUTES = envint("TESTS_WALLTIME_MINUTES", 60)
+TESTS_WATCH_SECONDS = envint("TESTS_WATCH_SECONDS", 3600)
+TESTS_MAX_UPLOAD_MB = envint("TESTS_MAX_UPLOAD_MB", 200)
+TESTS_MAX_RETRIES = envint("TESTS_MAX_RETRIES", 2)  # of a run that ended in tmpfail
+
 # One place for the periodic tasks, with readable names (docs/architecture.md).
 CELERY_BEAT_SCHEDULE = {
     "reconcile hosts": {
@@ -377,6 +387,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.operations.tasks.telemetry_retention",
         "schedule": 3600,
         "options": {"expires": 600},
+    },
+    "watch package archives": {
+        "task": "portal.packages.tasks.watch",
+        "schedule": TESTS_WATCH_SECONDS,
+        "options": {"expires": max(60, TESTS_WATCH_SECONDS // 2)},
     },
     "schedule training jobs": {
         "task": "portal.jobs.tasks.schedule",

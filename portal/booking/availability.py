@@ -78,6 +78,8 @@ def _device_filter(need: Need) -> Q:
         found &= Q(vendor__in=VENDORS_FOR_KIND[spec.kind])
         if spec.qualifier:
             found &= Q(arch=spec.qualifier)
+        if spec.arch:
+            found &= Q(host__architecture=spec.arch)
     if need.stack is not None:
         found &= Q(
             vendor__in={v for kind in need.stack.hwspecs for v in VENDORS_FOR_KIND.get(kind, ())}

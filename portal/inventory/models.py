@@ -174,6 +174,9 @@ class Host(models.Model):
     access = models.CharField(max_length=8, choices=Access.choices, default=Access.OPEN)
     notes = models.TextField(blank=True)
     stacks = models.ManyToManyField(DriverStack, blank=True, related_name="hosts")
+    # Per stack, a digest of the packages installed in its chroot, as the inventory last
+    # reported it: a changed digest is a refreshed stack, whose package tests run again.
+    stack_digests = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -23,6 +23,8 @@ def host_list(
     hosts = Host.objects.all()
     if not include_retired:
         hosts = hosts.exclude(state=Host.State.RETIRED)
+    if hwspec and hwspec.arch:
+        hosts = hosts.filter(architecture=hwspec.arch)
 
     device = Q()
     if vendor:

@@ -45,6 +45,9 @@ class Job(models.Model):
     )
     name = models.CharField(max_length=100)
     script = models.TextField(help_text="Run with /bin/sh inside the stack's session.")
+    # A package test run (portal/packages) runs autopkgtest instead of a script: the agent's
+    # job-start field of that name, {"dsc": "foo_1.0-1.dsc", "tests": ["smoke"]} (docs/agent.md).
+    autopkgtest = models.JSONField(null=True, blank=True)
     stack = models.ForeignKey(DriverStack, on_delete=models.PROTECT)
     count = models.PositiveSmallIntegerField(
         "devices", default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
