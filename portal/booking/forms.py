@@ -14,7 +14,7 @@ from django.utils import timezone
 from portal.booking.availability import Need, Slot, availability, ceil_to, free_accelerators
 from portal.booking.bounds import validate_moment
 from portal.booking.models import BookingPolicy
-from portal.inventory.forms import clean_hwspec_text
+from portal.inventory.forms import clean_hwspec_alternatives
 from portal.inventory.models import DriverStack, Host
 
 GB = 1000**3 // 1024**2  # vendors quote memory in decimal GB; devices report MiB
@@ -37,7 +37,7 @@ class NeedForm(forms.Form):
         label="Hardware spec",
         required=False,
         max_length=64,
-        help_text="cuda, cuda:sm_90, rocm:gfx1030, sycl, opencl, fpga",
+        help_text="cuda, cuda:sm_90, rocm:gfx1030, sycl, opencl, fpga; alternatives: cuda | rocm",
     )
     min_memory_gb = forms.IntegerField(
         label="Minimum memory per device (GB)", required=False, min_value=0, max_value=4096
@@ -68,8 +68,8 @@ class NeedForm(forms.Form):
     def clean_count(self):
         return self.cleaned_data["count"] or 1
 
-    def clean_hwspec(self):
-        return clean_hwspec_text(self.cleaned_data["hwspec"])
+    def clean_hwspec(self) -> tuple:
+        return clean_hwspec_alternatives(self.cleaned_data["hwspec"])
 
     def clean_days(self):
         days = self.cleaned_data["days"]
@@ -92,36 +92,53 @@ class NeedForm(forms.Form):
     def clean(self):
         super().clean()
         data = self.cleaned_data
-        spec, stack = data.get("hwspec"), data.get("stack")
-        if spec and stack and not stack.serves(spec):
-            self.add_error("stack", f"The stack {stack.name} does not serve {spec.kind}.")
+        specs, stack = data.get("hwspec"), data.get("stack")
+        if specs and stack and not any(stack.serves(spec) for spec in specs):
+            kinds = " or ".join(dict.fromkeys(spec.kind for spec in specs))
+            self.add_error("stack", f"The stack {stack.name} does not serve {kinds}.")
         return data
 
-    def need(self) -> Need:
+    def needs(self) -> list[Need]:
+        """The need of each alternative ("cuda | rocm": N cuda devices, or N rocm devices;
+        never a mix), in the order written, without those the chosen stack does not serve."""
         data = self.cleaned_data
         gb = data.get("min_memory_gb")
-        return Need(
-            count=data["count"],
-            hwspec=data.get("hwspec"),
-            min_memory_mib=gb * GB if gb else 0,
-            stack=data.get("stack"),
-        )
+        stack = data.get("stack")
+        asked = data.get("hwspec") or (None,)
+        specs = [s for s in asked if s is None or stack is None or stack.serves(s)]
+        return [
+            Need(
+                count=data["count"],
+                hwspec=spec,
+                min_memory_mib=gb * GB if gb else 0,
+                stack=stack,
+            )
+            for spec in specs
+        ]
 
-    def slots(self) -> list:
-        """The availability search for this (valid) form."""
-        return availability(
-            self.need(),
-            duration=self.cleaned_data["hours"],
-            earliest=self.earliest(),
-            days=self.cleaned_data["days"],
-            step=self.policy.granularity,
-        )
+    def slots(self) -> list[Slot]:
+        """The availability search for this (valid) form: per alternative, merged; a host's
+        earliest slot of any alternative (the first written wins a tie), soonest first."""
+        found: dict[int, tuple[Slot, Need]] = {}
+        for need in self.needs():
+            for slot in availability(
+                need,
+                duration=self.cleaned_data["hours"],
+                earliest=self.earliest(),
+                days=self.cleaned_data["days"],
+                step=self.policy.granularity,
+            ):
+                if slot.host.pk not in found or slot.start < found[slot.host.pk][0].start:
+                    found[slot.host.pk] = (slot, need)
+        ordered = sorted(found.values(), key=lambda item: (item[0].start, item[0].host.name))[:10]
+        self._slot_needs = {(slot.host.pk, slot.start): need for slot, need in ordered}
+        return [slot for slot, _ in ordered]
 
     def stacks_for(self, slot: Slot) -> list[DriverStack]:
         """The stacks a booking of `slot` may use: the one asked for, or, for "any stack", each
-        of the host's stacks that serves the need on devices free for the slot (free ones first).
-        """
-        need = self.need()
+        of the host's stacks that serves the slot's need on devices free for it (free ones
+        first)."""
+        need = self._slot_needs[(slot.host.pk, slot.start)]
         if need.stack is not None:
             return [need.stack]
         return sorted(

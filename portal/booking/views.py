@@ -97,11 +97,7 @@ def book_need(request):
         return redirect("booking:finder")
     start = form.cleaned_data["start"]
     try:
-        reservation = services.reservation_create_for_need(
-            user=request.user, need=form.need(), host=host, start=start,
-            end=start + form.cleaned_data["hours"], purpose=request.POST.get("purpose", "")[:200],
-            ip=client_ip(request),
-        )  # fmt: skip
+        reservation = _book_first(request, form, host, start)
     except services.BookingError as exc:
         refuse(request, exc)
         query = request.POST.copy()
@@ -110,6 +106,22 @@ def book_need(request):
         return redirect(f"{reverse('booking:finder')}?{query.urlencode()}")
     messages.success(request, "Booked.")
     return redirect(reservation)
+
+
+def _book_first(request, form: NeedForm, host: Host, start):
+    """Book the first alternative of the need ("cuda | rocm") that the host has free then."""
+    *others, last = form.needs()
+    for need in (*others, last):
+        try:
+            return services.reservation_create_for_need(
+                user=request.user, need=need, host=host, start=start,
+                end=start + form.cleaned_data["hours"],
+                purpose=request.POST.get("purpose", "")[:200], ip=client_ip(request),
+            )  # fmt: skip
+        except services.Conflict:
+            if need is last:
+                raise
+    raise AssertionError("unreachable")
 
 
 @login_required

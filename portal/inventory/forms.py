@@ -2,7 +2,7 @@ from typing import cast
 
 from django import forms
 
-from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.inventory.hwspec import Hwspec, InvalidHwspec, parse_requirement
 from portal.inventory.models import Accelerator, DriverStack
 
 
@@ -12,6 +12,17 @@ def clean_hwspec_text(value: str) -> Hwspec | None:
         return None
     try:
         return Hwspec.parse(value)
+    except InvalidHwspec as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+def clean_hwspec_alternatives(value: str) -> tuple[Hwspec, ...]:
+    """Alternatives typed into a form field ("cuda | rocm"): () when blank, a field error when
+    one is malformed."""
+    if not value.strip():
+        return ()
+    try:
+        return tuple(parse_requirement(value))
     except InvalidHwspec as exc:
         raise forms.ValidationError(str(exc)) from None
 
