@@ -6,9 +6,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import defaults
 
+from portal import dashboard
 from portal.inventory.models import Accelerator, Host
 
 
@@ -18,6 +20,12 @@ def home(request):
         "host_count": hosts.count(),
         "accelerator_count": Accelerator.objects.filter(host__in=hosts, retired=False).count(),
     }
+    if request.user.is_authenticated:
+        now = timezone.now()
+        context["now"] = now
+        context["mine"] = dashboard.mine(request.user, now)
+        if request.user.is_staff:
+            context["staff"] = dashboard.staff_work(now)
     return render(request, "home.html", context)
 
 
