@@ -48,7 +48,8 @@ def mine(user: User, now: datetime) -> Mine:
         .prefetch_related("allocations__accelerator")
         .order_by("start")
     )
-    sessions, pending = [], []
+    sessions: list[Reservation] = []
+    pending: list[Reservation] = []
     for r in open_[: 2 * SHOWN]:
         waiting = r.state == Reservation.State.PENDING_APPROVAL
         (pending if waiting else sessions).append(r)

@@ -16,7 +16,7 @@ from portal.inventory.models import Accelerator, Host
 
 def home(request):
     hosts = Host.objects.exclude(state=Host.State.RETIRED)
-    context = {
+    context: dict[str, object] = {
         "host_count": hosts.count(),
         "accelerator_count": Accelerator.objects.filter(host__in=hosts, retired=False).count(),
     }
