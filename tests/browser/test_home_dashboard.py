@@ -1,6 +1,6 @@
 """The home dashboard as chromium draws it for a developer with sessions and jobs, at 1280 and
-390 px: cards side by side on a desktop, stacked on a phone, ssh lines wrapped, no sideways
-scrolling. Screenshots in test-output/screenshots."""
+390 px: cards side by side on a desktop, stacked on a phone, ssh lines wrapped, the navigation
+one line, no sideways scrolling of the page. Screenshots in test-output/screenshots."""
 
 from datetime import timedelta
 
@@ -62,5 +62,9 @@ def test_the_dashboard_lays_out_cards_for_desktop_and_phone(page, live_server, a
     first, second = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
     assert first["x"] == second["x"] and second["y"] > first["y"]  # stacked
     assert first["width"] > 300  # the card takes the phone's width, not a sliver
+    # The navigation is one line that scrolls sideways, not four lines above every page.
+    links = page.locator("header nav ul > li").all()
+    assert len({round(link.bounding_box()["y"]) for link in links}) == 1
+    assert page.locator("header").bounding_box()["height"] < 120
     assert overflow(page) == 0
     screenshot(page, "home-dashboard-390")
