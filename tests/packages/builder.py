@@ -51,7 +51,8 @@ def _upstream(version: str) -> str:
 def _tests_control(tests: list[dict]) -> str:
     stanzas = []
     for t in tests:
-        lines = [f"Tests: {t['name']}", f"Depends: {t.get('depends', 'coreutils')}"]
+        first = f"Test-Command: {t['command']}" if "command" in t else f"Tests: {t['name']}"
+        lines = [first, f"Depends: {t.get('depends', 'coreutils')}"]
         if t.get("restrictions"):
             lines.append(f"Restrictions: {t['restrictions']}")
         if t.get("hwspec") is not None:
@@ -124,11 +125,13 @@ def build_source(
         (debian / "tests").mkdir()
         (debian / "tests" / "control").write_text(_tests_control(tests))
         for t in tests:
+            if "command" in t:
+                continue
             script = debian / "tests" / t["name"]
             script.write_text(t.get("script", DEFAULT_SCRIPT))
             script.chmod(0o755)
 
-    if fmt == "3.0 (quilt)":
+    if fmt in ("3.0 (quilt)", "1.0"):
         orig = workdir / f"{name}_{upstream}.orig.tar.gz"
         with tarfile.open(orig, "w:gz") as tar:
             tar.add(tree / "README", arcname=f"{name}-{upstream}/README")
