@@ -6,12 +6,15 @@ Roles (docs/architecture.md, "Roles"):
 - Staff: Django's is_staff; manages hosts, policies, approvals.
 """
 
+import hashlib
+import secrets
 import zoneinfo
+from datetime import timedelta
 from functools import cache
 
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 
@@ -136,3 +139,59 @@ class PartnerMembership(models.Model):
 
     def __str__(self):
         return f"{self.user} ({self.role}) in {self.project}"
+
+
+class FeedToken(models.Model):
+    """The secret in the address of a user's calendar feed (/api/feeds/<token>.ics).
+
+    Only the token's SHA-256 is kept: a copy of the database gives nobody's feed away, and the
+    token is shown once, when it is made. One per user: a new one replaces the old.
+    """
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="feed_token")
+    digest = models.CharField(max_length=64, unique=True)  # hex SHA-256 of the token
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(null=True, blank=True)  # within an hour (see used)
+
+    def __str__(self):
+        return f"calendar feed of {self.user}"
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: User) -> str:
+        """A new token for the user, replacing any old one; the only time it is seen whole."""
+        token = secrets.token_urlsafe(32)
+        with transaction.atomic():
+            # The user's row is the lock: two issues at once make one row, not an IntegrityError.
+            User.objects.select_for_update().filter(pk=user.pk).first()
+            cls.objects.update_or_create(
+                user=user, defaults={"digest": cls.digest_of(token), "created": timezone.now()}
+            )
+        return token
+
+    @classmethod
+    def revoke(cls, user: User) -> bool:
+        return cls.objects.filter(user=user).delete()[0] > 0
+
+    @classmethod
+    def owner(cls, token: str) -> User | None:
+        """The active user whose token this is, or None."""
+        found = (
+            cls.objects.select_related("user")
+            .filter(digest=cls.digest_of(token), user__is_active=True)
+            .first()
+        )
+        if found is None:
+            return None
+        found.used()
+        return found.user
+
+    def used(self) -> None:
+        """Note the fetch, at most once an hour: a calendar polls every few minutes, and a
+        write per poll would cost more than "last fetched" is worth."""
+        now = timezone.now()
+        stale = models.Q(last_used__isnull=True) | models.Q(last_used__lt=now - timedelta(hours=1))
+        FeedToken.objects.filter(models.Q(pk=self.pk) & stale).update(last_used=now)
