@@ -24,6 +24,7 @@ LABELS = {
     "free": "free",
     "mine": "yours",
     "booked": "booked",
+    "job": "a training job",
     "maintenance": "maintenance",
     "past": "past",
     "closed": "not open for booking yet",
@@ -35,10 +36,12 @@ LABELS = {
 class Cell:
     start: datetime
     end: datetime
-    # free, booked, mine, maintenance, past; closed: beyond how far ahead one may book;
-    # unavailable: the host is not in service. Only a free cell offers a booking.
+    # free, booked, mine, job (a training job's), maintenance, past; closed: beyond how far
+    # ahead one may book; unavailable: the host is not in service. Only a free cell offers a
+    # booking; a cell of one's own reservation links to it.
     state: str
     book_from: datetime | None = None  # where a booking from this cell would start
+    reservation: int | None = None  # the viewer's reservation the cell shows
 
     @property
     def label(self) -> str:
@@ -82,14 +85,17 @@ def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timelin
     start, end, step = window(day, view)
     accelerators = list(accelerators)
     ids = [a.pk for a in accelerators]
-    held: dict[int, list[tuple[datetime, datetime, bool]]] = {i: [] for i in ids}
+    # Per device: (start, end, whose): the viewer's reservation id, "job" or "booked".
+    held: dict[int, list[tuple[datetime, datetime, int | str]]] = {i: [] for i in ids}
     for a in (
         Allocation.objects.filter(accelerator__in=ids, active=True, start__lt=end, end__gt=start)
         .select_related("reservation")
         .order_by("start")
     ):
-        mine = bool(user.is_authenticated and a.reservation and a.reservation.user_id == user.pk)
-        held[a.accelerator_id].append((a.start, a.end, mine))
+        whose: int | str = "job" if a.job_id else "booked"
+        if user.is_authenticated and a.reservation and a.reservation.user_id == user.pk:
+            whose = a.reservation_id
+        held[a.accelerator_id].append((a.start, a.end, whose))
     down: dict[int, list[tuple[datetime, datetime]]] = {}
     for w in MaintenanceWindow.objects.filter(
         host__in={a.host_id for a in accelerators}, start__lt=end, end__gt=start
@@ -131,9 +137,13 @@ def _cell(start, end, held, down, now, grid) -> Cell:
         return Cell(start, end, "past")
     if any(s < end and e > start for s, e in down):
         return Cell(start, end, "maintenance")
-    overlapping = [mine for s, e, mine in held if s < end and e > start]
+    overlapping = [whose for s, e, whose in held if s < end and e > start]
     if overlapping:
-        return Cell(start, end, "mine" if all(overlapping) else "booked")
+        mine = [whose for whose in overlapping if isinstance(whose, int)]
+        if len(mine) == len(overlapping):
+            return Cell(start, end, "mine", reservation=mine[0])
+        others = {whose for whose in overlapping if not isinstance(whose, int)}
+        return Cell(start, end, "job" if others == {"job"} and not mine else "booked")
     return Cell(start, end, "free", book_from=max(start, ceil_to(now, grid)))
 
 

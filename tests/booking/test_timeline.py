@@ -104,3 +104,36 @@ def test_it_preselects_the_device_of_the_cell_on_a_host_of_two_vendors(client, a
                      r'\(AMD Instinct MI210\)', body)  # fmt: skip
     assert link, "no book link on the AMD row"
     assert _checked(client.get(link.group(1).replace("&amp;", "&"))) == ["amd:0"]
+
+
+def test_my_cells_link_to_my_reservation_and_a_jobs_cells_say_so(client, alice, host, member):
+    from datetime import timedelta
+
+    from portal.booking.models import Allocation
+    from portal.booking.services import reservation_create
+    from tests.factories import JobFactory
+
+    start = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    end = start + timedelta(hours=2)
+    mine = reservation_create(
+        user=alice, host=host, stack=host.stacks.get(), start=start, end=end,
+        accelerators=[host.accelerators.get(index=0)],
+    )  # fmt: skip
+    reservation_create(
+        user=member, host=host, stack=host.stacks.get(), start=start, end=end,
+        accelerators=[host.accelerators.get(index=1)],
+    )  # fmt: skip
+    Allocation.objects.create(
+        accelerator=host.accelerators.get(index=2), job=JobFactory(stack=host.stacks.get()),
+        start=start, end=start + timedelta(hours=2),
+    )  # fmt: skip
+
+    body = client.get(reverse("booking:host_timeline", args=["gpu1"])).content.decode()
+
+    # 12:00 UTC is 13:00 in Berlin: her cell links to her reservation, the others' do not.
+    label = "Your reservation of gpu1 #0, Mon 23 Nov 13:00"
+    assert f'<a href="/reservations/{mine.pk}/" aria-label="{label}">' in body
+    assert body.count('aria-label="Your reservation of') == 2  # 13:00 and 14:00 cells
+    assert '<td class="cell booked" title="Mon 13:00\u201314:00: booked">' in body
+    assert '<td class="cell job" title="Mon 13:00\u201314:00: a training job">' in body
+    assert '<span class="cell job">training job</span>' in body  # in the legend
