@@ -9,6 +9,10 @@ Where a package says which hardware its tests need:
   the debian directory out of the source's tarball;
 - a test stanza's own ``X-Requires-Hwspec`` in debian/tests/control, overriding the package's.
 
+autopkgtest itself (5.28) does not know that last field: a stanza carrying it is skipped with
+"SKIP unknown field X-requires-hwspec" (lib/testdesc.py, _debian_check_unknown_fields). The
+run must therefore hand autopkgtest a tests/control without it (--override-control).
+
 Pure: no Django model is imported, so the watcher, the upload form and the runs all read
 packages the same way. Nothing here raises past its callers' pages: reading a package gives a
 ``SourceTests`` whose ``error`` says what is malformed; fetching raises ``SourceError`` with a

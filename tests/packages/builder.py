@@ -13,6 +13,9 @@ unknown field, as it does for every bare X- field), so it is seen only in debian
 dpkg-source adds ``Testsuite: autopkgtest`` to the .dsc by itself when debian/tests/control
 exists, so the control file does not declare it.
 
+A test's ``hwspec`` becomes ``X-Requires-Hwspec`` in its debian/tests/control stanza; note that
+autopkgtest 5.28 skips such a stanza as having an unknown field (see portal/packages/sources.py).
+
 Test stanzas name their ``Depends`` explicitly, never the default ``@``: the tests run as an
 unprivileged user under autopkgtest's null backend, where nothing can be built or installed.
 """

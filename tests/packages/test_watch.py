@@ -2,8 +2,11 @@
 packages that declare a hwspec, reads an index again only when it changed, and records what
 went wrong without raising."""
 
+import functools
 import hashlib
+import http.server
 import shutil
+import threading
 
 import pytest
 from django.core.cache import cache
@@ -179,3 +182,41 @@ def test_the_task_watches_enabled_archives(archive_dir):
     )
     assert tasks.watch.apply().get() == 5
     assert not SourceIndex.objects.filter(archive__name="off").exists()
+
+
+@pytest.fixture
+def http_archive(archive_dir):
+    """The archive served over HTTP by Python's http.server (Last-Modified, and a 304 to a
+    matching If-Modified-Since)."""
+    handler = functools.partial(QuietHandler, directory=str(archive_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[tuple[str, int]] = []
+
+    def log_request(self, code="-", size="-"):
+        QuietHandler.requests.append((self.path, int(code)))
+
+
+def test_it_asks_an_http_server_whether_an_index_without_release_changed(archive_dir, http_archive):
+    (archive_dir / "dists/unstable/Release").unlink()
+    archive = _archive(http_archive)
+    assert len(watch(archive)) == 5
+    assert _index().validator.startswith("last-modified:")
+    QuietHandler.requests.clear()
+    assert watch(archive) == []
+    assert ("/dists/unstable/main/source/Sources.xz", 304) in QuietHandler.requests
+    assert _index().error == ""
+
+
+def test_it_reads_an_archive_over_http(http_archive):
+    archive = _archive(http_archive)
+    assert len(watch(archive)) == 5
+    assert watch(archive) == []
+    assert (_index().packages, _index().error) == (5, "")
