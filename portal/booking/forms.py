@@ -14,7 +14,7 @@ from django.utils import timezone
 from portal.booking.availability import Need, Slot, availability, ceil_to, free_accelerators
 from portal.booking.bounds import validate_moment
 from portal.booking.models import BookingPolicy
-from portal.inventory.forms import clean_hwspec_alternatives
+from portal.inventory.forms import StackChoiceField, clean_hwspec_alternatives
 from portal.inventory.models import DriverStack, Host
 
 GB = 1000**3 // 1024**2  # vendors quote memory in decimal GB; devices report MiB
@@ -42,13 +42,14 @@ class NeedForm(forms.Form):
     min_memory_gb = forms.IntegerField(
         label="Minimum memory per device (GB)", required=False, min_value=0, max_value=4096
     )
-    stack = forms.ModelChoiceField(
+    stack = StackChoiceField(
         label="Driver stack",
         queryset=DriverStack.objects.all(),
         to_field_name="name",
         required=False,
         empty_label="any stack",
     )
+    free_only = forms.BooleanField(label="Free stacks only (main)", required=False)
     hours = forms.DecimalField(
         label="Hours", min_value=0, max_digits=5, decimal_places=2, initial=2
     )
@@ -96,24 +97,38 @@ class NeedForm(forms.Form):
         if specs and stack and not any(stack.serves(spec) for spec in specs):
             kinds = " or ".join(dict.fromkeys(spec.kind for spec in specs))
             self.add_error("stack", f"The stack {stack.name} does not serve {kinds}.")
+        if stack and data.get("free_only") and not stack.is_free:
+            self.add_error(
+                "stack", f"The stack {stack.name} is {stack.get_area_display()}, not free."
+            )
+        elif specs and not stack and data.get("free_only"):
+            free = DriverStack.objects.filter(area=DriverStack.Area.MAIN)
+            if not any(each.serves(spec) for each in free for spec in specs):
+                kinds = " or ".join(dict.fromkeys(spec.kind for spec in specs))
+                self.add_error("free_only", f"No free stack serves {kinds}.")
         return data
 
     def needs(self) -> list[Need]:
         """The need of each alternative ("cuda | rocm": N cuda devices, or N rocm devices;
-        never a mix), in the order written, without those the chosen stack does not serve."""
+        never a mix), in the order written, without those the chosen stack does not serve.
+        "Free stacks only" with any stack: a need per free stack that serves the alternative."""
         data = self.cleaned_data
         gb = data.get("min_memory_gb")
         stack = data.get("stack")
+        stacks: list[DriverStack | None] = [stack]
+        if stack is None and data.get("free_only"):
+            stacks = list(DriverStack.objects.filter(area=DriverStack.Area.MAIN))
         asked = data.get("hwspec") or (None,)
-        specs = [s for s in asked if s is None or stack is None or stack.serves(s)]
         return [
             Need(
                 count=data["count"],
                 hwspec=spec,
                 min_memory_mib=gb * GB if gb else 0,
-                stack=stack,
+                stack=each,
             )
-            for spec in specs
+            for spec in asked
+            for each in stacks
+            if spec is None or each is None or each.serves(spec)
         ]
 
     def slots(self) -> list[Slot]:
@@ -167,7 +182,7 @@ class ReservationForm(forms.Form):
         label="Accelerators", required=False, widget=forms.CheckboxSelectMultiple
     )
     whole_host = forms.BooleanField(label="The whole host", required=False)
-    stack = forms.ModelChoiceField(
+    stack = StackChoiceField(
         label="Driver stack", queryset=DriverStack.objects.none(), to_field_name="name"
     )
     start = forms.DateTimeField(label="Start", widget=DateTimeInput(), validators=[validate_moment])

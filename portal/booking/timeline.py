@@ -94,7 +94,7 @@ def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timelin
     ):
         whose: int | str = "job" if a.job_id else "booked"
         if user.is_authenticated and a.reservation and a.reservation.user_id == user.pk:
-            whose = a.reservation_id
+            whose = a.reservation.pk
         held[a.accelerator_id].append((a.start, a.end, whose))
     down: dict[int, list[tuple[datetime, datetime]]] = {}
     for w in MaintenanceWindow.objects.filter(

@@ -16,6 +16,15 @@ def clean_hwspec_text(value: str) -> Hwspec | None:
         raise forms.ValidationError(str(exc)) from None
 
 
+class StackChoiceField(forms.ModelChoiceField):
+    """A driver stack by name, its archive area said when it is not free ("cuda-12
+    (non-free)"), so that choosing a free stack never takes reading its description."""
+
+    def label_from_instance(self, obj) -> str:
+        stack = cast(DriverStack, obj)
+        return stack.name if stack.is_free else f"{stack.name} ({stack.get_area_display()})"
+
+
 def clean_hwspec_alternatives(value: str) -> tuple[Hwspec, ...]:
     """Alternatives typed into a form field ("cuda | rocm"): () when blank, a field error when
     one is malformed."""

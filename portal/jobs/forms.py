@@ -7,7 +7,7 @@ from django import forms
 
 from portal.accounts.models import PartnerProject, User
 from portal.booking.forms import GB
-from portal.inventory.forms import clean_hwspec_text
+from portal.inventory.forms import StackChoiceField, clean_hwspec_text
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
 from portal.jobs.services import MAX_ARRAY
@@ -53,7 +53,7 @@ class JobForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
         help_text="Run with /bin/sh inside the stack's session, in the input's directory.",
     )
-    stack = forms.ModelChoiceField(
+    stack = StackChoiceField(
         label="Driver stack", queryset=DriverStack.objects.all(), to_field_name="name"
     )
     count = forms.IntegerField(label="Devices", min_value=1, max_value=64, initial=1)
