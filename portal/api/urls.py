@@ -2,7 +2,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from portal.api import views
+from portal.api import feeds, views
 
 router = DefaultRouter()
 router.register("hosts", views.HostViewSet, basename="host")
@@ -17,6 +17,8 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("availability/", views.availability_view, name="availability"),
     path("ansible-inventory/", views.ansible_inventory_view, name="ansible-inventory"),
+    path("feeds/<str:token>.ics", feeds.UserFeedView.as_view(), name="user-feed"),
+    path("hosts/<slug:name>/calendar.ics", feeds.HostFeedView.as_view(), name="host-feed"),
     path("", include(router.urls)),
     # Anything else under /api/ is a JSON 404 like every API error, not the site's HTML page
     # (an id the router's pattern refuses, as /api/jobs/1.5/). Only paths ending in a slash:
