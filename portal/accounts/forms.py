@@ -4,15 +4,40 @@ from portal.accounts.models import PartnerMembership, PartnerProject, User, time
 from portal.accounts.sshkeys import MAX_INPUT_CHARS
 
 
+# The regions of the tz database's canonical "Region/City" names: the menu leaves out its
+# legacy aliases ("US/Eastern"), fixed offsets ("Etc/GMT+5") and oddities ("Factory").
+REGIONS = (
+    "Africa", "America", "Antarctica", "Arctic", "Asia", "Atlantic", "Australia", "Europe",
+    "Indian", "Pacific",
+)  # fmt: skip
+
+
+def time_zone_choices(current: str = "") -> list:
+    """UTC, then the canonical zones grouped by region, each shown by its city ("New York");
+    the person's current zone stays in the menu even if it is a legacy name."""
+    groups: dict[str, list[tuple[str, str]]] = {region: [] for region in REGIONS}
+    for name in time_zone_names():
+        region, _, city = name.partition("/")
+        if region in groups and city:
+            groups[region].append((name, city.replace("_", " ").replace("/", ": ")))
+    choices: list = [("UTC", "UTC")]
+    known = {name for zones in groups.values() for name, _ in zones} | {"UTC"}
+    if current and current not in known:
+        choices.insert(0, (current, current))
+    return choices + [(region, zones) for region, zones in groups.items()]
+
+
 class ProfileForm(forms.ModelForm):
-    time_zone = forms.ChoiceField(
-        choices=lambda: [(z, z) for z in time_zone_names()],
-        help_text="Every time on the portal is shown in this zone.",
-    )
+    time_zone = forms.ChoiceField(help_text="Every time on the portal is shown in this zone.")
 
     class Meta:
         model = User
         fields = ["first_name", "last_name", "time_zone"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        current = self.instance.time_zone if self.instance else ""
+        self.fields["time_zone"].choices = time_zone_choices(current)  # type: ignore[attr-defined]
 
 
 class SSHKeyAddForm(forms.Form):

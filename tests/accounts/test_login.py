@@ -107,3 +107,23 @@ def test_it_renames_the_site_when_site_url_changes_at_the_next_migrate(db, setti
     call_command("migrate", verbosity=0)
     site = Site.objects.get_current()
     assert (site.domain, site.name) == ("porterbox.debian.net", "Debian GPU porterboxes")
+
+
+def test_the_time_zone_menu_is_grouped_by_region_without_legacy_names(client, user):
+    from portal.accounts.models import User
+
+    client.force_login(user)
+    body = client.get(reverse("accounts:profile")).content.decode()
+    assert '<optgroup label="Europe">' in body
+    assert '<option value="Europe/Berlin">Berlin</option>' in body
+    assert '<option value="America/Argentina/Buenos_Aires">Argentina: Buenos Aires</option>' in body
+    for legacy in ("Factory", "US/Eastern", "Etc/GMT+5", "posixrules"):
+        assert f'value="{legacy}"' not in body, legacy
+    # Someone whose zone is a legacy name keeps it, and can save the page unchanged.
+    User.objects.filter(pk=user.pk).update(time_zone="US/Eastern")
+    body = client.get(reverse("accounts:profile")).content.decode()
+    assert '<option value="US/Eastern" selected>US/Eastern</option>' in body
+    kept = client.post(
+        reverse("accounts:profile"), {"first_name": "", "last_name": "", "time_zone": "US/Eastern"}
+    )
+    assert kept.status_code == 302
