@@ -3,7 +3,6 @@ from django import forms
 from portal.accounts.models import PartnerMembership, PartnerProject, User, time_zone_names
 from portal.accounts.sshkeys import MAX_INPUT_CHARS
 
-
 # The regions of the tz database's canonical "Region/City" names: the menu leaves out its
 # legacy aliases ("US/Eastern"), fixed offsets ("Etc/GMT+5") and oddities ("Factory").
 REGIONS = (
@@ -24,7 +23,7 @@ def time_zone_choices(current: str = "") -> list:
     known = {name for zones in groups.values() for name, _ in zones} | {"UTC"}
     if current and current not in known:
         choices.insert(0, (current, current))
-    return choices + [(region, zones) for region, zones in groups.items()]
+    return choices + list(groups.items())
 
 
 class ProfileForm(forms.ModelForm):
