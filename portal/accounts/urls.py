@@ -6,6 +6,8 @@ app_name = "accounts"
 urlpatterns = [
     path("profile/", views.profile, name="profile"),
     path("profile/token/", views.api_token_rotate, name="api_token_rotate"),
+    path("profile/feed/", views.feed_token_create, name="feed_token_create"),
+    path("profile/feed/revoke/", views.feed_token_revoke, name="feed_token_revoke"),
     path("keys/", views.ssh_keys, name="ssh_keys"),
     path("keys/<int:key_id>/delete/", views.ssh_key_delete, name="ssh_key_delete"),
 ]

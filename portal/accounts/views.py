@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
@@ -16,7 +17,7 @@ from portal.accounts.forms import (
     ProjectApplicationForm,
     SSHKeyAddForm,
 )
-from portal.accounts.models import PartnerMembership, PartnerProject
+from portal.accounts.models import FeedToken, PartnerMembership, PartnerProject
 from portal.pages import refuse
 
 
@@ -28,22 +29,52 @@ def profile(request):
             form.save()
             messages.success(request, "Profile saved.")
             return redirect("accounts:profile")
-        return render(request, "accounts/profile.html", {"form": form}, status=400)
-    token = Token.objects.filter(user=request.user).first()
-    return render(request, "accounts/profile.html", {"form": form, "token": token})
+        return render(request, "accounts/profile.html", _profile(request, form), status=400)
+    return render(request, "accounts/profile.html", _profile(request, form))
+
+
+def _profile(request, form=None, **shown) -> dict:
+    return {
+        "form": form or ProfileForm(instance=request.user),
+        "token": Token.objects.filter(user=request.user).first(),
+        "feed": FeedToken.objects.filter(user=request.user).first(),
+        **shown,
+    }
+
+
+def _shown_once(request, **secret):
+    """Show a new secret once, in this answer only: a flash message would keep it in a cookie
+    (Django's message storage), readable by anything that sees the browser's cookies."""
+    response = render(request, "accounts/profile.html", _profile(request, **secret))
+    add_never_cache_headers(response)  # no-store: not kept by the browser or a proxy either
+    return response
 
 
 @login_required
 @require_POST
 def api_token_rotate(request):
-    """Show the new token once, in this answer only: a flash message would keep it in a cookie
-    (Django's message storage), readable by anything that sees the browser's cookies."""
     Token.objects.filter(user=request.user).delete()
     token = Token.objects.create(user=request.user)
-    context = {"form": ProfileForm(instance=request.user), "token": token, "new_token": token.key}
-    response = render(request, "accounts/profile.html", context)
-    add_never_cache_headers(response)  # no-store: not kept by the browser or a proxy either
-    return response
+    return _shown_once(request, new_token=token.key)
+
+
+@login_required
+@require_POST
+def feed_token_create(request):
+    """A new calendar feed address, replacing the old one; only its hash is kept."""
+    token = FeedToken.issue(request.user)
+    url = request.build_absolute_uri(reverse("api:user-feed", args=[token]))
+    return _shown_once(request, new_feed_url=url)
+
+
+@login_required
+@require_POST
+def feed_token_revoke(request):
+    if FeedToken.revoke(request.user):
+        messages.success(request, "Calendar feed revoked: its address now answers 404.")
+    else:
+        messages.error(request, "You have no calendar feed.")
+    return redirect("accounts:profile")
 
 
 @login_required
