@@ -22,7 +22,7 @@ from portal.http import client_ip
 from portal.inventory import selectors
 from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, Host
-from portal.pages import refuse
+from portal.pages import confirm_first, refuse
 
 
 def _day_and_view(request) -> tuple[date, str, int]:
@@ -252,6 +252,14 @@ def reservation_change(request, pk, change):
         "actor": request.user,
         "ip": client_ip(request),
     }
+    if change in CONFIRM:
+        question, consequence, button = CONFIRM[change]
+        asked = confirm_first(
+            request, question=question.format(host=reservation.host.name),
+            consequence=consequence, button=button, back=reservation.get_absolute_url(),
+        )  # fmt: skip
+        if asked is not None:
+            return asked
     if change in ("extend", "shorten"):
         form = EndForm(request.POST)
         if not form.is_valid():
@@ -267,6 +275,20 @@ def reservation_change(request, pk, change):
         messages.success(request, done)
     return redirect(reservation)
 
+
+# What is asked before a change that cannot be undone: the question, what follows, the button.
+CONFIRM = {
+    "cancel": (
+        "Cancel your reservation of {host}?",
+        "Its devices are given back at once and others may book them; it cannot be undone.",
+        "Yes, cancel it",
+    ),
+    "end": (
+        "End your session on {host} now?",
+        "Your access is revoked and every process of yours in the session is killed.",
+        "Yes, end it now",
+    ),
+}
 
 # Each service takes the reservation, the actor and the ip; extend and shorten the end too.
 CHANGES: dict[str, tuple[Callable[..., Reservation], str]] = {

@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
@@ -19,7 +20,7 @@ from portal.accounts.models import PartnerMembership, PartnerProject
 from portal.jobs import scheduler, selectors, services
 from portal.jobs.forms import JobForm, submittable_projects
 from portal.jobs.models import Job
-from portal.pages import refuse
+from portal.pages import confirm_first, refuse
 
 WAITING_PER_PAGE = 100  # waiting jobs on a page of the queue
 HOLDING_SHOWN = 200  # running and scheduled jobs listed (as many as devices at most); counted
@@ -154,6 +155,19 @@ def job_output(request, pk):
 @require_POST
 def job_cancel(request, pk):
     job = _visible_job(request, pk)
+    running = job.state in (Job.State.STARTING, Job.State.RUNNING)
+    asked = confirm_first(
+        request,
+        question=f"{'Stop' if running else 'Cancel'} the job {job.name} (#{job.pk})?",
+        consequence="It gets SIGTERM, then SIGKILL after the grace time; what it has not "
+        "written to $PORTERBOX_OUTPUT is lost."
+        if running
+        else "It leaves the queue.",
+        button=f"Yes, {'stop' if running else 'cancel'} it",
+        back=reverse("jobs:job_detail", args=[job.pk]),
+    )
+    if asked is not None:
+        return asked
     try:
         job = services.job_cancel(job=job, actor=request.user)
     except services.JobError as exc:

@@ -15,6 +15,8 @@ from tests.helpers import NOW
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
+CONFIRMED = {"confirmed": "1"}  # what the confirmation page or dialog sends
+
 
 @pytest.fixture
 def alice(db):
@@ -128,7 +130,7 @@ def test_it_lists_my_reservations_with_ssh_details_and_changes_them(logged_in, h
     )
     r.refresh_from_db()
     assert r.end == datetime(2026, 11, 23, 12, tzinfo=UTC)
-    logged_in.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]))
+    logged_in.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]), CONFIRMED)
     r.refresh_from_db()
     assert r.state == Reservation.State.CANCELLED
     assert AuditEntry.objects.filter(reservation=r).count() == 3
@@ -141,7 +143,7 @@ def test_it_hides_other_peoples_reservations(client, host, member):
     )  # fmt: skip
     client.force_login(UserFactory(debian_member_source="salsa"))
     assert client.get(r.get_absolute_url()).status_code == 404
-    response = client.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]))
+    response = client.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]), CONFIRMED)
     assert response.status_code == 404
     assert client.post(f"/reservations/{r.pk}/explode/").status_code == 404
     r.refresh_from_db()
@@ -218,7 +220,7 @@ def test_it_shows_a_cancelled_reservation_as_cancelled_without_a_login(logged_in
     r = _book(
         alice, host, datetime(2026, 11, 23, 10, tzinfo=UTC), datetime(2026, 11, 23, 12, tzinfo=UTC)
     )
-    logged_in.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]))
+    logged_in.post(reverse("booking:reservation_change", args=[r.pk, "cancel"]), CONFIRMED)
     page = logged_in.get(r.get_absolute_url()).content.decode()
     assert "This reservation was cancelled on Mon 23 Nov 2026 10:07" in page  # Berlin time
     assert "ssh alice@" not in page and "Log in" not in page

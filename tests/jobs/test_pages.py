@@ -28,6 +28,8 @@ H = timedelta(hours=1)
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
+CONFIRMED = {"confirmed": "1"}  # what the confirmation page or dialog sends
+
 
 @pytest.fixture(autouse=True)
 def no_grace(settings):
@@ -250,7 +252,7 @@ def test_it_shows_a_job_to_its_project_and_staff_only(client, member, stack, sta
             assert client.get(path).status_code == expected, (user, path)
     client.force_login(PartnerMembershipFactory().user)
     assert "secret-step" not in client.get(url).content.decode()
-    assert client.post(reverse("jobs:job_cancel", args=[job.pk])).status_code == 404
+    assert client.post(reverse("jobs:job_cancel", args=[job.pk]), CONFIRMED).status_code == 404
     client.logout()
     assert client.get(url).status_code == 302
     job.refresh_from_db()
@@ -278,15 +280,15 @@ def test_it_shows_the_log_tail_in_the_users_zone_and_the_whole_log_as_text(alice
 def test_it_cancels_a_waiting_job_and_asks_a_running_one_to_stop(alice, member, stack):
     waiting = JobFactory(project=member.project, stack=stack)
     running = JobFactory(project=member.project, stack=stack, state="running")
-    response = alice.post(reverse("jobs:job_cancel", args=[waiting.pk]), follow=True)
+    response = alice.post(reverse("jobs:job_cancel", args=[waiting.pk]), CONFIRMED, follow=True)
     assert "Cancelled." in response.content.decode()
-    alice.post(reverse("jobs:job_cancel", args=[running.pk]))
+    alice.post(reverse("jobs:job_cancel", args=[running.pk]), CONFIRMED)
     waiting.refresh_from_db()
     running.refresh_from_db()
     assert (waiting.state, running.state, running.stop_requested) == (
         "cancelled", "running", True
     )  # fmt: skip
-    response = alice.post(reverse("jobs:job_cancel", args=[waiting.pk]), follow=True)
+    response = alice.post(reverse("jobs:job_cancel", args=[waiting.pk]), CONFIRMED, follow=True)
     assert "finished already" in response.content.decode()
 
 
@@ -527,7 +529,7 @@ def test_it_stops_showing_and_taking_jobs_from_a_member_removed_from_the_project
 
     assert alice.get(reverse("jobs:job_detail", args=[job.pk])).status_code == 404
     assert alice.get(reverse("jobs:job_log", args=[job.pk])).status_code == 404
-    assert alice.post(reverse("jobs:job_cancel", args=[job.pk])).status_code == 404
+    assert alice.post(reverse("jobs:job_cancel", args=[job.pk]), CONFIRMED).status_code == 404
     assert alice.post(reverse("jobs:submit"), form(member)).status_code == 403  # no project left
     job.refresh_from_db()
     assert job.state == Job.State.RUNNING  # the project's job goes on
