@@ -180,9 +180,10 @@ def chart(series: DeviceSeries, span: Span, *, now: datetime) -> Chart:
     points = series.points
     half = span.bucket / 2 if span.bucket else timedelta(0)
     times = [p.at + half for p in points]  # a bucket is drawn at its middle
+    step = max(span.step, cadence(times))
 
     def metric(key, label, values, scale, unit, maxima=None):
-        lines = polylines(times, values, start=start, end=now, step=span.step, scale=scale)
+        lines = polylines(times, values, start=start, end=now, step=step, scale=scale)
         summary = summarize(values, maxima)
         return Metric(key, label, lines, summary, f"{label}: {_describe(summary, unit)}")
 
@@ -212,6 +213,16 @@ def chart(series: DeviceSeries, span: Span, *, now: datetime) -> Chart:
         ),
     ]
     return Chart(acc, start, now, metrics)
+
+
+def cadence(times: list[datetime]) -> timedelta:
+    """The usual time between two points: the median interval (zero for fewer than two).
+
+    A host read less often than PORTAL_TELEMETRY_SECONDS (a slow loop, a busy worker, data
+    loaded every ten minutes) still has its readings joined into lines, not drawn as dots;
+    a gap of more than GAP_BUCKETS usual intervals still breaks the line."""
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+    return gaps[(len(gaps) - 1) // 2] if gaps else timedelta(0)
 
 
 def polylines(

@@ -367,3 +367,20 @@ def test_it_shows_staff_the_squatters_and_the_latest_health_checks(client, host,
     html = page(client, host).content.decode()
     assert "<code>mallory</code>" in html and "<code>gone</code>" not in html  # open ones
     assert "failed (3)" in html and "uncorrectable ECC error" in html
+
+
+def test_readings_rarer_than_the_setting_are_joined_into_lines_not_dots(host, acc):
+    """A host read every six minutes (a slow loop; the demo's data is every ten): the hour's
+    chart is lines, not a dot per reading; a real outage still breaks them."""
+    minutes = (58, 52, 46, 40, 34, 4)  # every six minutes, then nothing for half an hour
+    points = [charts.Point(NOW - timedelta(minutes=m), 50, 50, 1024, 40) for m in minutes]
+
+    chart = charts.chart(charts.DeviceSeries(acc, points), charts.SPANS["hour"], now=NOW)
+
+    utilization = chart.metrics[0]
+    assert len(utilization.polylines) == 2
+    assert [len(line.split()) for line in utilization.polylines] == [5, 2]  # 2: a lone tick
+    assert charts.cadence([NOW, NOW + timedelta(minutes=10), NOW + timedelta(minutes=20)]) == (
+        timedelta(minutes=10)
+    )
+    assert charts.cadence([NOW]) == timedelta(0)
