@@ -9,6 +9,7 @@ weighs one, a rollup its `readings`.
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from django.conf import settings
 from django.db.models import F, FloatField, Max, Q, Sum, Value
@@ -221,7 +222,7 @@ def cadence(times: list[datetime]) -> timedelta:
     A host read less often than PORTAL_TELEMETRY_SECONDS (a slow loop, a busy worker, data
     loaded every ten minutes) still has its readings joined into lines, not drawn as dots;
     a gap of more than GAP_BUCKETS usual intervals still breaks the line."""
-    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+    gaps = sorted(b - a for a, b in pairwise(times) if b > a)
     return gaps[(len(gaps) - 1) // 2] if gaps else timedelta(0)
 
 
