@@ -1,5 +1,7 @@
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from portal import views
 from portal.accounts.urls import project_urlpatterns
@@ -21,6 +23,16 @@ urlpatterns = [
     path("projects/", include((project_urlpatterns, "projects"))),
     path("", include("portal.jobs.urls")),
     path("accounts/", include("allauth.urls")),
+    # The API's docs: Swagger UI over the schema, served from this site (no CDN, no inline
+    # script: its set-up is a script of its own, the split view's ?script). Swagger UI writes
+    # <style> elements, so this page alone allows inline styles; scripts stay 'self' only.
+    path(
+        "api/docs/",
+        csp_update({"style-src": ["'self'", "'unsafe-inline'"]})(
+            SpectacularSwaggerSplitView.as_view(url_name="api:schema")
+        ),
+        name="api_docs",
+    ),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]
