@@ -45,6 +45,7 @@ def test_it_finds_books_shows_and_cancels_a_slot(page, live_server):
 
     page.goto(f"{live_server.url}{reservation.get_absolute_url()}")
     page.get_by_role("button", name="Cancel this reservation").click()
+    page.locator("dialog").get_by_role("button", name="Yes, cancel it").click()  # it asks first
     page.get_by_text("Cancelled.").wait_for()
     reservation.refresh_from_db()
     assert reservation.state == Reservation.State.CANCELLED
