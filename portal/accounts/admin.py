@@ -55,7 +55,7 @@ class PartnerProjectAdmin(admin.ModelAdmin):
     search_fields = ["name", "url"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [PartnerMembershipInline]
-    actions = ["approve", "reject"]
+    actions = ["approve"]  # a rejection says why: the applications page (projects:applications)
 
     def _decide(self, request, queryset, approve: bool):
         decided = sum(
@@ -70,10 +70,6 @@ class PartnerProjectAdmin(admin.ModelAdmin):
     @admin.action(description="Approve the chosen applications")
     def approve(self, request, queryset):
         self._decide(request, queryset, approve=True)
-
-    @admin.action(description="Reject the chosen applications")
-    def reject(self, request, queryset):
-        self._decide(request, queryset, approve=False)
 
 
 @admin.register(SSHKey)

@@ -102,6 +102,8 @@ class PartnerProject(models.Model):
     description = models.TextField(blank=True)
     contact_email = models.EmailField(blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.APPLIED)
+    # What staff said with their decision (a rejection always says why), shown to the members.
+    decision_reason = models.TextField(blank=True)
     code_licence = models.CharField("licence of the code", max_length=100, blank=True)
     data_licence = models.CharField("licence of the training data", max_length=100, blank=True)
     # Quotas and the fair-share weight (portal/jobs/scheduler.py), set by staff.

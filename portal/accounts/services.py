@@ -1,15 +1,20 @@
 """Writes on accounts: SSH keys, roles, partner projects and their members."""
 
+import logging
 from dataclasses import dataclass, field
 
-from django.core.mail import mail_admins
+from django.conf import settings
+from django.core.mail import mail_admins, send_mail
 from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
 from django.utils.text import slugify
 
 from portal.accounts.audit import staff_log
 from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, PublicKey, parse_public_keys
 from portal.errors import Conflict, ServiceError
+
+log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_USER = 32
 
@@ -144,19 +149,45 @@ def project_apply(
     return project
 
 
-def project_decide(*, project: PartnerProject, actor: User, approve: bool) -> bool:
-    """Staff approve or reject an application; False if it was decided already."""
+def project_decide(
+    *, project: PartnerProject, actor: User, approve: bool, reason: str = ""
+) -> bool:
+    """Staff approve or reject an application (a rejection says why); False if it was decided
+    already. The project's members are mailed the decision and the reason."""
     if not actor.is_staff:
         raise ProjectError("staff_only", "Only staff decide on applications.")
+    reason = reason.strip()[:2000]
+    if not approve and not reason:
+        raise ProjectError("reason_required", "Say why the application is rejected.", "reason")
     to = PartnerProject.State.APPROVED if approve else PartnerProject.State.REJECTED
-    # A conditional UPDATE: two staff members clicking at once decide once.
-    done = PartnerProject.objects.filter(pk=project.pk, state=PartnerProject.State.APPLIED).update(
-        state=to
-    )
-    if done:
-        project.state = to
-        staff_log(actor, project, "Application approved" if approve else "Application rejected")
+    with transaction.atomic():
+        # A conditional UPDATE: two staff members clicking at once decide once.
+        done = PartnerProject.objects.filter(
+            pk=project.pk, state=PartnerProject.State.APPLIED
+        ).update(state=to, decision_reason=reason)
+        if done:
+            project.state, project.decision_reason = to, reason
+            what = "Application approved" if approve else "Application rejected"
+            staff_log(actor, project, f"{what}{': ' + reason if reason else ''}")
+            transaction.on_commit(lambda: _tell_members(project))
     return bool(done)
+
+
+def _tell_members(project: PartnerProject) -> None:
+    """Mail the members the decision; a mail that cannot be sent is logged, never raised (the
+    decision stands and its page says it)."""
+    addresses = [a for a in project.members.values_list("email", flat=True) if a]
+    if not addresses:
+        return
+    body = render_to_string(
+        "accounts/mail_project_decided.txt",
+        {"project": project, "site_name": settings.SITE_NAME, "site_url": settings.SITE_URL},
+    )
+    subject, _, text = body.partition("\n\n")
+    try:
+        send_mail(subject.strip(), text, None, addresses)
+    except OSError:
+        log.exception("mailing the decision on %s failed", project)
 
 
 def membership_add(

@@ -18,7 +18,7 @@ from portal.accounts.forms import (
     SSHKeyAddForm,
 )
 from portal.accounts.models import FeedToken, PartnerMembership, PartnerProject
-from portal.pages import refuse
+from portal.pages import confirm_first, refuse
 
 
 @login_required
@@ -171,8 +171,28 @@ def project_decide(request, slug):
     if decision not in ("approve", "reject"):
         messages.error(request, "Approve or reject.")
         return redirect("projects:applications")
-    if services.project_decide(project=project, actor=request.user, approve=decision == "approve"):
-        messages.success(request, f"{project}: {project.get_state_display()}.")
+    if decision == "reject":
+        asked = confirm_first(
+            request,
+            question=f"Reject {project}?",
+            consequence="Its members are told, with your reason; they cannot submit jobs.",
+            button="Yes, reject it",
+            back=reverse("projects:applications"),
+        )
+        if asked is not None:
+            return asked
+    try:
+        done = services.project_decide(
+            project=project, actor=request.user, approve=decision == "approve",
+            reason=request.POST.get("reason", ""),
+        )  # fmt: skip
+    except services.ProjectError as exc:
+        refuse(request, exc)
+        return redirect("projects:applications")
+    if done:
+        messages.success(
+            request, f"{project}: {project.get_state_display()}; its members are told."
+        )
     else:
         messages.error(request, f"{project} was decided already: {project.get_state_display()}.")
     return redirect("projects:applications")

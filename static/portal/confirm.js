@@ -7,6 +7,7 @@ document.addEventListener("submit", (event) => {
   if (!(form instanceof HTMLFormElement) || !form.dataset.confirm) return;
   if (form.querySelector("input[name=confirmed]")) return;
   event.preventDefault();
+  const submitter = event.submitter;  // its name and value go with the form, as without us
   const dialog = document.createElement("dialog");
   dialog.className = "confirm-dialog";
   const question = document.createElement("p");
@@ -29,7 +30,7 @@ document.addEventListener("submit", (event) => {
     confirmed.value = "1";
     form.append(confirmed);
     dialog.close();
-    form.submit();
+    form.requestSubmit(submitter && submitter.form === form ? submitter : undefined);
   });
   dialog.showModal();
   no.focus();

@@ -107,7 +107,7 @@ def test_it_rejects_once_and_says_so_the_second_time(client, staff):
     project = PartnerProjectFactory(state="applied")
     client.force_login(staff)
     url = reverse("projects:decide", args=[project.slug])
-    client.post(url, {"decision": "reject"})
+    client.post(url, {"decision": "reject", "reason": "no licence", "confirmed": "1"})
     project.refresh_from_db()
     assert project.state == "rejected"
     response = client.post(url, {"decision": "approve"}, follow=True)
@@ -208,3 +208,34 @@ def test_it_lists_the_users_projects(client):
     page = client.get(reverse("projects:list")).content.decode()
     assert "You belong to no partner project yet" in page
     assert reverse("projects:apply") in page
+
+
+def test_a_rejection_asks_first_needs_a_reason_and_tells_the_members(
+    client, staff, mailoutbox, django_capture_on_commit_callbacks
+):
+    member = PartnerMembershipFactory(project__state="applied", project__name="Vision")
+    project = member.project
+    client.force_login(staff)
+    url = reverse("projects:decide", args=[project.slug])
+
+    asked = client.post(url, {"decision": "reject", "reason": "The data licence is unclear."})
+    assert asked.status_code == 200 and "Reject Vision?" in asked.content.decode()
+    assert PartnerProject.objects.get(pk=project.pk).state == "applied"  # nothing yet
+    no_reason = client.post(
+        url, {"decision": "reject", "reason": " ", "confirmed": "1"}, follow=True
+    )
+    assert "Say why the application is rejected." in no_reason.content.decode()
+    assert PartnerProject.objects.get(pk=project.pk).state == "applied"
+
+    with django_capture_on_commit_callbacks(execute=True):  # the mail goes after the commit
+        client.post(
+            url, {"decision": "reject", "reason": "The data licence is unclear.", "confirmed": "1"}
+        )
+
+    project.refresh_from_db()
+    assert (project.state, project.decision_reason) == ("rejected", "The data licence is unclear.")
+    assert [m.to for m in mailoutbox] == [[member.user.email]]
+    assert "Staff said: The data licence is unclear." in mailoutbox[0].body
+    client.force_login(member.user)
+    page = client.get(reverse("projects:detail", args=[project.slug])).content.decode()
+    assert "staff did not approve it: “The data licence is unclear.”" in page
