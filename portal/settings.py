@@ -400,6 +400,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": TESTS_WATCH_SECONDS,
         "options": {"expires": max(60, TESTS_WATCH_SECONDS // 2)},
     },
+    "record test results": {
+        "task": "portal.packages.runs_tasks.record",
+        "schedule": 60,
+        "options": {"expires": 120},
+    },
     "schedule training jobs": {
         "task": "portal.jobs.tasks.schedule",
         "schedule": JOBS_SCHEDULE_SECONDS,
