@@ -15,6 +15,7 @@ from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
 from portal.jobs.services import MAX_ARRAY
+from portal.packages.models import TestRun
 
 
 class DriverStackSerializer(serializers.ModelSerializer):
@@ -411,3 +412,102 @@ class JobLogSerializer(serializers.Serializer):
     # The metaclass moves declared fields out of the class, so .data stays the property.
     data = serializers.CharField()  # type: ignore[assignment]
     eof = serializers.BooleanField(help_text="The job has finished and this is the end.")
+
+
+# -- Package tests ------------------------------------------------------------------------------
+
+
+class TestRunSerializer(FieldsOnce, serializers.ModelSerializer):
+    """A test run of a source package on one hwspec and stack (portal/packages/results.py
+    says how its result is read from autopkgtest's exit status)."""
+
+    package = serializers.CharField(source="package.name", read_only=True)
+    version = serializers.CharField(source="package.version", read_only=True)
+    stack: serializers.SlugRelatedField[DriverStack] = serializers.SlugRelatedField(
+        read_only=True, slug_field="name"
+    )
+    requester: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        read_only=True, slug_field="username", allow_null=True
+    )
+    job = serializers.IntegerField(source="job_id", read_only=True, allow_null=True)
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TestRun
+        fields = [
+            "id", "package", "version", "hwspec", "stack", "tests", "trigger", "requester",
+            "job", "state", "result", "exit_code", "regression", "summary", "created",
+            "finished",
+        ]  # fmt: skip
+
+    def get_state(self, run) -> str:
+        """The state of the run's job (queued, running, succeeded, ...)."""
+        return run.job.state if run.job_id else ""
+
+
+class TestRunCreateSerializer(serializers.Serializer):
+    """A package version from an archive (`package`, `version`), or a .dsc at a URL
+    (`dsc_url`); optionally one hwspec and stack, else every one that fits."""
+
+    package = serializers.CharField(max_length=100, required=False, default="")
+    version = serializers.CharField(max_length=100, required=False, default="")
+    dsc_url = serializers.URLField(max_length=500, required=False, default="")
+    hwspec = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+    stack = serializers.SlugRelatedField(
+        queryset=DriverStack.objects.all(), slug_field="name", required=False, allow_null=True,
+        default=None,
+    )  # fmt: skip
+
+
+class RunStatusSerializer(serializers.Serializer):
+    """A run as debci's latest.json says it, with its hwspec and stack."""
+
+    run_id = serializers.IntegerField()
+    package = serializers.CharField()
+    version = serializers.CharField()
+    hwspec = serializers.CharField()
+    stack = serializers.CharField()
+    status = serializers.CharField(help_text="pass, fail, neutral or tmpfail.")
+    regression = serializers.BooleanField()
+    trigger = serializers.CharField()
+    date = serializers.DateTimeField(allow_null=True)
+    duration_seconds = serializers.IntegerField(allow_null=True)
+
+
+class PackageVersionSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    archive = serializers.CharField(allow_null=True, help_text="null: from a .dsc URL.")
+    suite = serializers.CharField()
+    component = serializers.CharField()
+    hwspec = serializers.CharField(help_text="The package's field as written; '' for none.")
+    dsc_url = serializers.CharField()
+    error = serializers.CharField(help_text="Why its hwspec fields cannot be read; '' if fine.")
+
+
+class StackFitSerializer(serializers.Serializer):
+    stack = serializers.CharField()
+    hosts = serializers.IntegerField(help_text="Active hosts with a device and the stack.")
+
+
+class AlternativeFitSerializer(serializers.Serializer):
+    hwspec = serializers.CharField()
+    stacks = StackFitSerializer(many=True)
+
+
+class StanzaSerializer(serializers.Serializer):
+    tests = serializers.ListField(child=serializers.CharField(), help_text="[]: every test.")
+    hwspec = serializers.CharField()
+    restrictions = serializers.ListField(child=serializers.CharField())
+    cpu_only = serializers.BooleanField(help_text="Needs no accelerator: not run here.")
+    error = serializers.CharField()
+    alternatives = AlternativeFitSerializer(many=True)
+
+
+class PackageSerializer(serializers.Serializer):
+    """A source package: its versions, the latest one's test stanzas and what fits them, and
+    the latest run per hwspec and stack."""
+
+    name = serializers.CharField()
+    versions = PackageVersionSerializer(many=True)
+    stanzas = StanzaSerializer(many=True)
+    latest = RunStatusSerializer(many=True)

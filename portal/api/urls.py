@@ -11,6 +11,7 @@ router.register("reservations", views.ReservationViewSet, basename="reservation"
 router.register("stacks", views.DriverStackViewSet, basename="stack")
 router.register("ssh-keys", views.SSHKeyViewSet, basename="ssh-key")
 router.register("jobs", views.JobViewSet, basename="job")
+router.register("test-runs", views.TestRunViewSet, basename="test-run")
 
 app_name = "api"
 urlpatterns = [
@@ -19,6 +20,7 @@ urlpatterns = [
     path("ansible-inventory/", views.ansible_inventory_view, name="ansible-inventory"),
     path("feeds/<str:token>.ics", feeds.UserFeedView.as_view(), name="user-feed"),
     path("hosts/<slug:name>/calendar.ics", feeds.HostFeedView.as_view(), name="host-feed"),
+    path("packages/<str:name>/", views.package_view, name="package"),
     path("", include(router.urls)),
     # Anything else under /api/ is a JSON 404 like every API error, not the site's HTML page
     # (an id the router's pattern refuses, as /api/jobs/1.5/). Only paths ending in a slash:

@@ -1,12 +1,13 @@
 from typing import TypeVar
 
+from debian.debian_support import Version
 from django import forms
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action, api_view, permission_classes
-from rest_framework.exceptions import NotAuthenticated, NotFound, ValidationError
+from rest_framework.exceptions import NotAuthenticated, NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,9 +25,12 @@ from portal.api.serializers import (
     JobLogSerializer,
     JobSerializer,
     JobSubmittedSerializer,
+    PackageSerializer,
     ReservationCreateSerializer,
     ReservationSerializer,
     SSHKeySerializer,
+    TestRunCreateSerializer,
+    TestRunSerializer,
 )
 from portal.booking import services
 from portal.booking.availability import Need
@@ -38,6 +42,9 @@ from portal.inventory.forms import HostFilterForm
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
 from portal.jobs.services import job_cancel, job_submit_tasks
+from portal.packages import results as package_results
+from portal.packages import runs
+from portal.packages.models import SourcePackage, TestRun
 
 
 def _caller(request: Request) -> User:
@@ -478,3 +485,104 @@ def _non_negative(request, name: str, default: int) -> int:
     if not text.isdigit() or len(text) > 15:
         raise ValidationError({name: ["A whole number, 0 or more."]})
     return int(text)
+
+
+# -- Package tests ------------------------------------------------------------------------------
+
+
+class TestRunViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Test runs of source packages (autopkgtest on matching hardware), newest first; `?package=`
+    and `?result=` filter the list. Every logged-in caller sees them; Debian members ask for
+    them: a package version from an archive, or a .dsc at a URL (fetched, its files checked
+    against its SHA256s), on every hwspec and stack that fits or on the one asked for."""
+
+    serializer_class = TestRunSerializer
+
+    def get_queryset(self):
+        found = TestRun.objects.select_related("package", "stack", "requester", "job").defer(
+            "job__log"
+        )
+        if self.action == "list":
+            params = self.request.query_params
+            if name := params.get("package"):
+                found = found.filter(package__name=name)
+            if (result := params.get("result")) is not None:
+                if result not in (*TestRun.Result.values, "pending"):
+                    raise ValidationError(
+                        {"result": [f"Use one of {', '.join(TestRun.Result.values)} or pending."]}
+                    )
+                found = found.filter(result="" if result == "pending" else result)
+        return found.order_by("-created", "-pk")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("package", str, description="A source package's name."),
+            OpenApiParameter("result", str, enum=[*TestRun.Result.values, "pending"]),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=TestRunCreateSerializer, responses={201: TestRunSerializer(many=True)})
+    def create(self, request):
+        """Queue runs; the answer lists every run queued (one per hwspec and stack). A request
+        that cannot be queued says why: no host fits, the hwspec is not the package's, the
+        stack does not serve it, the files cannot be fetched."""
+        user = _caller(request)
+        if not user.is_debian_member:
+            raise PermissionDenied("Only Debian members ask for test runs; ask staff for access.")
+        body = TestRunCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        made = runs.request_runs(requester=user, **body.validated_data)
+        return Response(TestRunSerializer(made, many=True).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=PackageSerializer)
+@api_view(["GET"])
+def package_view(request, name: str):
+    """A source package: its versions, the latest version's test stanzas with the stacks and
+    hosts that fit each hwspec alternative, and its latest run per hwspec and stack."""
+    versions = list(SourcePackage.objects.filter(name=name).select_related("archive"))
+    if not versions:
+        raise NotFound(f"No package src:{name[:100]} is known here.")
+    latest = max(versions, key=lambda p: Version(p.version))
+    fits = runs.matching(latest)
+    recorded = package_results.latest_results([name]).get(name, {})
+    body = {
+        "name": name,
+        "versions": [
+            {
+                "version": p.version,
+                "archive": p.archive.name if p.archive else None,
+                "suite": p.suite,
+                "component": p.component,
+                "hwspec": p.hwspec,
+                "dsc_url": p.dsc_url,
+                "error": p.error,
+            }
+            for p in versions
+        ],
+        "stanzas": [
+            {
+                "tests": f.tests,
+                "hwspec": f.hwspec,
+                "restrictions": f.restrictions,
+                "cpu_only": f.cpu_only,
+                "error": f.error,
+                "alternatives": [
+                    {
+                        "hwspec": str(a.hwspec),
+                        "stacks": [{"stack": s.stack.name, "hosts": s.hosts} for s in a.stacks],
+                    }
+                    for a in f.alternatives
+                ],
+            }
+            for f in fits
+        ],
+        "latest": [package_results.status_of(r) for _, r in sorted(recorded.items())],
+    }
+    return Response(PackageSerializer(body).data)
