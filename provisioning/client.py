@@ -301,6 +301,9 @@ class StackInfo:
     name: str
     chroot: str
     present: bool
+    # What is installed in the chroot (host.stack_digest); "" where the chroot has no dpkg
+    # status, or an older agent does not say.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,7 @@ class Inventory:
                 name=_field(s, "name", "str", at),
                 chroot=_field(s, "chroot", "str", at),
                 present=_field(s, "present", "bool", at),
+                digest=_field(s, "digest", "str", at, default=""),
             )
             for at, s in _objects(answer, "stacks", w)
         )
@@ -670,10 +674,13 @@ class AgentClient:
         input: dict,
         archive: BinaryIO | None = None,
         array: tuple[int, int] | None = None,
+        autopkgtest: dict | None = None,
     ) -> JobStarted:
         """input {"archive_bytes": N} goes with archive, a file whose next N bytes are sent
         after the request line, a block at a time. array: (the array's id, the task's index)
-        for a task of a job array; sent only then, so a plain job reads as before."""
+        for a task of a job array; sent only then, so a plain job reads as before.
+        autopkgtest: {"dsc", "tests"} for a package test run, with an empty script and the
+        package as the archive; sent only then."""
         if ("archive_bytes" in input) != (archive is not None):
             raise ValueError("input.archive_bytes and archive go together")
         fields = {
@@ -683,6 +690,8 @@ class AgentClient:
         }  # fmt: skip
         if array is not None:
             fields["array"] = {"job": array[0], "task": array[1]}
+        if autopkgtest is not None:
+            fields["autopkgtest"] = autopkgtest
         return JobStarted.parse(self._call("job-start", fields, body=archive))
 
     def job_status(self, *, job: str) -> JobStatus:

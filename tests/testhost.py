@@ -488,6 +488,16 @@ class TestHost:
         if self.config is not None:
             self._write_config()
 
+    def add_stack_tree(self, name: str, chroot: str) -> None:
+        """Stack name: the tree already in /srv/chroots/<chroot> (a real Debian one, say:
+        tests/packages/chroot.py), registered as add_stack registers its busybox tree."""
+        if not self.path(f"/srv/chroots/{chroot}/etc").is_dir():
+            raise TestHostError(f"/srv/chroots/{chroot} holds no tree")
+        self._register_chroot(name, chroot)
+        self.stacks[name] = {"chroot": chroot}
+        if self.config is not None:
+            self._write_config()
+
     def _register_chroot(self, name: str, chroot: str) -> None:
         # The agent's profile once it is installed; schroot's default one until then.
         profile = "porterbox" if self.exists("/etc/schroot/porterbox/fstab") else "default"

@@ -141,13 +141,15 @@ class JobPass:
                     account=job_account(job),
                     stack=job.stack.name,
                     devices=devices,
-                    script=job.script,
+                    # A package test run runs autopkgtest instead of a script.
+                    script="" if job.autopkgtest else job.script,
                     env=job.env,
                     walltime_s=int(job.walltime.total_seconds()),
                     grace_s=settings.JOBS_STOP_GRACE_SECONDS,
                     input=source,
                     archive=archive,
                     array=(job.array_id, job.array_index or 0) if job.array_id else None,
+                    autopkgtest=job.autopkgtest or None,
                 )
         except AgentError as exc:
             log.warning(

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.operations import agents
+from portal.packages import runs
 from provisioning.client import AgentError
 from provisioning.transport import TransportError, fetch_host_keys, parse_host_keys
 
@@ -31,6 +32,8 @@ class SyncResult:
     retired: list[tuple[str, int]] = field(default_factory=list)
     stacks: list[str] = field(default_factory=list)
     unknown_stacks: list[str] = field(default_factory=list)
+    # Stacks whose chroot changed since the last inventory, their packages' tests queued again.
+    refreshed: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [
@@ -40,6 +43,8 @@ class SyncResult:
         ]
         if self.unknown_stacks:
             parts.append(f"stacks the portal does not know: {', '.join(self.unknown_stacks)}")
+        if self.refreshed:
+            parts.append(f"refreshed stacks, tested again: {', '.join(self.refreshed)}")
         return "; ".join(parts)
 
 
@@ -75,7 +80,17 @@ def host_sync_inventory(host: Host) -> SyncResult:
     present = sorted(s.name for s in answer.stacks if s.present)
     known = {s.name: s for s in DriverStack.objects.filter(name__in=present)}
     result = SyncResult(stacks=sorted(known), unknown_stacks=[n for n in present if n not in known])
+    reported = {s.name: s.digest for s in answer.stacks if s.name in known}
     with transaction.atomic():
+        previous = Host.objects.select_for_update().get(pk=host.pk).stack_digests or {}
+        # A stack seen before with another digest was refreshed; its old digest stays until
+        # its runs are queued (below), so a failed queueing is retried by the next inventory.
+        changed = sorted(
+            name
+            for name, digest in reported.items()
+            if digest and previous.get(name) and previous[name] != digest
+        )
+        digests = {n: previous[n] if n in changed else d for n, d in reported.items()}
         existing = {(a.vendor, a.index): a for a in host.accelerators.select_for_update()}
         for d in devices:
             values = {
@@ -101,12 +116,18 @@ def host_sync_inventory(host: Host) -> SyncResult:
                 result.retired.append((acc.vendor, acc.index))
         host.stacks.set(known.values())
         # An agent too old to report its map leaves the one the portal knows.
-        mapped: dict[str, object] = {"last_error": ""}
+        mapped: dict[str, object] = {"last_error": "", "stack_digests": digests}
         if answer.device_nodes is not None:
             mapped["device_nodes"] = answer.device_nodes
         if answer.shared_nodes is not None:
             mapped["shared_nodes"] = answer.shared_nodes
         Host.objects.filter(pk=host.pk).update(**mapped)
+    for name in changed:
+        runs.stack_refreshed(known[name])
+        with transaction.atomic():
+            stored = Host.objects.select_for_update().get(pk=host.pk).stack_digests
+            Host.objects.filter(pk=host.pk).update(stack_digests={**stored, name: reported[name]})
+        result.refreshed.append(name)
     return result
 
 

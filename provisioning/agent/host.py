@@ -6,6 +6,7 @@ Validation is pure and comes first; execution acts on the cleaned values only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import socket
@@ -59,10 +60,16 @@ def inventory(config: Config) -> dict:
     except ProbeError as exc:
         raise AgentError("probe_failed", f"devices: {exc.message}") from exc
     known = _known_chroots()
+    directories = _chroot_directories() if known else {}
     return {
         "devices": [device.as_dict() for device in devices],
         "stacks": [
-            {"name": name, "chroot": chroot, "present": chroot in known}
+            {
+                "name": name,
+                "chroot": chroot,
+                "present": chroot in known,
+                "digest": stack_digest(directories.get(chroot)) if chroot in known else "",
+            }
             for name, chroot in sorted(config.stacks.items())
         ],
         "agent_version": AGENT_VERSION,
@@ -165,3 +172,45 @@ def _known_chroots() -> set[str]:
     except AgentError:
         return set()  # no schroot at all: every stack is absent
     return {line.split(":", 1)[1] for line in listing.split() if line.startswith("chroot:")}
+
+
+def _chroot_directories() -> dict[str, str]:
+    """schroot's chroots and their directories, from its own view of its configuration
+    (`schroot --config`: chroot.d and schroot.conf alike)."""
+    try:
+        text = system.run(["schroot", "--config", "--all-chroots"]).stdout
+    except AgentError:
+        return {}
+    directories, chroot = {}, None
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            chroot = line[1:-1]
+        elif chroot is not None and line.startswith("directory="):
+            directories[chroot] = line.removeprefix("directory=")
+    return directories
+
+
+def stack_digest(directory: str | None) -> str:
+    """What is installed in a chroot, in one value that changes when any package does: the
+    sha256 of its installed packages' "Package Version" lines, sorted, each ended by a newline.
+    The portal tests packages again on a stack whose digest changed (a refresh, a rebuild).
+
+    Read from the chroot's var/lib/dpkg/status, never by running dpkg (nothing of the chroot's
+    runs for an inventory); "" where it has none (not a Debian tree)."""
+    if not directory:
+        return ""
+    try:
+        with open(os.path.join(directory, "var/lib/dpkg/status"), "rb") as file:
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = []
+    for stanza in text.split("\n\n"):
+        fields = {}
+        for line in stanza.splitlines():
+            name, colon, value = line.partition(":")
+            if colon and not line[:1].isspace():
+                fields[name.lower()] = value.strip()
+        if "package" in fields and fields.get("status", "").split()[-1:] == ["installed"]:
+            lines.append(f"{fields['package']} {fields.get('version', '')}")
+    return hashlib.sha256("".join(f"{line}\n" for line in sorted(lines)).encode()).hexdigest()

@@ -88,11 +88,11 @@ VERBS: dict[str, Verb] = {
     # Training jobs take the host lock themselves, around what needs it: job-start spools its
     # archive first, so that a slow upload never holds up grants and revokes.
     "job-start": Verb(
-        JOB_START | {"array"},
+        JOB_START | {"array", "autopkgtest"},
         jobs.validate_start,
         jobs.job_start,
         body=True,
-        optional=_names("array"),
+        optional=_names("array", "autopkgtest"),
     ),
     "job-status": Verb(_names("job"), jobs.validate_job, jobs.job_status),
     "job-stop": Verb(_names("job", "grace_s"), jobs.validate_stop, jobs.job_stop),

@@ -8,10 +8,11 @@ takes the lock itself, or leaves if another supervisor holds it.
 
 In order: begin the schroot session as the account, set the ACLs on the devices, prepare the
 account's job directory and the input (as the account), run the script in the session (as the
-account), with its output through a pipe into the log. A stop request (stop.json, or SIGTERM)
-or the walltime sends SIGTERM to the session's processes, and SIGKILL after the grace. However
-the job ends, the session's processes are killed, the session ended and the ACLs removed, and
-status.json is written last: a recorded end means all of that is done.
+account; autopkgtest instead, for a package test run), with its output through a pipe into the
+log. A stop request (stop.json, or SIGTERM) or the walltime sends SIGTERM to the session's
+processes, and SIGKILL after the grace. However the job ends, the session's processes are
+killed, the session ended and the ACLs removed, and status.json is written last: a recorded end
+means all of that is done.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def array_env(array: dict | None) -> dict[str, str]:
         "PORTERBOX_ARRAY_JOB_ID": str(array["job"]),
         "PORTERBOX_ARRAY_TASK_ID": str(array["task"]),
     }
+
+
+def autopkgtest_argv(run: dict, work: str, walltime_s: int) -> list[str]:
+    """A package test run: autopkgtest, as the account, with the job's session itself as its
+    testbed (the null backend). The session is thrown away after the job (union-type overlay),
+    and root in it would be root on the host: so no root, needs-root tests are skipped, and
+    test dependencies are checked, never installed (the stack's chroot holds them). -B: the
+    package is not built, so there are no binaries to install either (docs/agent.md)."""
+    output = os.path.join(work, "output", "autopkgtest")
+    names = [option for name in run["tests"] for option in ("--test-name", name)]
+    return [
+        *("autopkgtest", "--no-built-binaries", "--output-dir", output, *names),
+        f"--timeout-test={walltime_s}",
+        *(os.path.join(work, "input", run["dsc"]), "--", "null"),
+    ]
 
 
 class Ended(Exception):
@@ -116,7 +132,8 @@ class Supervisor:
             exit_status = self._run()
             state = "succeeded" if exit_status == 0 else "failed"
             if exit_status != 0:
-                reason = f"the script exited with status {exit_status}"
+                what = "autopkgtest" if self.record.get("autopkgtest") else "the script"
+                reason = f"{what} exited with status {exit_status}"
         except Ended as end:
             state, reason = end.state, end.reason
             exit_status = self.child.returncode if self.in_script and self.child else None
@@ -212,9 +229,15 @@ class Supervisor:
         session = f"session:{schroot_session(self.job)}"
         input_dir = os.path.join(self.work, "input")
         script = os.path.join(self.work, "script")
-        argv = [SCHROOT, "-c", session, "-r", "-p", "-d", input_dir, "--", "/bin/sh", script]
+        command = ["/bin/sh", script]
+        if record.get("autopkgtest"):
+            command = autopkgtest_argv(record["autopkgtest"], self.work, record["walltime_s"])
+        argv = [SCHROOT, "-c", session, "-r", "-p", "-d", input_dir, "--", *command]
         self.pipe, writer = os.pipe2(os.O_CLOEXEC)
         try:
+            # The account's: a job that opens /dev/stdout or /dev/stderr (autopkgtest tees its
+            # log to /dev/stderr) reopens the pipe, which a root-owned 0600 pipe refuses.
+            os.fchown(writer, account.pw_uid, account.pw_gid)
             self.child = self._popen(argv, writer, env=env)
         finally:
             os.close(writer)

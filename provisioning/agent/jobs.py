@@ -36,7 +36,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import provisioning
 from provisioning.agent import read_records, system
@@ -52,10 +52,12 @@ from provisioning.agent.protocol import (
 from provisioning.agent.rules import (
     JOB,
     check_archive,
+    check_autopkgtest,
     check_env,
     check_grace,
     check_input,
     check_job,
+    check_job_kind,
     check_script,
     check_walltime,
 )
@@ -80,7 +82,7 @@ LIB = os.path.dirname(os.path.dirname(os.path.abspath(provisioning.__file__)))
 
 
 def validate_start(fields: dict, config: Config) -> dict:
-    return {
+    cleaned: dict[str, Any] = {
         "job": check_job(fields["job"]),
         "account": check_account(fields["account"], config),
         "stack": check_stack(fields["stack"], config),
@@ -91,7 +93,10 @@ def validate_start(fields: dict, config: Config) -> dict:
         "grace_s": check_grace(fields["grace_s"]),
         "input": check_input(fields["input"]),
         "array": check_array(fields.get("array")),
+        "autopkgtest": check_autopkgtest(fields.get("autopkgtest")),
     }
+    check_job_kind(cleaned["script"], cleaned["autopkgtest"], cleaned["input"])
+    return cleaned
 
 
 def check_array(value: object) -> dict | None:
@@ -172,7 +177,7 @@ def receive_archive(config: Config, body: BinaryIO | None, size: int) -> str:
 
 def job_start(
     config: Config, *, job, account, stack, devices, script, env, walltime_s, grace_s, input,
-    array=None, body: BinaryIO | None = None,
+    array=None, autopkgtest=None, body: BinaryIO | None = None,
 ) -> dict:  # fmt: skip
     if read_job(config.state_dir, job) is not None:
         return {"job": job, "started": False}  # already started: changes nothing, reads nothing
@@ -182,7 +187,7 @@ def job_start(
         archive = receive_archive(config, body, input["archive_bytes"])
     try:
         return _start(config, job, account, stack, devices, script, env, walltime_s, grace_s,
-                      input, archive, array)  # fmt: skip
+                      input, archive, array, autopkgtest)  # fmt: skip
     finally:
         if archive is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -190,8 +195,9 @@ def job_start(
 
 
 def _start(
-    config, job, account, stack, devices, script, env, walltime_s, grace_s, input, archive, array
-) -> dict:
+    config, job, account, stack, devices, script, env, walltime_s, grace_s, input, archive, array,
+    autopkgtest,
+) -> dict:  # fmt: skip
     with system.host_lock(config.state_dir):
         if read_job(config.state_dir, job) is not None:
             return {"job": job, "started": False}  # already started: changes nothing
@@ -221,6 +227,7 @@ def _start(
                 "grace_s": grace_s,
                 "input": {"archive": True} if archive is not None else input,
                 "array": array,
+                "autopkgtest": autopkgtest,
                 "started_at": utc_now(),
             }
             # Written last: its existence is what makes a repeated job-start a no-op.

@@ -56,6 +56,15 @@ SETUID_DROPPED_ENV = frozenset(
     }
 )
 INPUT_SHAPES: tuple[set[str], ...] = (set(), {"git"}, {"git", "ref"}, {"archive_bytes"})
+# A package test run's .dsc, as dpkg names the file: a source package's name (Debian Policy
+# 5.6.1), "_", its version without the epoch (Policy 5.6.12: upstream version starting with a
+# digit, an optional Debian revision; no colon), ".dsc". Nothing else can reach autopkgtest's
+# argv, and no name can start with "-".
+DSC = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}_[0-9][A-Za-z0-9.+~-]{0,99}\.dsc")
+# A test's name in debian/tests/control (autopkgtest's README.package-tests: the Tests field's
+# names, or "commandN" for a Test-Command), the stricter for an argv: never a leading "-".
+TEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+MAX_TESTS = 50
 
 
 def check_job(value: object) -> str:
@@ -89,6 +98,40 @@ def check_env(value: object) -> dict[str, str]:
         if len(check_utf8(text, "bad_env", f"env.{name}")) > MAX_ENV_VALUE_BYTES:
             raise AgentError("bad_env", f"env.{name}: longer than 4 KiB")
     return dict(sorted(value.items()))
+
+
+def check_autopkgtest(value: object) -> dict | None:
+    """A package test run instead of a script: {"dsc": "<source>_<version>.dsc", "tests":
+    [name, ...]} (0..50 names; none: every test of the package), or None (a script job)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"dsc", "tests"}:
+        raise AgentError("bad_autopkgtest", "autopkgtest: must be an object with dsc and tests")
+    dsc, tests = value["dsc"], value["tests"]
+    if not isinstance(dsc, str) or not DSC.fullmatch(dsc):
+        raise AgentError("bad_autopkgtest", f"autopkgtest.dsc: must match ^{DSC.pattern}$")
+    if not isinstance(tests, list) or len(tests) > MAX_TESTS:
+        message = f"autopkgtest.tests: must be a list of at most {MAX_TESTS} test names"
+        raise AgentError("bad_autopkgtest", message)
+    for name in tests:
+        if not isinstance(name, str) or not TEST_NAME.fullmatch(name):
+            message = f"autopkgtest.tests: a name must match ^{TEST_NAME.pattern}$"
+            raise AgentError("bad_autopkgtest", message)
+    if len(set(tests)) != len(tests):
+        raise AgentError("bad_autopkgtest", "autopkgtest.tests: a name is given twice")
+    return {"dsc": dsc, "tests": list(tests)}
+
+
+def check_job_kind(script: str, autopkgtest: dict | None, input: dict) -> None:
+    """Exactly one of a script and a package test run; a test run's package comes as the
+    archive input (the .dsc and its files, extracted in input/)."""
+    if autopkgtest is None and not script:
+        raise AgentError("bad_script", "script: empty, and no autopkgtest to run instead")
+    if autopkgtest is not None and script:
+        raise AgentError("bad_script", "script: must be empty when autopkgtest is given")
+    if autopkgtest is not None and "archive_bytes" not in input:
+        message = "input: autopkgtest needs the package as an archive input (archive_bytes)"
+        raise AgentError("bad_input", message)
 
 
 def check_walltime(value: object, minimum: int) -> int:

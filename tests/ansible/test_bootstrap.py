@@ -2,6 +2,7 @@
 the portal drives over SSH and that users log in to; a second run changes nothing."""
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -135,7 +136,12 @@ def test_the_portal_finds_the_stack_on_the_host(agent):
     answer = agent("inventory")
 
     assert answer["ok"], answer
-    assert answer["stacks"] == [{"name": "cuda-12", "chroot": "cuda-12", "present": True}]
+    [stack] = answer["stacks"]
+    assert {k: stack[k] for k in ("name", "chroot", "present")} == {
+        "name": "cuda-12", "chroot": "cuda-12", "present": True,
+    }  # fmt: skip
+    # A real Debian tree: the digest of its installed packages (autopkgtest among them).
+    assert re.fullmatch(r"[0-9a-f]{64}", stack["digest"]), stack
 
 
 def test_a_granted_user_logs_in_to_the_stack_with_her_gpu_until_revoked(bootstrapped, agent):

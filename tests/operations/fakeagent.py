@@ -208,12 +208,15 @@ class FakeAgent(AgentClient):
         input: dict,
         archive: BinaryIO | None = None,
         array: tuple[int, int] | None = None,
+        autopkgtest: dict | None = None,
     ) -> JobStarted:
         fields = {"job": job, "account": account, "stack": stack, "devices": list(devices),
                   "script": script, "env": env, "walltime_s": walltime_s, "grace_s": grace_s,
                   "input": input}  # fmt: skip
         if array is not None:  # as the client sends it: only for a task of an array
             fields["array"] = array
+        if autopkgtest is not None:  # likewise: only for a package test run
+            fields["autopkgtest"] = autopkgtest
         self._enter("job-start", **fields)
         if job in self.jobs:
             return JobStarted(job, started=False)

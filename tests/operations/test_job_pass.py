@@ -133,6 +133,20 @@ def test_it_streams_an_archive_input_after_the_request(host, agent, member):
     assert agent.jobs[f"j{job.pk}"].archive == archive
 
 
+def test_a_package_test_run_sends_autopkgtest_and_no_script(host, agent, member):
+    archive = tarball({"foo_1.0.dsc": b"Source: foo\n", "foo_1.0.tar.xz": b"xz"})
+    job = submit(member, host, input_archive=SimpleUploadedFile("foo.tar.gz", archive))
+    run = {"dsc": "foo_1.0.dsc", "tests": ["smoke"]}
+    Job.objects.filter(pk=job.pk).update(autopkgtest=run)  # as portal.packages queues a run
+
+    reconcile(host)
+
+    [call] = agent.called("job-start")
+    assert (call["script"], call["autopkgtest"]) == ("", run)
+    assert call["input"] == {"archive_bytes": len(archive)}
+    assert fresh(job).state == J.RUNNING
+
+
 def test_a_job_the_host_refuses_fails_and_is_charged_nothing(host, agent, member):
     job = submit(member, host)
     agent.refuse("job-start", "unknown_stack", "stack: not configured")

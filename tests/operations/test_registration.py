@@ -21,6 +21,7 @@ from portal.booking.models import Reservation
 from portal.inventory.models import DeviceSample, Host
 from portal.operations import services, telemetry
 from portal.operations.registration import RegistrationError, host_sync_inventory
+from portal.packages import runs
 from provisioning.agent import protocol, system
 from provisioning.client import Telemetry
 from tests.factories import DriverStackFactory, HostFactory, UserFactory
@@ -160,3 +161,75 @@ def test_booking_grant_and_readings_find_the_device_of_its_vendor(mixed_host, ag
     telemetry.record(mixed_host, Telemetry.parse({"samples": samples, "errors": []}), NOW)
     stored = {r.accelerator.vendor: r.utilization_pct for r in DeviceSample.objects.all()}
     assert stored == {"nvidia": 90.0, "amd": 10.0}
+
+
+def answering_stacks(settings, *stacks):
+    """The host's agent answers an inventory of no devices and these stacks."""
+    answer = json.dumps({"ok": True, "devices": [], "stacks": list(stacks)})
+    settings.PORTAL_LOCAL_AGENT = [sys.executable, "-c", f"print({answer!r})"]
+
+
+def bookworm(digest):
+    return {"name": "bookworm", "chroot": "porterbox-bookworm", "present": True, "digest": digest}
+
+
+def test_a_stack_whose_digest_changed_is_tested_again(mixed_host, settings, monkeypatch):
+    stack = DriverStackFactory(name="bookworm")
+    # The one stand-in: queueing the runs is portal.packages' work, tested there; here only
+    # that the sync asks for it, with which stack, and when.
+    refreshed = []
+    monkeypatch.setattr(runs, "stack_refreshed", refreshed.append)
+
+    answering_stacks(settings, bookworm("a" * 64))
+    first = host_sync_inventory(mixed_host)
+    answering_stacks(settings, bookworm("a" * 64))
+    same = host_sync_inventory(mixed_host)
+    assert refreshed == [] and first.refreshed == same.refreshed == []  # first seen: no refresh
+    mixed_host.refresh_from_db()
+    assert mixed_host.stack_digests == {"bookworm": "a" * 64}
+
+    answering_stacks(settings, bookworm("b" * 64))
+    changed = host_sync_inventory(mixed_host)
+
+    assert refreshed == [stack]
+    assert changed.refreshed == ["bookworm"]
+    mixed_host.refresh_from_db()
+    assert mixed_host.stack_digests == {"bookworm": "b" * 64}
+
+
+def test_a_refresh_whose_runs_could_not_be_queued_is_retried(mixed_host, settings, monkeypatch):
+    stack = DriverStackFactory(name="bookworm")
+    mixed_host.stack_digests = {"bookworm": "a" * 64}
+    mixed_host.save()
+
+    def broken(stack):
+        raise RuntimeError("the queue is away")
+
+    monkeypatch.setattr(runs, "stack_refreshed", broken)
+    answering_stacks(settings, bookworm("b" * 64))
+    with pytest.raises(RuntimeError):
+        host_sync_inventory(mixed_host)
+    mixed_host.refresh_from_db()
+    assert mixed_host.stack_digests == {"bookworm": "a" * 64}  # the next inventory tries again
+
+    refreshed = []
+    monkeypatch.setattr(runs, "stack_refreshed", refreshed.append)
+    host_sync_inventory(mixed_host)
+    assert refreshed == [stack]
+    mixed_host.refresh_from_db()
+    assert mixed_host.stack_digests == {"bookworm": "b" * 64}
+
+
+def test_a_chroot_without_dpkg_status_refreshes_nothing(mixed_host, settings, monkeypatch):
+    DriverStackFactory(name="bookworm")
+    mixed_host.stack_digests = {"bookworm": "a" * 64}
+    mixed_host.save()
+    refreshed = []
+    monkeypatch.setattr(runs, "stack_refreshed", refreshed.append)
+
+    answering_stacks(settings, bookworm(""))
+    host_sync_inventory(mixed_host)
+
+    assert refreshed == []
+    mixed_host.refresh_from_db()
+    assert mixed_host.stack_digests == {"bookworm": ""}
