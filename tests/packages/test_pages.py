@@ -130,3 +130,29 @@ def test_latest_json_has_the_latest_run_per_hwspec_and_stack(client, stack):
             }
         ],
     }  # fmt: skip
+
+
+def test_a_member_queues_a_run_from_the_package_page(client, stack, settings, tmp_path):
+    from portal.packages.watch import watch
+    from tests.packages.builder import build_source, publish_archive
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    dsc = build_source(tmp_path / "src", "foo", "1.0", control_field=("XS-Requires-Hwspec", "cuda"))
+    publish_archive(tmp_path / "archive", [dsc])
+    archive = Archive.objects.create(
+        name="a", url=(tmp_path / "archive").as_uri(), suites=["unstable"], components=["main"]
+    )
+    watch(archive)
+    member = UserFactory(debian_member_source="salsa")
+    client.force_login(member)
+    answer = client.post("/packages/foo/request/", {"version": "1.0", "hwspec": "cuda"})
+    run = Run.objects.get()
+    assert answer.status_code == 302 and answer["Location"] == f"/packages/runs/{run.pk}/"
+    assert (run.requester, run.hwspec, run.stack, run.job.state) == (
+        member,
+        "cuda",
+        stack,
+        "queued",
+    )
+    page = client.get(answer["Location"]).content.decode()
+    assert "Queued 1 run." in page and "Not finished yet." in page
