@@ -319,3 +319,20 @@ def test_the_beat_task_is_registered():
     from portal.packages import tasks  # noqa: F401  (what autodiscovery imports)
 
     assert "portal.packages.runs_tasks.record" in app.tasks
+
+
+def test_a_members_upload_becomes_the_runs_input(fleet, built, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    dsc = built[0]  # alt_1.0.dsc and its tarball, uploaded as a tar with directories
+    upload = io.BytesIO()
+    with tarfile.open(fileobj=upload, mode="w") as tar:
+        for path in (dsc, dsc.parent / "alt_1.0.tar.xz"):
+            tar.add(path, arcname=f"upload/{path.name}")
+    package = SourcePackage.objects.create(
+        name="alt", version="1.0", hwspec="cuda",
+        uploaded=ContentFile(upload.getvalue(), name="alt.tar"),
+    )  # fmt: skip
+    (run,) = runs.queue_package(package, trigger=Run.Trigger.REQUEST, requester=UserFactory())
+    with run.job.input_archive.open("rb") as f, tarfile.open(fileobj=f, mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == ["alt_1.0.dsc", "alt_1.0.tar.xz"]
+    assert run.job.autopkgtest == {"dsc": "alt_1.0.dsc", "tests": []}
