@@ -32,6 +32,9 @@ class RunRequestForm(forms.Form):
     def __init__(self, package_name: str, hwspecs: list[str], *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.package_name = package_name
+        if not package_name:
+            self.fields["dsc_url"].label = ".dsc URL"
+            self.fields["dsc_url"].required = True
         versions = (
             SourcePackage.objects.filter(name=package_name, archive__isnull=False)
             .values_list("version", flat=True)

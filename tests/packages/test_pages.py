@@ -66,7 +66,7 @@ def test_the_pages_render_what_fits_and_the_history(client, stack):
     assert "foo" in text and "2.0" in text and "regression" in text
     page = client.get("/packages/foo/").content.decode()
     assert "cuda-12, 3 hosts fit" in page
-    assert "oneapi, 0 hosts fit" in page and "no host fits" in page
+    assert "oneapi, 0 hosts fit" in page
     assert f"#{old.pk}" in page and f"#{new.pk}" in page
     assert "Debian members ask for test runs" in page  # a non-member sees no form
     run = client.get(f"/packages/runs/{new.pk}/").content.decode()

@@ -336,3 +336,13 @@ def test_a_members_upload_becomes_the_runs_input(fleet, built, settings, tmp_pat
     with run.job.input_archive.open("rb") as f, tarfile.open(fileobj=f, mode="r:gz") as tar:
         assert sorted(tar.getnames()) == ["alt_1.0.dsc", "alt_1.0.tar.xz"]
     assert run.job.autopkgtest == {"dsc": "alt_1.0.dsc", "tests": []}
+
+
+def test_it_mails_the_maintainer_where_the_archive_says_so(stack):
+    archive = Archive.objects.create(name="opt-in", url="file:///nowhere", mail_maintainers=True)
+    run = _run(stack, state="failed", exit_status=4)
+    SourcePackage.objects.filter(pk=run.package_id).update(archive=archive)
+    runs.record_results()
+    (sent,) = mail.outbox
+    assert sent.to == ["M <m@d.org>"]  # nobody asked: the watcher's run, say
+    assert "src:foo 1.0 on cuda/cuda-12: fail" in sent.subject
