@@ -276,7 +276,7 @@ def input_archive(package: SourcePackage) -> bytes:
 
 def _waiting(package: SourcePackage, hwspec: str, stack: DriverStack) -> bool:
     return TestRun.objects.filter(
-        package__name=package.name, hwspec=hwspec, stack=stack, job__state__in=Job.WAITING
+        package=package, hwspec=hwspec, stack=stack, job__state__in=Job.WAITING
     ).exists()
 
 
