@@ -111,6 +111,7 @@ def job_detail(request, pk):
     context = {
         "job": job,
         "log_tail": selectors.log_tail(job, TAIL_LINES),
+        "log_size": job.log_dropped + len(job.log),  # where the page's live log goes on from
         "tail_lines": TAIL_LINES,
         "dropped_marker": dropped_marker(job) if job.log_dropped else "",
         "walltime_hours": job.walltime / HOUR,
