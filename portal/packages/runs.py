@@ -37,6 +37,7 @@ from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
 from portal.packages import results, sources
 from portal.packages.models import SourcePackage, TestRun
+from provisioning.agent.rules import OVERRIDE_CONTROL
 
 log = logging.getLogger(__name__)
 
@@ -231,28 +232,46 @@ def dsc_name(package: SourcePackage) -> str:
 
 
 def _tar_dir(paths: list[Path]) -> bytes:
+    """The run's input .tar.gz: first, where the package's tests carry their own hwspec, the
+    copy of debian/tests/control autopkgtest reads instead (rules.OVERRIDE_CONTROL; see
+    sources.tests_control_for_autopkgtest), then the .dsc and its files, flat."""
     data = io.BytesIO()
+    dsc = next((p for p in paths if p.name.endswith(".dsc")), None)
+    control = sources.tests_control_for_autopkgtest(dsc) if dsc else None
     with tarfile.open(fileobj=data, mode="w:gz") as archive:
+        if control is not None:
+            member = tarfile.TarInfo(OVERRIDE_CONTROL)
+            member.size, member.mode = len(control.encode()), 0o644
+            archive.addfile(member, io.BytesIO(control.encode()))
         for path in paths:
             archive.add(path, arcname=path.name, recursive=False)
     return data.getvalue()
 
 
+def overrides_control(archive: bytes) -> bool:
+    """Whether a run's input holds the replacement tests/control (its first member, if any)."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as members:
+        first = members.next()
+    return first is not None and first.name == OVERRIDE_CONTROL
+
+
 def _tar_upload(package: SourcePackage) -> bytes:
     """The member's upload (a tar of the .dsc and its files) as the job's .tar.gz: its plain
     files, flat, under their own names."""
-    data = io.BytesIO()
     with (
+        tempfile.TemporaryDirectory(prefix="porterbox-src-") as tmp,
         package.uploaded.open("rb") as upload,
         tarfile.open(fileobj=upload, mode="r|*") as src,
-        tarfile.open(fileobj=data, mode="w:gz") as out,
     ):
+        paths = []
         for member in src:
             name = member.name.rsplit("/", 1)[-1]
-            if member.isfile() and sources.FILE_NAME.fullmatch(name):
-                member.name = name
-                out.addfile(member, src.extractfile(member))
-    return data.getvalue()
+            content = src.extractfile(member) if member.isfile() else None
+            if content is not None and sources.FILE_NAME.fullmatch(name):
+                path = Path(tmp) / name
+                path.write_bytes(content.read())
+                paths.append(path)
+        return _tar_dir(paths)
 
 
 def input_archive(package: SourcePackage) -> bytes:
@@ -280,13 +299,16 @@ def _waiting(package: SourcePackage, hwspec: str, stack: DriverStack) -> bool:
     ).exists()
 
 
-def _job_fields(package: SourcePackage, planned_tests: list[str], hwspec: str, stack, submitter):
+def _job_fields(
+    package: SourcePackage, planned_tests: list[str], hwspec: str, stack, submitter, override
+):
+    control = {"control": OVERRIDE_CONTROL} if override else {}
     return {
         "project": tests_project(),
         "submitter": submitter,
         "name": f"autopkgtest {package.name} {package.version}"[:100],
         "script": "",
-        "autopkgtest": {"dsc": dsc_name(package), "tests": planned_tests},
+        "autopkgtest": {"dsc": dsc_name(package), "tests": planned_tests, **control},
         "stack": stack,
         "count": 1,
         "hwspec": hwspec,
@@ -429,11 +451,14 @@ def _queue(
         log.warning("src:%s %s: not queued: %s", package.name, package.version, exc)
         return []
     submitter = requester or system_user()
+    override = overrides_control(archive)
     made = []
     with transaction.atomic():
         stored = ""
         for run in planned:
-            job = Job(**_job_fields(package, run.tests, str(run.hwspec), run.stack, submitter))
+            job = Job(
+                **_job_fields(package, run.tests, str(run.hwspec), run.stack, submitter, override)
+            )
             if stored:
                 job.input_archive.name = stored  # one file for the package's runs
             else:
@@ -521,7 +546,9 @@ def _summary(job: Job) -> dict[str, str]:
 def _retry(run: TestRun) -> TestRun:
     old = run.job
     assert old is not None  # noqa: S101 (only runs with a job are recorded)
-    job = Job(**_job_fields(run.package, run.tests, run.hwspec, run.stack, old.submitter))
+    override = bool((old.autopkgtest or {}).get("control"))  # the same input, the same files
+    fields = _job_fields(run.package, run.tests, run.hwspec, run.stack, old.submitter, override)
+    job = Job(**fields)
     job.input_archive.name = old.input_archive.name
     job.save()
     return TestRun.objects.create(

@@ -446,6 +446,37 @@ def read_dsc_dir(dsc_path: Path) -> SourceTests:
         return SourceTests(name=dsc_path.name, error=str(exc))
 
 
+# A test stanza's own hwspec field, as the portal reads it (any case, any X[S]- spelling).
+_HWSPEC_LINE = re.compile(r"(?i)^xs?-requires-hwspec\s*:")
+
+
+def tests_control_for_autopkgtest(dsc_path: Path) -> str | None:
+    """The package's debian/tests/control without its stanzas' hwspec fields, for
+    autopkgtest --override-control; None when it has none (or cannot be read: the run then
+    uses the package's own file). autopkgtest (5.28) skips a stanza that carries a field it
+    does not know, so a per-test X-Requires-Hwspec would otherwise never run."""
+    dsc_path = Path(dsc_path)
+    try:
+        dsc = parse_dsc(_read_file(dsc_path, MAX_DSC), dsc_path.name)
+        holder = debian_dir_file(dsc, dsc_path.name)
+        text = read_debian_dir(_read_file(dsc_path.parent / holder, MAX_DEBIAN_TARBALL), holder)
+    except SourceError:
+        return None
+    if text.tests_control is None:
+        return None
+    kept, dropping = [], False
+    for line in text.tests_control.splitlines(keepends=True):
+        if _HWSPEC_LINE.match(line):
+            dropping = True
+            continue
+        if dropping and line[:1] in (" ", "\t") and line.strip():
+            continue  # the dropped field's continuation
+        dropping = False
+        kept.append(line)
+    stripped = "".join(kept)
+    return stripped if stripped != text.tests_control else None
+
+
 def _read_file(path: Path, limit: int) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -67,6 +67,8 @@ def autopkgtest_argv(run: dict, work: str, walltime_s: int) -> list[str]:
     package is not built, so there are no binaries to install either (docs/agent.md)."""
     output = os.path.join(work, "output", "autopkgtest")
     names = [option for name in run["tests"] for option in ("--test-name", name)]
+    if run.get("control"):  # the portal's copy without X-Requires-Hwspec (rules.py)
+        names += ["--override-control", os.path.join(work, "input", run["control"])]
     return [
         *("autopkgtest", "--no-built-binaries", "--output-dir", output, *names),
         f"--timeout-test={walltime_s}",

@@ -65,6 +65,8 @@ DSC = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}_[0-9][A-Za-z0-9.+~-]{0,99}\.dsc")
 # names, or "commandN" for a Test-Command), the stricter for an argv: never a leading "-".
 TEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 MAX_TESTS = 50
+# The one name a run's replacement debian/tests/control may have in its input (check_autopkgtest).
+OVERRIDE_CONTROL = "porterbox-tests-control"
 
 
 def check_job(value: object) -> str:
@@ -102,11 +104,19 @@ def check_env(value: object) -> dict[str, str]:
 
 def check_autopkgtest(value: object) -> dict | None:
     """A package test run instead of a script: {"dsc": "<source>_<version>.dsc", "tests":
-    [name, ...]} (0..50 names; none: every test of the package), or None (a script job)."""
+    [name, ...]} (0..50 names; none: every test of the package), or None (a script job).
+    Optional "control": OVERRIDE_CONTROL, the input's copy of debian/tests/control that
+    autopkgtest reads instead of the package's (autopkgtest --override-control): the portal
+    sends one without the stanzas' X-Requires-Hwspec fields, which autopkgtest (5.28) takes
+    for unknown fields and skips the stanza over."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != {"dsc", "tests"}:
+    keys = set(value) if isinstance(value, dict) else set()
+    if not isinstance(value, dict) or keys - {"control"} != {"dsc", "tests"}:
         raise AgentError("bad_autopkgtest", "autopkgtest: must be an object with dsc and tests")
+    if "control" in value and value["control"] != OVERRIDE_CONTROL:
+        message = f"autopkgtest.control: must be {OVERRIDE_CONTROL!r} (a file of the input)"
+        raise AgentError("bad_autopkgtest", message)
     dsc, tests = value["dsc"], value["tests"]
     if not isinstance(dsc, str) or not DSC.fullmatch(dsc):
         raise AgentError("bad_autopkgtest", f"autopkgtest.dsc: must match ^{DSC.pattern}$")
@@ -119,7 +129,10 @@ def check_autopkgtest(value: object) -> dict | None:
             raise AgentError("bad_autopkgtest", message)
     if len(set(tests)) != len(tests):
         raise AgentError("bad_autopkgtest", "autopkgtest.tests: a name is given twice")
-    return {"dsc": dsc, "tests": list(tests)}
+    cleaned = {"dsc": dsc, "tests": list(tests)}
+    if "control" in value:
+        cleaned["control"] = OVERRIDE_CONTROL
+    return cleaned
 
 
 def check_job_kind(script: str, autopkgtest: dict | None, input: dict) -> None:

@@ -348,3 +348,23 @@ def test_it_mails_the_maintainer_where_the_archive_says_so(stack):
     (sent,) = mail.outbox
     assert sent.to == ["M <m@d.org>"]  # nobody asked: the watcher's run, say
     assert "src:foo 1.0 on cuda/cuda-12: fail" in sent.subject
+
+
+def test_a_per_test_hwspec_reaches_autopkgtest_as_a_control_without_the_field(fleet, archive):
+    """autopkgtest skips a stanza with a field it does not know: the run's input carries the
+    package's tests/control without X-Requires-Hwspec, and the job says to read it instead."""
+    (run,) = runs.queue_package(_package("mixed"), trigger=Run.Trigger.NEW_VERSION)
+
+    assert run.job.autopkgtest == {
+        "dsc": "mixed_1.0-1.dsc", "tests": ["gpu"], "control": "porterbox-tests-control"
+    }  # fmt: skip
+    with run.job.input_archive.open("rb") as data, tarfile.open(fileobj=data) as tar:
+        control = tar.extractfile("porterbox-tests-control").read().decode()
+    assert "Tests: gpu" in control and "Tests: plain" in control
+    assert "hwspec" not in control.lower()
+    # A package without a stanza of its own hwspec runs its own file.
+    (plain,) = runs.queue_package(
+        _package("alt"), trigger=Run.Trigger.REQUEST, hwspec="cuda", stack=fleet["cuda"],
+        requester=UserFactory(debian_member_source="salsa"),
+    )  # fmt: skip
+    assert "control" not in plain.job.autopkgtest

@@ -157,6 +157,19 @@ def test_the_supervisor_runs_autopkgtest_on_the_input_with_the_null_backend():
     assert "--test-name" not in autopkgtest_argv({**RUN, "tests": []}, "/w", 60)
 
 
+def test_a_replacement_tests_control_is_the_inputs_file_of_the_one_name_allowed():
+    """The portal's copy of debian/tests/control without X-Requires-Hwspec (autopkgtest skips
+    a stanza over a field it does not know) is read from the input, never from elsewhere."""
+    run = {**RUN, "control": rules.OVERRIDE_CONTROL}
+    assert rules.check_autopkgtest(run) == run
+    argv = autopkgtest_argv(run, "/w", 60)
+    at = argv.index("--override-control")
+    assert argv[at + 1] == "/w/input/porterbox-tests-control"
+    for elsewhere in ("/etc/passwd", "../control", "--help", ""):
+        with pytest.raises(protocol.AgentError, match="autopkgtest.control"):
+            rules.check_autopkgtest({**RUN, "control": elsewhere})
+
+
 def test_the_client_sends_autopkgtest_only_for_a_test_run_and_reads_the_stacks_digest():
     sent = []
 
