@@ -25,6 +25,7 @@ LABELS = {
     "mine": "yours",
     "booked": "booked",
     "job": "a training job",
+    "test": "a package test run",
     "maintenance": "maintenance",
     "past": "past",
     "closed": "not open for booking yet",
@@ -36,9 +37,9 @@ LABELS = {
 class Cell:
     start: datetime
     end: datetime
-    # free, booked, mine, job (a training job's), maintenance, past; closed: beyond how far
-    # ahead one may book; unavailable: the host is not in service. Only a free cell offers a
-    # booking; a cell of one's own reservation links to it.
+    # free, booked, mine, job (a training job's), test (a package test run's), maintenance,
+    # past; closed: beyond how far ahead one may book; unavailable: the host is not in
+    # service. Only a free cell offers a booking; a cell of one's own reservation links to it.
     state: str
     book_from: datetime | None = None  # where a booking from this cell would start
     reservation: int | None = None  # the viewer's reservation the cell shows
@@ -85,14 +86,17 @@ def build(accelerators, *, day: date, view: str, user, now: datetime) -> Timelin
     start, end, step = window(day, view)
     accelerators = list(accelerators)
     ids = [a.pk for a in accelerators]
-    # Per device: (start, end, whose): the viewer's reservation id, "job" or "booked".
+    # Per device: (start, end, whose): the viewer's reservation id, "job", "test" (a job that
+    # runs a package's autopkgtest) or "booked".
     held: dict[int, list[tuple[datetime, datetime, int | str]]] = {i: [] for i in ids}
     for a in (
         Allocation.objects.filter(accelerator__in=ids, active=True, start__lt=end, end__gt=start)
-        .select_related("reservation")
+        .select_related("reservation", "job")
         .order_by("start")
     ):
-        whose: int | str = "job" if a.job_id else "booked"
+        whose: int | str = "booked"
+        if a.job is not None:
+            whose = "test" if a.job.autopkgtest else "job"
         if user.is_authenticated and a.reservation and a.reservation.user_id == user.pk:
             whose = a.reservation.pk
         held[a.accelerator_id].append((a.start, a.end, whose))
@@ -143,7 +147,8 @@ def _cell(start, end, held, down, now, grid) -> Cell:
         if len(mine) == len(overlapping):
             return Cell(start, end, "mine", reservation=mine[0])
         others = {whose for whose in overlapping if not isinstance(whose, int)}
-        return Cell(start, end, "job" if others == {"job"} and not mine else "booked")
+        alone = others.pop() if len(others) == 1 and not mine else "booked"
+        return Cell(start, end, alone if alone in ("job", "test") else "booked")
     return Cell(start, end, "free", book_from=max(start, ceil_to(now, grid)))
 
 

@@ -127,6 +127,12 @@ def test_my_cells_link_to_my_reservation_and_a_jobs_cells_say_so(client, alice, 
         accelerator=host.accelerators.get(index=2), job=JobFactory(stack=host.stacks.get()),
         start=start, end=start + timedelta(hours=2),
     )  # fmt: skip
+    test_run = JobFactory(
+        stack=host.stacks.get(), script="", autopkgtest={"dsc": "foo_1.0.dsc", "tests": []}
+    )
+    Allocation.objects.create(
+        accelerator=host.accelerators.get(index=3), job=test_run, start=start, end=end
+    )
 
     body = client.get(reverse("booking:host_timeline", args=["gpu1"])).content.decode()
 
@@ -136,4 +142,5 @@ def test_my_cells_link_to_my_reservation_and_a_jobs_cells_say_so(client, alice, 
     assert body.count('aria-label="Your reservation of') == 2  # 13:00 and 14:00 cells
     assert '<td class="cell booked" title="Mon 13:00\u201314:00: booked">' in body
     assert '<td class="cell job" title="Mon 13:00\u201314:00: a training job">' in body
+    assert '<td class="cell test" title="Mon 13:00\u201314:00: a package test run">' in body
     assert '<span class="cell job">training job</span>' in body  # in the legend
