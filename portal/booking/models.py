@@ -133,9 +133,13 @@ class Reservation(models.Model):
         return self.state in self.OPEN and self.end > now
 
     def phase(self, now) -> str:
-        """upcoming, current or past, for the lists of "my reservations"."""
+        """pending, upcoming, current or past, for the lists of "my reservations". A reservation
+        waiting for staff is pending whatever the time: it is not current after its start, as
+        no session opens before staff approve it."""
         if not self.is_open(now):
             return "past"
+        if self.state == self.State.PENDING_APPROVAL:
+            return "pending"
         return "current" if self.start <= now else "upcoming"
 
 

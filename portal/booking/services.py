@@ -588,11 +588,14 @@ def reservation_decide(
     reservation: Reservation,
     approve: bool,
     actor: User,
+    reason: str = "",
     ip: str | None = None,
     now: datetime | None = None,
 ) -> Reservation:
-    """Staff approve or reject a reservation that waits for approval."""
+    """Staff approve or reject a reservation that waits for approval; the reason (why it was
+    rejected, shown to its owner) goes into the audit entry's detail."""
     now = now or timezone.now()
+    reason = reason.strip()[:2000]
     if not actor.is_staff:
         raise BookingError("not_staff", "Only staff approve reservations.")
 
@@ -606,7 +609,8 @@ def reservation_decide(
             current.state = Reservation.State.CANCELLED
             Allocation.objects.filter(reservation=current).update(active=False)
         current.save(update_fields=["state", "updated"])
-        audit(actor, ip, "approve" if approve else "reject", current)
+        detail = {"reason": reason} if reason else {}
+        audit(actor, ip, "approve" if approve else "reject", current, **detail)
         return current
 
     return _write(work)

@@ -104,8 +104,18 @@ def book_need(request):
         for private in ("csrfmiddlewaretoken", "host", "purpose"):  # keep them out of URLs
             query.pop(private, None)
         return redirect(f"{reverse('booking:finder')}?{query.urlencode()}")
-    messages.success(request, "Booked.")
+    messages.success(request, _booked(reservation))
     return redirect(reservation)
+
+
+def _booked(reservation: Reservation) -> str:
+    """What the user is told after booking: a reservation that waits for staff is not booked."""
+    if reservation.state == Reservation.State.PENDING_APPROVAL:
+        return (
+            f"Requested: staff approve bookings on {reservation.host.name}; "
+            "you will be told by mail."
+        )
+    return "Booked."
 
 
 def _book_first(request, form: NeedForm, host: Host, start):
@@ -141,7 +151,7 @@ def book(request, name):
             except services.BookingError as exc:
                 status = refuse(request, exc, form)
             else:
-                messages.success(request, "Booked.")
+                messages.success(request, _booked(reservation))
                 return redirect(reservation)
         else:
             status = 400
@@ -183,9 +193,15 @@ def my_reservations(request):
         .prefetch_related("allocations__accelerator")
         .order_by("-start")
     )
-    groups: dict[str, list[Reservation]] = {"current": [], "upcoming": [], "past": []}
+    groups: dict[str, list[Reservation]] = {
+        "current": [],
+        "pending": [],
+        "upcoming": [],
+        "past": [],
+    }
     for r in mine[:200]:
         groups[r.phase(now)].append(r)
+    groups["pending"].reverse()
     groups["upcoming"].reverse()
     for r in groups["current"] + groups["upcoming"]:
         # For the template (_reservation_table.html) only, not a field of the model.
