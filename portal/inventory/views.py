@@ -4,17 +4,40 @@ from django.utils import timezone
 
 from portal.inventory import charts, selectors
 from portal.inventory.forms import HostFilterForm
-from portal.inventory.models import Accelerator, HealthCheck, Host, Squatter
+from portal.inventory.models import Accelerator, HealthCheck, Host, MaintenanceWindow, Squatter
+
+
+def _windows(now) -> Prefetch:
+    """A host's maintenance windows that are not over, for `_with_windows`."""
+    return Prefetch(
+        "maintenance_windows",
+        queryset=MaintenanceWindow.objects.filter(end__gt=now).order_by("start"),
+        to_attr="open_windows",
+    )
+
+
+def _with_windows(host: Host, now) -> Host:
+    """Mark the window the host is in now and the next one, for inventory/_host_state.html:
+    a host in a planned window reads "in maintenance until ...", not like a drained one."""
+    windows = host.open_windows  # type: ignore[attr-defined]  # _windows's prefetch
+    host.window_now = next((w for w in windows if w.start <= now), None)  # type: ignore[attr-defined]
+    host.window_next = next((w for w in windows if w.start > now), None)  # type: ignore[attr-defined]
+    return host
 
 
 def host_list(request):
     form = HostFilterForm(request.GET or None)
     status = 200
+    hosts: list[Host] = []
     if form.is_bound and not form.is_valid():
-        hosts, status = Host.objects.none(), 400
+        status = 400
     else:
         kwargs = form.selector_kwargs() if form.is_bound else {}
-        hosts = selectors.host_list(**kwargs)
+        now = timezone.now()
+        hosts = [
+            _with_windows(h, now)
+            for h in selectors.host_list(**kwargs).prefetch_related(_windows(now))
+        ]
     return render(
         request, "inventory/host_list.html", {"form": form, "hosts": hosts}, status=status
     )
@@ -26,7 +49,11 @@ def host_detail(request, name):
     A bounded number of queries whatever the number of devices or samples (charts.py).
     """
     accelerators = Prefetch("accelerators", queryset=Accelerator.objects.order_by("index"))
-    host = get_object_or_404(Host.objects.prefetch_related("stacks", accelerators), name=name)
+    now = timezone.now()
+    host = get_object_or_404(
+        Host.objects.prefetch_related("stacks", accelerators, _windows(now)), name=name
+    )
+    _with_windows(host, now)
     if host.state == Host.State.RETIRED and not request.user.is_staff:
         return render(request, "inventory/host_retired.html", {"host": host}, status=410)
     span_name = request.GET.get("span", charts.DEFAULT_SPAN)

@@ -310,16 +310,17 @@ def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None)
 
 
 def resume(host, actor, now=None) -> bool:
-    """Staff put a drained host back in service; False if it was not drained."""
+    """Staff put a drained host back in service; False if it was not drained. A host put in
+    maintenance by hand in the admin (no drain time) counts as drained: staff resume it too."""
     now = now or timezone.now()
     drained = (
         Host.objects.filter(pk=host.pk)
         .values_list("drained_at", "drain_cause", "drain_reason")
         .first()
     )
-    if not Host.objects.filter(
-        pk=host.pk, state=Host.State.MAINTENANCE, drained_at__isnull=False
-    ).update(state=Host.State.ACTIVE, drained_at=None, drain_cause="", drain_reason=""):
+    if not Host.objects.filter(pk=host.pk, state=Host.State.MAINTENANCE).update(
+        state=Host.State.ACTIVE, drained_at=None, drain_cause="", drain_reason=""
+    ):
         return False
     host.state, host.drained_at, host.drain_cause, host.drain_reason = (
         Host.State.ACTIVE, None, "", ""
@@ -329,8 +330,12 @@ def resume(host, actor, now=None) -> bool:
         "%s resumed by %s at %s (drained at %s, %s: %s)", host.name, actor, now.isoformat(),
         drained_at.isoformat() if drained_at else "?", cause or "no cause", reason,
     )  # fmt: skip
-    when = f"{drained_at:%Y-%m-%d %H:%M} UTC" if drained_at else "an unknown time"
-    staff_log(actor, host, f"Resumed; it was drained at {when}: {reason}")
+    if drained_at:
+        staff_log(
+            actor, host, f"Resumed; it was drained at {drained_at:%Y-%m-%d %H:%M} UTC: {reason}"
+        )
+    else:
+        staff_log(actor, host, "Resumed; it was in maintenance, set by hand")
     return True
 
 
@@ -391,9 +396,10 @@ def _alternatives(
     return found
 
 
-def notify_affected(host, start, end, why: str, template: str) -> int:
+def notify_affected(host, start, end, why: str, template: str, *, already=None) -> int:
     """Mail the owner of every reservation on the host that overlaps [start, end) and has not
-    started its session, with up to three other slots; returns the number of mails."""
+    started its session, with up to three other slots; returns the number of mails. `already`, a
+    (start, end) announced before, spares the reservations that overlap it: they know."""
     now = timezone.now()
     affected = (
         Reservation.objects.filter(
@@ -414,6 +420,8 @@ def notify_affected(host, start, end, why: str, template: str) -> int:
         )
         .order_by("start", "pk")
     )
+    if already is not None:
+        affected = affected.exclude(start__lt=already[1], end__gt=already[0])
     step = BookingPolicy.current().granularity
     base = site_url()
     cache: dict = {}  # reservations that need the same get the same search
@@ -438,12 +446,14 @@ def notify_affected(host, start, end, why: str, template: str) -> int:
     return told
 
 
-def maintenance_announce(window) -> int:
-    """Tell the owners of reservations that a new maintenance window overlaps."""
+def maintenance_announce(window, *, before=None) -> int:
+    """Tell the owners of reservations that a new maintenance window overlaps; for a window
+    moved from `before` (its old start and end), only those it now overlaps and did not."""
     return notify_affected(
         window.host,
         window.start,
         window.end,
         f"maintenance: {window.reason}",
         "operations/mail_maintenance.txt",
+        already=before,
     )
