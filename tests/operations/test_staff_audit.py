@@ -58,8 +58,8 @@ def test_it_logs_a_planned_maintenance(client, gpu1, staff):
 
 def test_it_logs_a_decision_on_a_project(staff):
     project = PartnerProjectFactory(state=PartnerProject.State.APPLIED)
-    assert project_decide(project=project, actor=staff, approve=False)
-    assert history(project) == [(staff.username, "Application rejected")]
+    assert project_decide(project=project, actor=staff, approve=False, reason="no licence")
+    assert history(project) == [(staff.username, "Application rejected: no licence")]
     assert not project_decide(project=project, actor=staff, approve=True)  # decided once
     assert len(history(project)) == 1
 
