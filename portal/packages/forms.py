@@ -42,7 +42,8 @@ class RunRequestForm(forms.Form):
         )
         version_field = self.fields["version"]
         assert isinstance(version_field, forms.ChoiceField)  # noqa: S101 (for mypy)
-        version_field.choices = [("", "a .dsc URL instead")] + [(v, v) for v in versions]
+        # The newest version first, the default; a .dsc URL last.
+        version_field.choices = [(v, v) for v in versions] + [("", "a .dsc URL instead")]
         hwspec_field = self.fields["hwspec"]
         assert isinstance(hwspec_field, forms.ChoiceField)  # noqa: S101
         hwspec_field.choices = [("", "every one that fits")] + [(h, h) for h in hwspecs]
