@@ -123,3 +123,20 @@ def test_staff_drain_a_host_by_hand(as_staff, live_server, fleet):
     page.get_by_role("button", name="Resume: accept new sessions and jobs").click()
     page.get_by_text("gpu1 is back in service.").wait_for()
     assert Host.objects.get(name="gpu1").state == Host.State.ACTIVE
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_the_staff_forms_fit(as_staff, live_server, fleet, viewport):
+    page = as_staff
+    page.set_viewport_size(viewport)
+    MaintenanceWindow.objects.create(
+        host=Host.objects.get(name="gpu1"), start=timezone.now() + timedelta(days=2),
+        end=timezone.now() + timedelta(days=2, hours=3), reason="kernel upgrade",
+    )  # fmt: skip
+    for path, name in (
+        ("/hosts/register/", "register"),
+        ("/hosts/gpu1/maintenance/", "maintenance"),
+    ):
+        page.goto(f"{live_server.url}{path}")
+        assert overflow(page) == 0, path
+        screenshot(page, f"staff-{name}-{viewport['width']}")
