@@ -31,7 +31,8 @@ class ReservationAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "host__name", "purpose"]
     readonly_fields = ["user", "host", "stack", "whole_host", "start", "end", "state", "created"]
     inlines = [AllocationInline]
-    actions = ["approve", "reject"]
+    # A rejection says why and tells the owner: the approvals page (operations:approvals).
+    actions = ["approve"]
 
     def has_add_permission(self, request):
         return False  # through the booking service only
@@ -52,10 +53,6 @@ class ReservationAdmin(admin.ModelAdmin):
     @admin.action(description="Approve the selected reservations")
     def approve(self, request, queryset):
         self._decide(request, queryset, approve=True)
-
-    @admin.action(description="Reject the selected reservations")
-    def reject(self, request, queryset):
-        self._decide(request, queryset, approve=False)
 
 
 @admin.register(AuditEntry)
