@@ -12,10 +12,11 @@ PAGES = [
     "/", "/hosts/", "/hosts/gpu1/", "/hosts/gpu1/?span=day", "/timeline/", "/hosts/gpu1/timeline/",
     "/find/?count=1&hours=2", "/hosts/gpu1/book/", "/reservations/", "/jobs/", "/trained/",
     "/projects/", "/account/keys/", "/account/profile/", "/accounts/2fa/",
-    "/accounts/2fa/webauthn/add/", "/accounts/password/change/", "/api/docs/",
+    "/accounts/2fa/webauthn/add/", "/accounts/password/change/", "/api/docs/", "/packages/",
 ]  # fmt: skip
 STAFF_PAGES = [
     "/admin/", "/admin/booking/reservation/", "/admin/inventory/host/add/", "/hosts/register/",
+    "/hosts/approvals/",
 ]  # fmt: skip
 
 
