@@ -411,9 +411,10 @@ def ssh(state, reservation, ssh_args, print_only) -> None:
     os.execv(program, argv)  # noqa: S606 (an argv list, no shell)
 
 
-from porterbox_cli import jobs  # noqa: E402  (registers the `jobs` group on cli)
+from porterbox_cli import jobs, testruns  # noqa: E402  (groups that register on cli)
 
 jobs.register(cli)
+testruns.register(cli)
 
 
 def main() -> None:

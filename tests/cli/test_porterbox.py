@@ -272,3 +272,32 @@ def unused_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_it_lists_and_shows_test_runs_and_says_who_may_ask_for_them(porterbox, alice, host):
+    from portal.packages.models import SourcePackage
+    from portal.packages.models import TestRun as Run  # not TestRun: pytest would collect it
+
+    package = SourcePackage.objects.create(name="gpu-pkg", version="1.0-1", hwspec="cuda")
+    stack = host.stacks.get()
+    passed = Run.objects.create(
+        package=package, hwspec="cuda", stack=stack, trigger=Run.Trigger.NEW_VERSION,
+        result=Run.Result.PASS, exit_code=0,
+    )  # fmt: skip
+    Run.objects.create(package=package, hwspec="cuda", stack=stack, trigger="request")
+    porterbox.login(alice)
+
+    done = porterbox("test-runs", "list", "--result", "pass")
+    assert done.code == 0, done.err
+    header, row = done.out.splitlines()
+    assert header.split()[:6] == ["ID", "PACKAGE", "VERSION", "HWSPEC", "STACK", "RESULT"]
+    assert row.split()[:6] == [str(passed.pk), "gpu-pkg", "1.0-1", "cuda", "cuda-12", "pass"]
+    assert len(porterbox("--json", "test-runs", "list", "--package", "gpu-pkg").json()) == 2
+    done = porterbox("test-runs", "show", str(passed.pk))
+    assert "Package:   gpu-pkg 1.0-1" in done.out and "Result:    pass" in done.out
+
+    outsider = porterbox.__class__(porterbox.home / "oscar", porterbox.url)
+    outsider.login(UserFactory(username="oscar"))
+    done = outsider("test-runs", "request", "gpu-pkg")
+    assert done.code == 1 and "Only Debian members" in done.err
+    assert outsider("test-runs", "request").code == 2
