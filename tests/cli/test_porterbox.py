@@ -153,6 +153,13 @@ def test_it_books_by_need_and_by_devices_lists_shows_and_cancels(porterbox, alic
     done = porterbox("cancel", str(chosen.pk))
     assert done.code == 1 and "(immutable)" in done.err
 
+    # Without --from: the first slot that fits, from the next step of the grid (15 minutes).
+    before = datetime.now(UTC)
+    done = porterbox("--json", "book", "-n", "1", "--hours", "1", "--stack", "cuda-12")
+    assert done.code == 0, done.err
+    step = timedelta(minutes=15)
+    assert before - step < utc(done.json()["start"]) <= before + step
+
     # The same devices again: taken, and the answer names what is in the way.
     done = porterbox("book", "--host", "gpu1", "--devices", "0,1", "--from", start,
                      "--hours", "1", "--stack", "cuda-12")  # fmt: skip
