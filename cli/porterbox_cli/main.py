@@ -290,7 +290,10 @@ def extend(state, reservation, to, by) -> None:
     except CliError as refusal:
         if refusal.exit_code != REFUSED or refusal.code == "not_found":
             raise
-        limit = state.api.get(f"{path}extension/")
+        try:
+            limit = state.api.get(f"{path}extension/")
+        except CliError:
+            raise refusal from None  # the refusal says enough
         blockers = refusal.body.get("blockers") or limit.get("blockers") or []
         detail = f"; at most until {local(limit['latest_end'])} ({limit['reason']})"
         if blockers:
