@@ -21,11 +21,21 @@ UNREACHABLE = 4
 class CliError(click.ClickException):
     """Printed as `porterbox: error: <message> (<code>)` on stderr; exits with `exit_code`."""
 
-    def __init__(self, message: str, code: str, exit_code: int, body: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        exit_code: int,
+        body: dict | None = None,
+        details: list[str] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
         self.body = body or {}
+        self.details = details or []  # more lines for people, after the error's own
 
     def show(self, file=None) -> None:
         click.echo(f"porterbox: error: {self.message} ({self.code})", err=True)
+        for line in self.details:
+            click.echo(f"  {line}", err=True)

@@ -268,12 +268,9 @@ def show(state, reservation) -> None:
     _show_reservation(state, state.api.get(f"/api/reservations/{reservation}/"))
 
 
-def _blockers(blockers: list[dict]) -> str:
-    return "; ".join(
-        f"{b['host']} #{b['index']} is booked {local(b['start'])} - {local(b['end'])}"
-        + (" (yours)" if b.get("yours") else "")
-        for b in blockers
-    )
+def _blocker(b: dict) -> str:
+    mine = " (yours)" if b.get("yours") else ""
+    return f"{b['host']} #{b['index']}, booked {local(b['start'])} - {local(b['end'])}{mine}"
 
 
 @cli.command()
@@ -295,10 +292,9 @@ def extend(state, reservation, to, by) -> None:
         except CliError:
             raise refusal from None  # the refusal says enough
         blockers = refusal.body.get("blockers") or limit.get("blockers") or []
-        detail = f"; at most until {local(limit['latest_end'])} ({limit['reason']})"
-        if blockers:
-            detail += f"; in the way: {_blockers(blockers)}"
-        raise CliError(refusal.message + detail, refusal.code, REFUSED, refusal.body) from None
+        details = [f"at most until {local(limit['latest_end'])} ({limit['reason']})"]
+        details += [f"in the way: {_blocker(b)}" for b in blockers]
+        raise CliError(refusal.message, refusal.code, REFUSED, refusal.body, details) from None
     _show_reservation(state, changed)
 
 

@@ -182,10 +182,13 @@ def test_it_refuses_to_extend_past_a_neighbour_and_names_the_blocker(porterbox, 
     done = porterbox("extend", str(mine["id"]), "--by", "2h")
     assert done.code == 1
     assert done.out == ""
-    [line] = done.err.splitlines()
-    assert line.startswith("porterbox: error: ") and line.endswith("(conflict)")
-    assert f"at most until {shown(noon)}" in line
-    assert f"gpu1 #0 is booked {shown(noon)} - {shown(noon + timedelta(hours=1))}" in line
+    error, limit, blocker = done.err.splitlines()
+    assert error.startswith("porterbox: error: ") and error.endswith("(conflict)")
+    assert "gpu1 #0 is booked" in error  # the portal's own words
+    assert limit == f"  at most until {shown(noon)} (the next booking of its devices)"
+    assert blocker == (
+        f"  in the way: gpu1 #0, booked {shown(noon)} - {shown(noon + timedelta(hours=1))}"
+    )
     assert Reservation.objects.get(pk=mine["id"]).end == noon
 
     done = porterbox("--json", "shorten", str(mine["id"]), "--by", "30m")
