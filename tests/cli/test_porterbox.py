@@ -26,6 +26,7 @@ from tests.factories import (
     HostFactory,
     PartnerMembershipFactory,
     UserFactory,
+    tarball,
 )
 
 TOMORROW_10 = (datetime.now(UTC) + timedelta(days=1)).replace(
@@ -311,3 +312,25 @@ def test_it_lists_and_shows_test_runs_and_says_who_may_ask_for_them(porterbox, a
     done = outsider("test-runs", "request", "gpu-pkg")
     assert done.code == 1 and "Only Debian members" in done.err
     assert outsider("test-runs", "request").code == 2
+
+
+def test_it_uploads_an_input_archive_for_an_array_and_cancels_the_array(porterbox, alice, host,
+                                                                          tmp_path):  # fmt: skip
+    membership = PartnerMembershipFactory(user=alice)
+    porterbox.login(alice)
+    archive = tmp_path / "input.tar.gz"
+    archive.write_bytes(tarball({"train.py": b"print('hello')\n"}))
+    done = porterbox("--json", "jobs", "submit", "--project", membership.project.slug,
+                     "--name", "sweep", "--script", "-", "--stack", "cuda-12",
+                     "--walltime", "1h", "--archive", str(archive), "--array", "2",
+                     "--env", "LR=0.1", "--code-licence", "MIT", "--data-licence", "CC0-1.0",
+                     "--model-freedom", "free", input="python3 train.py\n")  # fmt: skip
+    assert done.code == 0, done.err
+    first = done.json()
+    assert first["input_archive"] is True and first["env"] == {"LR": "0.1"}
+    assert len(first["array_jobs"]) == 2
+    assert Job.objects.get(pk=first["id"]).script == "python3 train.py\n"
+
+    done = porterbox("--json", "jobs", "cancel", "--array", str(first["id"]))
+    assert done.code == 0, done.err
+    assert set(Job.objects.values_list("state", flat=True)) == {Job.State.CANCELLED}
