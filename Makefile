@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint fmt migrations-check clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The porterbox client (cli/) is installed from the tree: a change to it reinstalls it.
+$(VENV)/.installed: requirements.txt requirements-dev.txt cli/pyproject.toml $(wildcard cli/porterbox_cli/*.py)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is needed"' \
 	  || { echo "Python 3.11 is needed: sudo apt-get install python3 python3-venv"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) \

@@ -338,23 +338,9 @@ def cancel(state, reservation) -> None:
 
 
 def _host_keys(state: State, host: str) -> list[str]:
-    """The keys the portal pinned for `host`, as "keytype base64" lines.
-
-    The host's API answer carries them where the portal publishes them (`host_keys`); until it
-    does, the staff-only Ansible inventory has them (`porterbox_host_keys`).
-    """
-    answer = state.api.get(f"/api/hosts/{host}/")
-    lines = answer.get("host_keys")
-    if lines is None:
-        try:
-            inventory = state.api.get("/api/ansible-inventory/")
-        except CliError as exc:
-            if exc.exit_code != REFUSED:
-                raise
-            inventory = {}
-        lines = (
-            inventory.get("_meta", {}).get("hostvars", {}).get(host, {}).get("porterbox_host_keys")
-        )
+    """The keys the portal pinned for `host` (its API answer's `host_keys`), as "keytype
+    base64" lines."""
+    lines = state.api.get(f"/api/hosts/{host}/").get("host_keys")
     if isinstance(lines, str):
         lines = lines.splitlines()
     keys = []

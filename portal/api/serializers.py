@@ -58,8 +58,10 @@ class HostSerializer(serializers.ModelSerializer):
         model = Host
         fields = [
             "name", "fqdn", "ssh_port", "architecture", "state", "access",
-            "stacks", "hwspecs", "accelerators", "notes",
+            "stacks", "hwspecs", "accelerators", "notes", "host_keys",
         ]  # fmt: skip
+        # The keys staff pinned (public keys, "type base64" a line): what `porterbox ssh`
+        # writes to a known_hosts file, so no one trusts a key on first use.
 
     def get_hwspecs(self, host) -> list[str]:
         return [str(spec) for spec in host.hwspecs()]

@@ -3,12 +3,15 @@ from typing import TypeVar
 from debian.debian_support import Version
 from django import forms
 from django.db.models import Q
+from django.http import FileResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action, api_view, permission_classes
 from rest_framework.exceptions import NotAuthenticated, NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -370,6 +373,16 @@ LOG_LIMIT = 1024 * 1024  # characters of log in one answer
 FINISHED = error("The job has finished already.")
 
 
+class TarGzRenderer(BaseRenderer):
+    """A job's output (application/gzip); its refusals are the API's JSON all the same."""
+
+    media_type = "application/gzip"
+    format = "tar.gz"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return JSONRenderer().render(data)
+
+
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Training jobs of the caller's partner projects (staff: every job).
 
@@ -421,6 +434,21 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         # Built from the objects in hand (project, stack, submitter are the body's).
         answer = JobSubmittedSerializer(jobs[0], context={"array_jobs": [j.pk for j in jobs]})
         return Response(answer.data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={(200, "application/gzip"): OpenApiTypes.BINARY},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, TarGzRenderer])
+    def output(self, request, pk=None):
+        """What the job left in $PORTERBOX_OUTPUT, as the portal fetched it when it ended (a
+        .tar.gz); 404 while it runs or when it kept none."""
+        job = self.get_object()
+        if not job.output:
+            raise NotFound("This job kept no output (yet).")
+        return FileResponse(
+            job.output.open("rb"), as_attachment=True, filename=f"job-{job.pk}-output.tar.gz",
+            content_type="application/gzip",
+        )  # fmt: skip
 
     @extend_schema(
         parameters=[

@@ -63,7 +63,7 @@ def history(db):
                 finished=end,
                 exit_code=job.exit_status,
                 summary={"cuda-smoke": "PASS" if result == "pass" else "FAIL"},
-            )  # fmt: skip
+            )
         )
     return made
 

@@ -59,12 +59,18 @@ def installed() -> Path:
 
 
 @pytest.fixture(scope="module")
-def gunicorn(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[str]:
+def portal_var(tmp_path_factory) -> Path:
+    """The served portal's var directory (its media in media/, where job outputs are kept)."""
+    return tmp_path_factory.mktemp("portal-var")
+
+
+@pytest.fixture(scope="module")
+def gunicorn(django_db_setup, django_db_blocker, portal_var) -> Iterator[str]:
     """The portal served by gunicorn on a free loopback port; its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    var = tmp_path_factory.mktemp("portal-var")
+    var = portal_var
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -75,6 +81,7 @@ def gunicorn(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[s
         "STATIC_MANIFEST": "0",
         "CACHE_URL": "locmem://",
         "PORTAL_VAR_DIR": str(var),
+        "MEDIA_ROOT": str(var / "media"),
         "LOG_LEVEL": "ERROR",  # refusals are the tests' point, not news
         "DJANGO_SETTINGS_MODULE": "portal.settings",
     }

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.files.base import ContentFile
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
@@ -209,9 +210,8 @@ def test_it_exits_with_codes_scripts_can_rely_on(porterbox, alice, host, unused_
     assert porterbox("book", "--hours", "two").code == 2
     done = porterbox("list", PORTERBOX_URL=f"http://127.0.0.1:{unused_port}")
     assert done.code == 4 and "(unreachable)" in done.err
-    # The API has no download of a job's output yet: said so, with where to get it instead.
-    done = porterbox("jobs", "output", "1", "-o", str(porterbox.home / "out.tar.gz"))
-    assert done.code == 1 and done.err.endswith("/jobs/1/ (not_supported)\n")
+    done = porterbox("jobs", "output", "999999", "-o", str(porterbox.home / "out.tar.gz"))
+    assert done.code == 1 and done.err.endswith("(not_found)\n")
     assert not (porterbox.home / "out.tar.gz").exists()
 
 
@@ -222,7 +222,9 @@ def test_it_completes_commands_in_bash(porterbox):
     assert done.out.split() == ["plain,extend"]
 
 
-def test_it_submits_a_job_and_follows_its_log_to_the_end(porterbox, alice, host, tmp_path):
+def test_it_submits_a_job_and_follows_its_log_to_the_end(
+    porterbox, alice, host, tmp_path, portal_var, settings
+):
     membership = PartnerMembershipFactory(user=alice)
     porterbox.login(alice)
     script = tmp_path / "train.sh"
@@ -274,6 +276,14 @@ def test_it_submits_a_job_and_follows_its_log_to_the_end(porterbox, alice, host,
     assert "State:       succeeded" in done.out
     done = porterbox("jobs", "cancel", str(job.pk))
     assert done.code == 1 and "(finished)" in done.err
+
+    # What the job left, as the loop keeps it, downloaded with the token.
+    settings.MEDIA_ROOT = portal_var / "media"
+    job.output.save("out.tar.gz", ContentFile(b"\x1f\x8bweights"))
+    target = tmp_path / "out.tar.gz"
+    done = porterbox("jobs", "output", str(job.pk), "-o", str(target))
+    assert done.code == 0, done.err
+    assert target.read_bytes() == b"\x1f\x8bweights"
 
 
 @pytest.fixture

@@ -310,3 +310,30 @@ def test_it_submits_in_a_fixed_number_of_queries(api, stack, django_assert_max_n
     # (SQLite splits a bulk insert at 999 parameters, about 38 jobs: 20 is one insert there too.)
     with django_assert_max_num_queries(5 + 2 + 2):  # + a transaction's savepoints
         assert api.post("/api/jobs/", body(array=20), format="json").status_code == 201
+
+
+def test_a_jobs_output_downloads_with_a_token_and_stays_its_projects(
+    api, member, settings, tmp_path
+):
+    from django.core.files.base import ContentFile
+
+    settings.MEDIA_ROOT = tmp_path
+    job = JobFactory(project=member.project, submitter=member.user, state="succeeded")
+    assert api.get(f"/api/jobs/{job.pk}/output/").json()["code"] == "not_found"  # none yet
+    job.output.save("out.tar.gz", ContentFile(b"\x1f\x8bweights"))
+
+    answer = api.get(f"/api/jobs/{job.pk}/output/", HTTP_ACCEPT="application/gzip")
+
+    assert answer.status_code == 200 and answer["Content-Type"] == "application/gzip"
+    assert b"".join(answer.streaming_content) == b"\x1f\x8bweights"
+    assert f'filename="job-{job.pk}-output.tar.gz"' in answer["Content-Disposition"]
+    other = JobFactory(state="succeeded")
+    other.output.save("out.tar.gz", ContentFile(b"theirs"))
+    assert api.get(f"/api/jobs/{other.pk}/output/").status_code == 404
+
+
+def test_a_hosts_pinned_keys_are_in_its_answer_for_known_hosts_files(api, stack):
+    from portal.inventory.models import Host
+
+    Host.objects.filter(name="gpu1").update(host_keys="ssh-ed25519 AAAAC3Nza\n")
+    assert api.get("/api/hosts/gpu1/").json()["host_keys"] == "ssh-ed25519 AAAAC3Nza\n"

@@ -2,8 +2,7 @@
 pinned: it writes them to its own known_hosts file and runs ssh with StrictHostKeyChecking=yes.
 
 The portal serves the API with gunicorn (tests/cli/conftest.py); the reconcile pass runs here.
-The API gives a host's pinned keys only to staff (the Ansible inventory), so the user here is
-staff; once the host's API answer carries `host_keys`, porterbox takes them from there.
+The user is a plain Debian member: the host's API answer carries its pinned `host_keys`.
 """
 
 import pytest
@@ -24,8 +23,6 @@ def test_porterbox_ssh_logs_in_through_the_pinned_host_keys(
     tmp_path,
 ):
     erin = person("erin")
-    erin.user.is_staff = True
-    erin.user.save(update_fields=["is_staff"])
     reservation = book_now(erin, registered, [0])
     assert f"granted r{reservation.pk}" in services.reconcile_host(registered.pk)
 

@@ -59,8 +59,8 @@ def overlapping_pairs() -> list[tuple[int, int]]:
     """Active allocations of one device that overlap, anywhere in the table."""
     found = []
     rows = Allocation.objects.filter(active=True).order_by("accelerator_id", "start")
-    for _, held in itertools.groupby(rows, key=lambda a: a.accelerator_id):
-        held = list(held)
+    for _, group in itertools.groupby(rows, key=lambda a: a.accelerator_id):
+        held = list(group)
         found += [(a.pk, b.pk) for a, b in itertools.combinations(held, 2)
                   if a.start < b.end and b.start < a.end]  # fmt: skip
     return found

@@ -166,7 +166,7 @@ def test_a_replacement_tests_control_is_the_inputs_file_of_the_one_name_allowed(
     at = argv.index("--override-control")
     assert argv[at + 1] == "/w/input/porterbox-tests-control"
     for elsewhere in ("/etc/passwd", "../control", "--help", ""):
-        with pytest.raises(protocol.AgentError, match="autopkgtest.control"):
+        with pytest.raises(protocol.AgentError, match=r"autopkgtest\.control"):
             rules.check_autopkgtest({**RUN, "control": elsewhere})
 
 
