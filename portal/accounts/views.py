@@ -53,6 +53,17 @@ def _shown_once(request, **secret):
 @login_required
 @require_POST
 def api_token_rotate(request):
+    if Token.objects.filter(user=request.user).exists():
+        asked = confirm_first(
+            request,
+            question="Replace your API token?",
+            consequence="The old token stops working at once: scripts and the porterbox "
+            "client that use it must be given the new one.",
+            button="Yes, replace it",
+            back=reverse("accounts:profile"),
+        )
+        if asked is not None:
+            return asked
     Token.objects.filter(user=request.user).delete()
     token = Token.objects.create(user=request.user)
     return _shown_once(request, new_token=token.key)
@@ -70,6 +81,15 @@ def feed_token_create(request):
 @login_required
 @require_POST
 def feed_token_revoke(request):
+    asked = confirm_first(
+        request,
+        question="Revoke your calendar feed?",
+        consequence="Calendars subscribed to its address stop getting your bookings.",
+        button="Yes, revoke it",
+        back=reverse("accounts:profile"),
+    )
+    if asked is not None:
+        return asked
     if FeedToken.revoke(request.user):
         messages.success(request, "Calendar feed revoked: its address now answers 404.")
     else:
@@ -101,6 +121,15 @@ def ssh_keys(request):
 @login_required
 @require_POST
 def ssh_key_delete(request, key_id):
+    asked = confirm_first(
+        request,
+        question="Remove this SSH key?",
+        consequence="The hosts stop letting it in at their next pass, sessions open now included.",
+        button="Yes, remove it",
+        back=reverse("accounts:ssh_keys"),
+    )
+    if asked is not None:
+        return asked
     if services.ssh_key_remove(user=request.user, key_id=key_id):
         messages.success(request, "Key removed.")
     else:
@@ -256,6 +285,15 @@ def member_remove(request, slug, user_id):
     project, _ = _visible_project(request, slug)
     if not services.may_manage_project(request.user, project):
         raise PermissionDenied("Only the project's managers remove members.")
+    asked = confirm_first(
+        request,
+        question=f"Remove this member from {project}?",
+        consequence="They can no longer submit or cancel the project's jobs.",
+        button="Yes, remove them",
+        back=reverse("projects:detail", args=[project.slug]),
+    )
+    if asked is not None:
+        return asked
     try:
         services.membership_remove(project=project, actor=request.user, user_id=user_id)
     except services.ProjectError as exc:

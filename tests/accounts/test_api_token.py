@@ -16,9 +16,12 @@ def test_it_shows_a_new_token_once_and_keeps_it_out_of_cookies(client, user):
     assert token.key not in again and "You have an API token" in again
 
 
-def test_it_replaces_the_old_token(client, user):
+def test_it_replaces_the_old_token_once_asked_first(client, user):
     client.force_login(user)
     client.post("/account/profile/token/")
     old = Token.objects.get(user=user).key
-    client.post("/account/profile/token/")
+    asked = client.post("/account/profile/token/")
+    assert "Replace your API token?" in asked.content.decode()
+    assert Token.objects.get(user=user).key == old  # nothing yet
+    client.post("/account/profile/token/", {"confirmed": "1"})
     assert Token.objects.get(user=user).key != old

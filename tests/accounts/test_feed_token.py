@@ -43,7 +43,7 @@ def test_a_new_address_replaces_the_old(client, user):
 def test_it_revokes_the_address(client, user):
     client.force_login(user)
     _, token = make(client)
-    answer = client.post("/account/profile/feed/revoke/", follow=True)
+    answer = client.post("/account/profile/feed/revoke/", {"confirmed": "1"}, follow=True)
     assert "Calendar feed revoked" in answer.content.decode()
     assert "You have no calendar feed" in answer.content.decode()
     assert not FeedToken.objects.filter(user=user).exists()

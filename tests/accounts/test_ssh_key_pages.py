@@ -23,7 +23,7 @@ def test_it_adds_lists_and_removes_a_key(logged_in, user):
     assert key.key_type == "ssh-ed25519" and key.bits == 256 and key.comment == "alice@laptop"
     assert key.fingerprint.startswith("SHA256:") and key.fingerprint in body
     assert "alice@laptop" in body and "never" in body  # last used
-    logged_in.post(reverse("accounts:ssh_key_delete", args=[key.id]))
+    logged_in.post(reverse("accounts:ssh_key_delete", args=[key.id]), {"confirmed": "1"})
     assert not SSHKey.objects.exists()
 
 
@@ -81,7 +81,8 @@ def test_it_does_not_remove_another_users_key(logged_in, user):
     other_key = SSHKey.objects.create(
         user=UserFactory(), key_type="ssh-ed25519", blob="x", bits=256, fingerprint="SHA256:x"
     )
-    response = logged_in.post(reverse("accounts:ssh_key_delete", args=[other_key.id]), follow=True)
+    url = reverse("accounts:ssh_key_delete", args=[other_key.id])
+    response = logged_in.post(url, {"confirmed": "1"}, follow=True)
     assert "No such key" in response.content.decode()
     assert SSHKey.objects.filter(pk=other_key.pk).exists()
 

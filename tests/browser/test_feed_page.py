@@ -32,6 +32,7 @@ def test_it_shows_the_feed_address_whole_and_revokes_it(browser, live_server, db
     page.goto(f"{live_server.url}/account/profile/")
     assert page.locator("#new-feed-url").count() == 0
     page.get_by_role("button", name="Revoke the feed").click()
-    assert page.get_by_text("Calendar feed revoked").is_visible()
+    page.locator("dialog").get_by_role("button", name="Yes, revoke it").click()  # asked first
+    page.get_by_text("Calendar feed revoked").wait_for()
     assert not FeedToken.objects.filter(user=user).exists()
     page.context.close()

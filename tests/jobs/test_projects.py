@@ -175,11 +175,15 @@ def test_it_lets_a_manager_add_and_remove_members(client):
     response = client.post(add, {"username": "bob", "role": "member"})
     assert "a member already" in response.context["form"].errors["username"][0]
 
-    client.post(reverse("projects:member_remove", args=[project.slug, newcomer.pk]))
+    client.post(
+        reverse("projects:member_remove", args=[project.slug, newcomer.pk]), {"confirmed": "1"}
+    )
     assert not PartnerMembership.objects.filter(project=project, user=newcomer).exists()
 
     response = client.post(
-        reverse("projects:member_remove", args=[project.slug, manager.user.pk]), follow=True
+        reverse("projects:member_remove", args=[project.slug, manager.user.pk]),
+        {"confirmed": "1"},
+        follow=True,
     )
     assert "at least one manager" in response.content.decode()
     assert PartnerMembership.objects.filter(pk=manager.pk).exists()
