@@ -11,15 +11,25 @@ REGIONS = (
 )  # fmt: skip
 
 
+# Where most of Debian's contributors and partners live, first in the menu.
+COMMON_ZONES = (
+    "Europe/Berlin", "Europe/London", "Europe/Paris", "America/New_York", "America/Chicago",
+    "America/Los_Angeles", "America/Sao_Paulo", "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo",
+    "Australia/Sydney",
+)  # fmt: skip
+
+
 def time_zone_choices(current: str = "") -> list:
-    """UTC, then the canonical zones grouped by region, each shown by its city ("New York");
-    the person's current zone stays in the menu even if it is a legacy name."""
+    """UTC and the common zones first, then the canonical zones grouped by region, each shown
+    by its city ("New York"; typing a city's first letters finds it); the person's current
+    zone stays in the menu even if it is a legacy name."""
     groups: dict[str, list[tuple[str, str]]] = {region: [] for region in REGIONS}
     for name in time_zone_names():
         region, _, city = name.partition("/")
         if region in groups and city:
             groups[region].append((name, city.replace("_", " ").replace("/", ": ")))
-    choices: list = [("UTC", "UTC")]
+    common = [(z, z.replace("_", " ")) for z in COMMON_ZONES if z in time_zone_names()]
+    choices: list = [("Common", [("UTC", "UTC"), *common])]
     known = {name for zones in groups.values() for name, _ in zones} | {"UTC"}
     if current and current not in known:
         choices.insert(0, (current, current))

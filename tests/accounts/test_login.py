@@ -127,3 +127,11 @@ def test_the_time_zone_menu_is_grouped_by_region_without_legacy_names(client, us
         reverse("accounts:profile"), {"first_name": "", "last_name": "", "time_zone": "US/Eastern"}
     )
     assert kept.status_code == 302
+
+
+def test_the_common_zones_come_first(client, user):
+    client.force_login(user)
+    body = client.get(reverse("accounts:profile")).content.decode()
+    common = body.index('<optgroup label="Common">')
+    assert common < body.index('<optgroup label="Africa">')
+    assert body.index('value="America/New_York">America/New York</option>') > common
