@@ -56,6 +56,11 @@ class JobForm(forms.Form):
     stack = StackChoiceField(
         label="Driver stack", queryset=DriverStack.objects.all(), to_field_name="name"
     )
+    free_only = forms.BooleanField(
+        label="Free stacks only (main)",
+        required=False,
+        help_text="Refuse a stack of contrib or non-free.",
+    )
     count = forms.IntegerField(label="Devices", min_value=1, max_value=64, initial=1)
     hwspec = forms.CharField(
         label="Hardware spec",
@@ -130,6 +135,15 @@ class JobForm(forms.Form):
     def clean_hwspec(self) -> str:
         spec = clean_hwspec_text(self.cleaned_data["hwspec"])
         return str(spec) if spec else ""
+
+    def clean(self):
+        data = super().clean()
+        stack = data.get("stack")
+        if stack is not None and data.get("free_only") and not stack.is_free:
+            self.add_error(
+                "stack", f"The stack {stack.name} is {stack.get_area_display()}, not free."
+            )
+        return data
 
     def clean_env(self) -> dict[str, str]:
         return parse_env_lines(self.cleaned_data["env"])

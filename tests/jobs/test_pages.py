@@ -324,6 +324,7 @@ def form(member, **overrides):
         ({"input_git_url": "https://example.org/x.git", "input_git_ref": "--upload-pack=x"},
          "input_git_ref", "Not a branch or tag"),
         ({"stack": "rocm-6"}, "stack", "No host offers the stack rocm-6"),
+        ({"free_only": "on"}, "stack", "The stack cuda-12 is non-free, not free."),
         ({"script": "   "}, "script", ""),
         ({"model_freedom": "maybe"}, "model_freedom", ""),
         ({"project": "elsewhere"}, "project", "valid choice"),
