@@ -9,7 +9,7 @@ import pytest
 
 from portal.inventory.models import Host
 from portal.operations import services
-from tests.cli.conftest import Client, gunicorn, installed  # noqa: F401 (fixtures)
+from tests.cli.conftest import Client, gunicorn, installed, portal_var  # noqa: F401 (fixtures)
 from tests.operations.conftest import book_now
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
