@@ -137,7 +137,8 @@ class JobForm(forms.Form):
         return str(spec) if spec else ""
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         stack = data.get("stack")
         if stack is not None and data.get("free_only") and not stack.is_free:
             self.add_error(
