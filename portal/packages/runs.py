@@ -300,11 +300,12 @@ def _waiting(package: SourcePackage, hwspec: str, stack: DriverStack) -> bool:
 
 
 def _job_fields(
-    package: SourcePackage, planned_tests: list[str], hwspec: str, stack, submitter, override
-):
+    package: SourcePackage, planned_tests: list[str], hwspec: str, stack, submitter, override,
+    project: PartnerProject,
+):  # fmt: skip
     control = {"control": OVERRIDE_CONTROL} if override else {}
     return {
-        "project": tests_project(),
+        "project": project,
         "submitter": submitter,
         "name": f"autopkgtest {package.name} {package.version}"[:100],
         "script": "",
@@ -452,12 +453,15 @@ def _queue(
         return []
     submitter = requester or system_user()
     override = overrides_control(archive)
+    project = tests_project()  # once, not per run
     made = []
     with transaction.atomic():
         stored = ""
         for run in planned:
             job = Job(
-                **_job_fields(package, run.tests, str(run.hwspec), run.stack, submitter, override)
+                **_job_fields(
+                    package, run.tests, str(run.hwspec), run.stack, submitter, override, project
+                )
             )
             if stored:
                 job.input_archive.name = stored  # one file for the package's runs
@@ -547,7 +551,9 @@ def _retry(run: TestRun) -> TestRun:
     old = run.job
     assert old is not None  # noqa: S101 (only runs with a job are recorded)
     override = bool((old.autopkgtest or {}).get("control"))  # the same input, the same files
-    fields = _job_fields(run.package, run.tests, run.hwspec, run.stack, old.submitter, override)
+    fields = _job_fields(
+        run.package, run.tests, run.hwspec, run.stack, old.submitter, override, old.project
+    )
     job = Job(**fields)
     job.input_archive.name = old.input_archive.name
     job.save()
