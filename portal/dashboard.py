@@ -16,6 +16,7 @@ from portal.booking.models import Reservation
 from portal.booking.views import offers_login
 from portal.inventory.models import HealthCheck, Host
 from portal.jobs.models import Job
+from portal.notifications.models import Notification
 
 SHOWN = 10
 RECENT = timedelta(days=7)  # finished jobs stay on the page this long
@@ -35,10 +36,14 @@ class StaffWork:
     applications: list[PartnerProject] = field(default_factory=list)
     drained: list[Host] = field(default_factory=list)
     failed_checks: list[HealthCheck] = field(default_factory=list)
+    undelivered: int = 0  # notifications that failed for good, this past week
 
     @property
     def empty(self) -> bool:
-        return not (self.pending or self.applications or self.drained or self.failed_checks)
+        return not (
+            self.pending or self.applications or self.drained or self.failed_checks
+            or self.undelivered
+        )  # fmt: skip
 
 
 def mine(user: User, now: datetime) -> Mine:
@@ -90,4 +95,7 @@ def staff_work(now: datetime) -> StaffWork:
             .select_related("host", "accelerator")
             .order_by("-started")[:SHOWN]
         ),
+        undelivered=Notification.objects.filter(
+            state=Notification.State.FAILED, created__gt=now - RECENT
+        ).count(),
     )

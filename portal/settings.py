@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from here (no CDN)
+    "portal.notifications",
     "portal.accounts",
     "portal.inventory",
     "portal.booking",
@@ -238,6 +239,14 @@ EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))  # the file back
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "porterbox@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS = [("Admins", a) for a in envlist("ADMINS")]
+# Notifications (portal/notifications): sent by their own task every NOTIFY_SECONDS, each
+# mail or webhook call given NOTIFY_TIMEOUT_SECONDS, tried NOTIFY_MAX_ATTEMPTS times (backoff
+# from 30 s to an hour) before it shows as failed. Webhooks go to public https URLs only,
+# unless NOTIFY_WEBHOOK_ALLOW_PRIVATE (a bridge on the portal's own network; tests).
+NOTIFY_SECONDS = envint("NOTIFY_SECONDS", 5)
+NOTIFY_TIMEOUT_SECONDS = envint("NOTIFY_TIMEOUT_SECONDS", 10)
+NOTIFY_MAX_ATTEMPTS = envint("NOTIFY_MAX_ATTEMPTS", 10)
+NOTIFY_WEBHOOK_ALLOW_PRIVATE = envbool("NOTIFY_WEBHOOK_ALLOW_PRIVATE", False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"  # storage is always aware UTC; each user sees their own zone
@@ -404,6 +413,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.packages.runs_tasks.record",
         "schedule": 60,
         "options": {"expires": 120},
+    },
+    "send notifications": {
+        "task": "portal.notifications.tasks.send_notifications",
+        "schedule": NOTIFY_SECONDS,
+        "options": {"expires": max(10, 3 * NOTIFY_SECONDS)},
     },
     "schedule training jobs": {
         "task": "portal.jobs.tasks.schedule",

@@ -20,6 +20,7 @@ urlpatterns = [
     path("hosts/", include("portal.operations.urls")),
     path("hosts/", include("portal.inventory.urls")),
     path("account/", include("portal.accounts.urls")),
+    path("account/notifications/", include("portal.notifications.urls")),
     path("projects/", include((project_urlpatterns, "projects"))),
     path("", include("portal.jobs.urls")),
     path("packages/", include("portal.packages.urls")),

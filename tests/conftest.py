@@ -65,3 +65,40 @@ def frozen():
     `pytestmark = pytest.mark.usefixtures("frozen")`."""
     with time_machine.travel(NOW, tick=False) as traveller:
         yield traveller
+
+
+class _Delivered:
+    """pytest-django's mailoutbox, read after the notification sender ran (tests.helpers)."""
+
+    def __init__(self, box: list):
+        self._box = box
+
+    def _sync(self) -> list:
+        from tests.helpers import delivered
+
+        delivered()
+        return self._box
+
+    def __iter__(self):
+        return iter(self._sync())
+
+    def __len__(self):
+        return len(self._sync())
+
+    def __bool__(self):
+        return bool(self._sync())
+
+    def __getitem__(self, i):
+        return self._sync()[i]
+
+    def __eq__(self, other):
+        return self._sync() == other
+
+    def clear(self) -> None:
+        self._sync().clear()
+
+
+@pytest.fixture
+def mailoutbox(mailoutbox):
+    """Mail goes out through the outbox (portal/notifications): what was delivered by now."""
+    return _Delivered(mailoutbox)

@@ -24,3 +24,19 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def delivered() -> list:
+    """The mails sent so far (Django's test outbox), after the notification sender has sent
+    everything due: what a user would have in their mailbox once the sender's task ran."""
+    from django.core import mail
+
+    from portal.notifications.outbox import send_due
+
+    send_due()
+    return mail.outbox
+
+
+def mails_to(box, *addresses: str) -> list:
+    """The mails in `box` (or delivered()) sent to any of `addresses`, in order."""
+    return [m for m in box if set(m.to) & set(addresses)]

@@ -129,7 +129,16 @@ def test_it_finds_a_cycle_and_a_private_name_where_there_is_one(tmp_path):
 
 # The apps from the bottom up (docs/architecture.md, "Layers"): an app imports only itself and
 # the apps before it.
-APP_ORDER = ["accounts", "inventory", "booking", "jobs", "packages", "operations", "api"]
+APP_ORDER = [
+    "notifications",
+    "accounts",
+    "inventory",
+    "booking",
+    "jobs",
+    "packages",
+    "operations",
+    "api",
+]
 # The project-level modules an app may import; they import no app, only each other. The
 # others (urls, views, celery, settings, ...) sit around the apps and are imported by none
 # (docs/decisions.md, "App layers").

@@ -3,16 +3,15 @@
 import logging
 from dataclasses import dataclass, field
 
-from django.conf import settings
-from django.core.mail import mail_admins, send_mail
 from django.db import IntegrityError, transaction
-from django.template.loader import render_to_string
 from django.utils.text import slugify
 
 from portal.accounts.audit import staff_log
 from portal.accounts.models import PartnerMembership, PartnerProject, SSHKey, User
 from portal.accounts.sshkeys import InvalidKey, PublicKey, parse_public_keys
 from portal.errors import Conflict, ServiceError
+from portal.notifications.models import Webhook
+from portal.notifications.outbox import notify_many, notify_staff, notify_webhook
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +134,15 @@ def project_apply(
             PartnerMembership.objects.create(
                 project=project, user=applicant, role=PartnerMembership.Role.MANAGER
             )
+            notify_staff(
+                "project.applied", "accounts/mail_project_applied.txt",
+                {"project": project, "applicant": applicant},
+                data={"project": project.slug, "name": project.name},
+            )  # fmt: skip
     except IntegrityError:  # another application took the name (or its slug) meanwhile
         raise ProjectError(
             "name_taken", f"A project named {name!r} exists already.", "name"
         ) from None
-    transaction.on_commit(
-        lambda: mail_admins(
-            f"Partner project application: {name}",
-            f"{applicant.username} applied for {name} ({url or 'no URL'}).\n\n{description}",
-            fail_silently=True,
-        )
-    )
     return project
 
 
@@ -169,25 +166,22 @@ def project_decide(
             project.state, project.decision_reason = to, reason
             what = "Application approved" if approve else "Application rejected"
             staff_log(actor, project, f"{what}{': ' + reason if reason else ''}")
-            transaction.on_commit(lambda: _tell_members(project))
+            _tell_members(project)
     return bool(done)
 
 
 def _tell_members(project: PartnerProject) -> None:
-    """Mail the members the decision; a mail that cannot be sent is logged, never raised (the
-    decision stands and its page says it)."""
-    addresses = [a for a in project.members.values_list("email", flat=True) if a]
-    if not addresses:
-        return
-    body = render_to_string(
-        "accounts/mail_project_decided.txt",
-        {"project": project, "site_name": settings.SITE_NAME, "site_url": settings.SITE_URL},
+    """Tell the members the decision and the reason (and the project's webhook), queued in
+    the decision's transaction."""
+    event = (
+        "project.approved" if project.state == PartnerProject.State.APPROVED else "project.rejected"
     )
-    subject, _, text = body.partition("\n\n")
-    try:
-        send_mail(subject.strip(), text, None, addresses)
-    except OSError:
-        log.exception("mailing the decision on %s failed", project)
+    data = {"project": project.slug, "name": project.name, "state": project.state}
+    context = {"project": project}
+    members = list(project.members.filter(is_active=True).order_by("pk"))
+    notify_many(event, members, "accounts/mail_project_decided.txt", context, data=data)
+    if members and (hook := Webhook.objects.filter(project=project).first()):
+        notify_webhook(event, hook, "accounts/mail_project_decided.txt", context, data=data)
 
 
 def membership_add(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -31,6 +32,7 @@ from portal.booking.availability import (
 from portal.booking.models import Allocation, AuditEntry, BookingPolicy, Reservation
 from portal.errors import Busy, ServiceError, is_lock_failure
 from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
+from portal.notifications.outbox import notify, notify_staff
 
 T = TypeVar("T")
 
@@ -327,6 +329,11 @@ def reservation_create(
             end=end.isoformat(), devices=sorted(d.index for d in devices), state=state,
         )  # fmt: skip
         _hand_over(reservation, allocations)
+        if state == Reservation.State.PENDING_APPROVAL:
+            notify_staff(
+                "reservation.pending", "booking/mail_pending.txt", {"r": reservation},
+                data=about(reservation),
+            )  # fmt: skip
         return reservation
 
     return _write(work, overlap=_named_overlap(ids, start, end, user))
@@ -524,14 +531,30 @@ def reservation_end_now(
     return _end_now(reservation, actor, ip, now or timezone.now(), "end")
 
 
-def reservation_reclaim(*, reservation: Reservation, now: datetime) -> Reservation:
-    """End an idle reservation now, by the portal itself (portal/operations/activity.py)."""
-    return _end_now(reservation, None, None, now, "reclaim idle")
+def reservation_reclaim(*, reservation: Reservation, now: datetime, idle: timedelta) -> Reservation:
+    """End an idle reservation now, by the portal itself (portal/operations/activity.py); the
+    owner is told, in the same transaction."""
+    tell = ("operations/mail_idle_ended.txt", {"idle": idle})
+    return _end_now(reservation, None, None, now, "reclaim idle", tell=tell)
 
 
 def reservation_withdraw(*, reservation: Reservation, reason: str, now: datetime) -> Reservation:
-    """End a running reservation whose user may no longer hold it (inactive, not a member)."""
-    return _end_now(reservation, None, None, now, "withdraw access", reason=reason)
+    """End a running reservation whose user may no longer hold it (inactive, not a member);
+    the owner is told why, in the same transaction."""
+    tell = ("operations/mail_withdrawn.txt", {"reason": reason})
+    return _end_now(reservation, None, None, now, "withdraw access", tell=tell, reason=reason)
+
+
+def about(r: Reservation) -> dict:
+    """What a webhook receiver is given about a reservation beside the text."""
+    return {
+        "reservation": r.pk,
+        "host": r.host.name,
+        "session": r.session_name,
+        "start": r.start.isoformat(),
+        "end": r.end.isoformat(),
+        "url": settings.SITE_URL + r.get_absolute_url(),
+    }
 
 
 def may_hold(user: User) -> bool:
@@ -540,7 +563,14 @@ def may_hold(user: User) -> bool:
 
 
 def _end_now(
-    reservation: Reservation, actor, ip, now: datetime, action: str, **detail
+    reservation: Reservation,
+    actor,
+    ip,
+    now: datetime,
+    action: str,
+    *,
+    tell: tuple[str, dict] | None = None,
+    **detail,
 ) -> Reservation:
     def work() -> Reservation:
         current = _locked(reservation, now)
@@ -558,6 +588,12 @@ def _end_now(
         Allocation.objects.filter(reservation=current, active=True).update(end=now)
         current.save(update_fields=["end", "state", "updated"])
         audit(actor, ip, action, current, old_end=old.isoformat(), end=now.isoformat(), **detail)
+        if tell is not None:
+            template, context = tell
+            notify(
+                "session.ended", current.user, template, {"r": current, **context},
+                data=about(current),
+            )  # fmt: skip
         return current
 
     return _write(work)
@@ -611,6 +647,13 @@ def reservation_decide(
         current.save(update_fields=["state", "updated"])
         detail = {"reason": reason} if reason else {}
         audit(actor, ip, "approve" if approve else "reject", current, **detail)
+        notify(
+            "reservation.approved" if approve else "reservation.rejected",
+            current.user,
+            "operations/mail_approved.txt" if approve else "operations/mail_rejected.txt",
+            {"r": current, "reason": reason, "reservation_url": about(current)["url"]},
+            data=about(current),
+        )
         return current
 
     return _write(work)

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
+from django.urls import reverse
 from django.utils import timezone
 
 from portal.accounts.models import PartnerMembership, PartnerProject, User
@@ -20,6 +21,7 @@ from portal.errors import Conflict, ServiceError
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack, Host
 from portal.jobs.models import Job
+from portal.notifications.outbox import notify
 from provisioning.agent import rules as job_rules
 from provisioning.agent.protocol import AgentError as AgentRefusal
 
@@ -240,3 +242,31 @@ def _cancel_array(array_id: int, now) -> None:
         )
         if not waiting and not stopping:
             raise Conflict("finished", "Every task of the array has finished already.")
+
+
+JOB_EVENTS: dict[str, str] = {
+    Job.State.RUNNING: "job.started",
+    Job.State.SUCCEEDED: "job.finished",
+    Job.State.FAILED: "job.failed",
+    Job.State.TIMED_OUT: "job.failed",
+    Job.State.REQUEUED: "job.requeued",
+}
+
+
+def tell_job(job_id: int) -> int:
+    """Queue the notice of a job's new state for its submitter and its project's webhook; call
+    it in the transaction that moved the job. Package test runs are told as test runs."""
+    job = Job.objects.select_related("submitter", "project", "host").get(pk=job_id)
+    event = JOB_EVENTS.get(job.state)
+    if event is None or job.autopkgtest:
+        return 0
+    url = settings.SITE_URL + reverse("jobs:job_detail", args=[job.pk])
+    data = {
+        "job": job.pk, "name": job.name, "project": job.project.slug, "state": job.state,
+        "host": job.host.name if job.host else None, "exit_status": job.exit_status,
+        "url": url,
+    }  # fmt: skip
+    return notify(
+        event, job.submitter, "jobs/mail_job.txt", {"job": job, "url": url, "event": event},
+        data=data, project=job.project,
+    )  # fmt: skip

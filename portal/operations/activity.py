@@ -14,12 +14,13 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Prefetch
 
 from portal.booking.models import Allocation, Reservation
-from portal.booking.services import BookingError, reservation_reclaim
+from portal.booking.services import BookingError, about, reservation_reclaim
 from portal.inventory.models import Host
-from portal.operations.mail import mail_user
+from portal.notifications.outbox import notify
 from provisioning.client import Status
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,23 @@ def track(host: Host, status: Status, now: datetime) -> list[str]:
         since = r.last_active_at or r.granted_at or r.start
         if r.idle_warned_at is None:
             if now - since >= idle_for:
-                claimed = Reservation.objects.filter(pk=r.pk, idle_warned_at__isnull=True).update(
-                    idle_warned_at=now
-                )
+                with transaction.atomic():  # the claim and the notice, or neither
+                    claimed = Reservation.objects.filter(
+                        pk=r.pk, idle_warned_at__isnull=True
+                    ).update(idle_warned_at=now)
+                    if claimed:
+                        context = {"r": r, "idle": idle_for, "deadline": now + warning}
+                        notify(
+                            "session.idle", r.user, "operations/mail_idle_warning.txt", context,
+                            data=about(r),
+                        )  # fmt: skip
                 if claimed:
-                    context = {"r": r, "idle": idle_for, "deadline": now + warning}
-                    mail_user(r.user, "operations/mail_idle_warning.txt", context)
                     done.append(f"warned idle {r.session_name}")
         elif now - r.idle_warned_at >= warning:
             try:
-                reservation_reclaim(reservation=r, now=now)
+                reservation_reclaim(reservation=r, now=now, idle=idle_for)
             except BookingError as exc:  # it was ended or changed meanwhile
                 log.info("%s: not reclaimed: %s", r.session_name, exc)
                 continue
-            mail_user(r.user, "operations/mail_idle_ended.txt", {"r": r, "idle": idle_for})
             done.append(f"reclaimed idle {r.session_name}")
     return done

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.core.mail import mail_admins
 from django.db import transaction
 from django.db.models import Max, Prefetch
 from django.urls import reverse
@@ -39,8 +38,8 @@ from portal.booking.availability import Need, availability, ceil_to
 from portal.booking.models import Allocation, BookingPolicy, Reservation
 from portal.inventory.hwspec import NATIVE_KIND, Hwspec
 from portal.inventory.models import Host
+from portal.notifications.outbox import notify, notify_staff_text
 from portal.operations.logs import context
-from portal.operations.mail import mail_user
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -224,6 +223,7 @@ def update(host, problems: list[Problem], now, *, sources=(LOOP,)) -> None:
         _return_to_service(host, now)
 
 
+@transaction.atomic  # the state change and its notifications, or neither
 def _keep_for_staff(host, reason: str, cause: str) -> None:
     """A host drained as unreachable that answers with other problems now waits for staff."""
     if cause == Cause.UNREACHABLE:
@@ -235,15 +235,17 @@ def _keep_for_staff(host, reason: str, cause: str) -> None:
         drain_cause=Cause.UNREACHABLE,
     ).update(drain_cause=cause, drain_reason=reason):
         host.drain_cause, host.drain_reason = cause, reason
-        mail_admins(
+        notify_staff_text(
+            "host.alert",
             f"{host.name} answers again, but stays drained: {_subject(reason)}",
             f"{host.name} was drained because it could not be reached. It answers again, but "
             f"reports:\n\n{_listed(host.health_problems)}\n\nIt stays drained until staff "
             f"resume it:\n{_resume_howto(host)}",
-            fail_silently=True,
+            data={"host": host.name},
         )
 
 
+@transaction.atomic  # the state change and its notifications, or neither
 def _return_to_service(host, now) -> None:
     """Resume a host drained as unreachable, now that it answers with no problem."""
     drained_as_unreachable = Host.objects.filter(
@@ -263,15 +265,17 @@ def _return_to_service(host, now) -> None:
         Host.State.ACTIVE, None, "", ""
     )  # fmt: skip
     log.warning("%s answers again with no problem: back in service", host.name, extra=context(host))
-    mail_admins(
+    notify_staff_text(
+        "host.alert",
         f"{host.name} is back in service",
         f"{host.name} was drained because it could not be reached ({reason}). It answers "
         f"again, at {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, with no problem, so it was put "
         "back in service by itself.",
-        fail_silently=True,
+        data={"host": host.name},
     )
 
 
+@transaction.atomic  # the state change and its notifications, or neither
 def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None) -> bool:
     """Take an active host out of service with a cause and a reason; True if this call did it.
 
@@ -298,13 +302,15 @@ def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None)
     if horizon is not None:
         told = notify_affected(host, now, horizon, reason, "operations/mail_drained.txt")
     listed = _listed(problems) if problems else reason
-    mail_admins(
+    notify_staff_text(
+        "host.drained",
         f"{host.name} drained: {_subject(reason)}",
         f"{host.name} was taken out of service{by} at {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC."
         f"\n\n{listed}\n\nNothing new starts on it; {told} user{'s' if told != 1 else ''} with "
         f"an upcoming reservation {'were' if told != 1 else 'was'} told. Once it is fixed, "
         f"resume it:\n{_resume_howto(host)}",
-        fail_silently=True,
+        data={"host": host.name, "reason": reason},
+        actor=actor,
     )
     return True
 
@@ -442,7 +448,9 @@ def notify_affected(host, start, end, why: str, template: str, *, already=None) 
             "alternatives": _alternatives(r, now, step, base, cache),
             "reservation_url": base + r.get_absolute_url(),
         }
-        told += mail_user(r.user, template, context)
+        told += bool(
+            notify("reservation.affected", r.user, template, context, data={"host": host.name})
+        )
     return told
 
 

@@ -21,6 +21,7 @@ from django.db.models import Prefetch
 from portal.booking.models import Allocation
 from portal.inventory.models import Host
 from portal.jobs.models import Job
+from portal.jobs.services import tell_job
 from portal.operations.logs import context
 from provisioning.accounts import JOB_ACCOUNT_PREFIX
 from provisioning.client import AgentClient, AgentError, DeviceRef, JobState
@@ -158,12 +159,16 @@ class JobPass:
             )  # fmt: skip
             self._finish(job, J.FAILED, ran=False, last_error=f"The host refused the job: {exc}")
             return
-        if Job.move(job.pk, J.RUNNING, from_=(J.STARTING,), started_at=self.now):
-            # Usage counts from here, when it runs, not from when it was placed (the time
-            # before is past: shrinking the allocation frees nothing anyone could book).
-            Allocation.objects.filter(
-                job=job, active=True, end__gt=self.now, start__lt=self.now
-            ).update(start=self.now)
+        with transaction.atomic():  # the move, the usage's start and the notice
+            started = Job.move(job.pk, J.RUNNING, from_=(J.STARTING,), started_at=self.now)
+            if started:
+                # Usage counts from here, when it runs, not from when it was placed (the time
+                # before is past: shrinking the allocation frees nothing anyone could book).
+                Allocation.objects.filter(
+                    job=job, active=True, end__gt=self.now, start__lt=self.now
+                ).update(start=self.now)
+                tell_job(job.pk)
+        if started:
             self.done.append(f"started {job.session_name}")
             log.info(
                 "%s: started %s as %s on %d devices", self.host.name, job.session_name,
@@ -260,12 +265,15 @@ class JobPass:
                 job.output.save(f"job-{job.pk}-output.tar.gz", File(sink), save=False)
                 Job.objects.filter(pk=job.pk).update(output=job.output.name)
 
+    @transaction.atomic  # the move, the devices' release and the notice
     def _finish(self, job: Job, state: str, *, ran: bool = True, **fields) -> None:
         if Job.move(job.pk, state, from_=Job.HOLDING, ended_at=self.now, **fields):
             # The devices are free from now on; what was held until now is the job's usage.
             release(job, self.now, ran=ran)
+            tell_job(job.pk)
 
 
+@transaction.atomic  # the move, the devices' release and the notice
 def requeue(job: Job, now: datetime, reason: str) -> None:
     """Put a job lost with its host back in the queue, a limited number of times."""
     if job.requeues >= settings.JOBS_MAX_REQUEUES:
@@ -280,6 +288,7 @@ def requeue(job: Job, now: datetime, reason: str) -> None:
         )  # fmt: skip
     if moved:
         release(job, now, ran=job.state == J.RUNNING)
+        tell_job(job.pk)
         log.warning(
             "%s %s: %s", job.session_name,
             "failed" if job.requeues >= settings.JOBS_MAX_REQUEUES else "requeued", reason,

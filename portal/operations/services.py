@@ -20,18 +20,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
-from django.core.mail import mail_admins
+from django.db import transaction
 from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from portal.booking.models import Allocation, Reservation
-from portal.booking.services import BookingError, may_hold, reservation_withdraw
+from portal.booking.services import BookingError, about, may_hold, reservation_withdraw
 from portal.inventory.models import Host
+from portal.notifications.outbox import notify, notify_staff_text
 from portal.operations import activity, agents, health, squatters, telemetry
 from portal.operations.agents import is_reachable_in_principle
 from portal.operations.jobs import JobPass, requeue_from_failed_host
 from portal.operations.logs import context
-from portal.operations.mail import mail_user
 from provisioning.accounts import JOB_ACCOUNT_PREFIX, keys_digest
 from provisioning.client import AgentClient, AgentError, DeviceRef, SessionState, epoch_seconds
 from provisioning.transport import HostKeyMismatch, TransportError
@@ -226,13 +226,16 @@ class _Pass:
 
     def _host_failed(self, exc: Exception) -> None:
         mismatch = isinstance(exc, HostKeyMismatch)
-        Host.objects.filter(pk=self.host.pk).update(last_error=str(exc), key_mismatch=mismatch)
-        if mismatch and not self.host.key_mismatch:  # alarm once, when it starts
-            mail_admins(
-                f"Host key mismatch on {self.host.name}: nothing is sent to it",
-                f"{exc}\n\nConfirm and record the host's keys in the portal if it was "
-                "reinstalled; otherwise treat it as an attack.",
-            )
+        with transaction.atomic():
+            Host.objects.filter(pk=self.host.pk).update(last_error=str(exc), key_mismatch=mismatch)
+            if mismatch and not self.host.key_mismatch:  # alarm once, when it starts
+                notify_staff_text(
+                    "host.alert",
+                    f"Host key mismatch on {self.host.name}: nothing is sent to it",
+                    f"{exc}\n\nConfirm and record the host's keys in the portal if it was "
+                    "reinstalled; otherwise treat it as an attack.",
+                    data={"host": self.host.name},
+                )
         log.warning("%s: %s", self.host.name, exc, extra=context(self.host))
         if problem := health.unreachable_problem(self.host, self.now):
             health.update(self.host, [problem], self.now)
@@ -296,7 +299,7 @@ class _Pass:
         if Reservation.move(
             r.pk, S.ACTIVE, from_=(S.SCHEDULED, S.PROVISIONING, S.FAILED), **fields
         ):
-            _mail_once(r, "ready_mailed", "operations/mail_ready.txt")
+            _tell_once(r, "ready_mailed", "session.ready", "operations/mail_ready.txt")
 
     def _failed(self, r: Reservation, reason: str) -> None:
         Reservation.move(
@@ -327,7 +330,6 @@ class _Pass:
                 extra=context(self.host, reservation=r),
             )
             return
-        mail_user(r.user, "operations/mail_withdrawn.txt", {"r": r, "reason": reason})
         self.done.append(f"withdrew {r.session_name}")
         log.info(
             "%s: withdrew %s: %s", self.host.name, r.session_name, reason,
@@ -375,7 +377,7 @@ class _Pass:
             end__lte=self.now + ENDING_WARNING,
         ).select_related("user", "host")
         for r in soon:
-            _mail_once(r, "ending_mailed", "operations/mail_ending.txt")
+            _tell_once(r, "ending_mailed", "session.ending", "operations/mail_ending.txt")
 
 
 def _reservation_of(session: str | None) -> int | None:
@@ -385,9 +387,11 @@ def _reservation_of(session: str | None) -> int | None:
     return None
 
 
-def _mail_once(r: Reservation, flag: str, template: str) -> None:
-    """Send a mail about a reservation unless it went out already (claimed like a transition)."""
-    if not Reservation.objects.filter(pk=r.pk, **{flag: False}).update(**{flag: True}):
-        return
-    r = Reservation.objects.select_related("user", "host", "stack").get(pk=r.pk)
-    mail_user(r.user, template, {"r": r})
+def _tell_once(r: Reservation, flag: str, event: str, template: str) -> None:
+    """Tell the owner about their reservation unless they were told already: the flag is
+    claimed like a transition, in the transaction that queues the notification."""
+    with transaction.atomic():
+        if not Reservation.objects.filter(pk=r.pk, **{flag: False}).update(**{flag: True}):
+            return
+        r = Reservation.objects.select_related("user", "host", "stack").get(pk=r.pk)
+        notify(event, r.user, template, {"r": r}, data=about(r))

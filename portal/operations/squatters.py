@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
 
 from portal.booking.models import Allocation
 from portal.inventory.models import Accelerator, Host, Squatter
+from portal.notifications.outbox import notify, notify_staff_text
 from portal.operations.jobs import job_account
-from portal.operations.mail import mail_user
 from provisioning.accounts import unix_name
 from provisioning.client import AgentClient, AgentError
 from provisioning.transport import TransportError
@@ -132,10 +131,10 @@ def _open(host: Host, key, holder: Holder | None, now: datetime) -> Squatter | N
                 first_seen=now,
                 last_seen=now,
             )
+            squatter = Squatter.objects.select_related("accelerator", "host").get(pk=squatter.pk)
+            _tell(squatter, holder)  # in the same transaction: the row and its notices
     except IntegrityError:
         return None  # another pass opened it a moment ago, and tells the people
-    squatter = Squatter.objects.select_related("accelerator", "host").get(pk=squatter.pk)
-    _tell(squatter, holder)
     return squatter
 
 
@@ -148,11 +147,13 @@ def _tell(squatter: Squatter, holder: Holder | None) -> None:
     )
     context = {"s": squatter, "host": host, "holder": holder, "deadline": deadline}
     owner = portal_user(squatter.unix_user)
+    data = {"host": host.name, "device": squatter.accelerator.index, "pid": squatter.pid}
     if owner is not None:
-        mail_user(owner, "operations/mail_squatter.txt", context)
+        notify("session.squatter", owner, "operations/mail_squatter.txt", context, data=data)
     for person in holder.people if holder else ():
-        mail_user(person, "operations/mail_squatted.txt", context)
-    mail_admins(
+        notify("session.squatter", person, "operations/mail_squatted.txt", context, data=data)
+    notify_staff_text(
+        "host.alert",
         f"Squatter on {host.name}: {squatter.unix_user} on {squatter.accelerator}",
         f"Process {squatter.pid} of {squatter.unix_user} uses {squatter.accelerator}, which "
         f"{'is held by ' + holder.label if holder else 'nobody holds'}.\n"
@@ -161,6 +162,7 @@ def _tell(squatter: Squatter, holder: Holder | None) -> None:
             if deadline
             else "The host's policy is to warn only."
         ),
+        data=data,
     )
     log.warning("%s: squatter %s pid %s", host.name, squatter.unix_user, squatter.pid)
 

@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,8 +25,8 @@ from portal.booking.forms import DateTimeInput
 from portal.booking.models import Allocation, Reservation
 from portal.http import client_ip
 from portal.inventory.models import Host, MaintenanceWindow
+from portal.notifications.outbox import notify_staff_text
 from portal.operations import health, registration
-from portal.operations.mail import mail_user
 from portal.pages import confirm_first, refuse
 from provisioning.transport import TransportError
 
@@ -242,9 +243,18 @@ def host_maintenance(request, name):
         return render(
             request, "operations/host_maintenance.html", context, status=400 if data else 200
         )
-    window = form.save()
-    told = health.maintenance_announce(window)
-    staff_log(request.user, host, f"Maintenance planned {_window_log(window)}; {_users(told)}")
+    with transaction.atomic():  # the window, its notices and the log entry, or none of them
+        window = form.save()
+        told = health.maintenance_announce(window)
+        staff_log(request.user, host, f"Maintenance planned {_window_log(window)}; {_users(told)}")
+        notify_staff_text(
+            "maintenance.planned",
+            f"Maintenance of {host.name} planned by {request.user}",
+            f"{host.name}: {_window_log(window)}; {_users(told)}.",
+            data={"host": host.name, "start": window.start.isoformat(),
+                  "end": window.end.isoformat()},
+            actor=request.user,
+        )  # fmt: skip
     start, end = timezone.localtime(window.start), timezone.localtime(window.end)
     messages.success(
         request,
@@ -277,12 +287,13 @@ def maintenance_edit(request, name, pk):
         return render(
             request, "operations/maintenance_edit.html", context, status=400 if data else 200
         )
-    window = form.save()
-    told = health.maintenance_announce(window, before=before)
-    staff_log(
-        request.user, window.host,
-        f"Maintenance changed {before_log} to {_window_log(window)}; {_users(told)}",
-    )  # fmt: skip
+    with transaction.atomic():
+        window = form.save()
+        told = health.maintenance_announce(window, before=before)
+        staff_log(
+            request.user, window.host,
+            f"Maintenance changed {before_log} to {_window_log(window)}; {_users(told)}",
+        )  # fmt: skip
     messages.success(request, f"Maintenance window changed; {_users(told)}.")
     return redirect("operations:host_maintenance", window.host.name)
 
@@ -362,16 +373,6 @@ def reservation_decide(request, pk):
         refuse(request, exc)
         return redirect("operations:approvals")
     staff_log(request.user, reservation, "Approved" if approve else f"Rejected: {reason[:1900]}")
-    context = {
-        "r": reservation,
-        "reason": reason,
-        "reservation_url": health.site_url() + reservation.get_absolute_url(),
-    }
-    template = "operations/mail_approved.txt" if approve else "operations/mail_rejected.txt"
-    told = mail_user(reservation.user, template, context)
     done = "approved" if approve else "rejected"
-    messages.success(
-        request,
-        f"{who} {done}{'; they are told by mail' if told else '; they have no mail address'}.",
-    )
+    messages.success(request, f"{who} {done}; they are told.")
     return redirect("operations:approvals")

@@ -24,7 +24,6 @@ from pathlib import Path
 from debian.debian_support import Version
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -35,6 +34,7 @@ from portal.errors import ServiceError
 from portal.inventory.hwspec import Hwspec, InvalidHwspec, parse_requirement
 from portal.inventory.models import DriverStack
 from portal.jobs.models import Job
+from portal.notifications.outbox import mail_addresses, notify
 from portal.packages import results, sources
 from portal.packages.models import SourcePackage, TestRun
 from provisioning.agent.rules import OVERRIDE_CONTROL
@@ -583,9 +583,9 @@ def record_one(run: TestRun) -> TestRun | None:
             return None  # another pass recorded it
         if results.retried(job.state, result) and _retries(run) < settings.TESTS_MAX_RETRIES:
             retry = _retry(run)
-    run.refresh_from_db()
-    if retry is None:
-        _tell(run)
+        run.refresh_from_db()
+        if retry is None:
+            _tell(run)  # queued with the result, in its transaction
     return retry
 
 
@@ -609,36 +609,21 @@ def record_results() -> int:
 
 
 def _tell(run: TestRun) -> None:
-    """Mail the result to the member who asked, and to the Maintainer where the archive says
-    so. A mail that cannot be sent is logged; the result stays recorded."""
-    to = []
-    if run.requester is not None and run.requester.email:
-        to.append(run.requester.email)
+    """Tell the member who asked, and mail the Maintainer where the archive says so."""
     archive = run.package.archive
+    context = {"run": run, "url": settings.SITE_URL + reverse("packages:run", args=[run.pk])}
+    data = {
+        "run": run.pk, "package": run.package.name, "version": run.package.version,
+        "hwspec": run.hwspec, "stack": run.stack.name, "result": run.result,
+        "regression": run.regression, "url": context["url"],
+    }  # fmt: skip
+    if run.requester is not None:
+        notify("test.finished", run.requester, TOLD, context, data=data)
     if archive is not None and archive.mail_maintainers and run.package.maintainer:
-        to.append(run.package.maintainer)
-    if not to:
-        return
-    subject = (
-        f"src:{run.package.name} {run.package.version} on {run.hwspec}/{run.stack.name}: "
-        f"{run.result}{' (regression)' if run.regression else ''}"
-    )
-    lines = [f"{name}: {word}" for name, word in run.summary.items()]
-    body = "\n".join(
-        [
-            f"The autopkgtest run #{run.pk} of src:{run.package.name} {run.package.version}",
-            f"on a {run.hwspec} device with the stack {run.stack.name} ended: {run.result}.",
-            *(["It passed before: a regression."] if run.regression else []),
-            "",
-            *lines,
-            "",
-            f"{settings.SITE_URL}{reverse('packages:run', args=[run.pk])}",
-        ]
-    )
-    try:
-        send_mail(subject, body, None, to, fail_silently=False)
-    except Exception:
-        log.exception("test run %s: the result mail was not sent", run.pk)
+        mail_addresses("test.finished", [run.package.maintainer], TOLD, context, data=data)
+
+
+TOLD = "packages/mail_finished.txt"
 
 
 # The beat task lives in runs_tasks.py; Celery's autodiscovery imports tasks.py modules only,

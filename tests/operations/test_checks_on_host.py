@@ -7,11 +7,11 @@ stack, with only the checked device visible.
 import json
 
 import pytest
-from django.core import mail
 from django.utils import timezone
 
 from portal.inventory.models import HealthCheck, Host
 from portal.operations import checks, services
+from tests.helpers import delivered
 from tests.operations.conftest import book_now
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
@@ -51,7 +51,7 @@ def test_a_passing_check_is_recorded_and_the_host_stays_in_service(registered, h
 
 def test_a_failing_check_drains_the_host_and_tells_the_admins(registered, health_checks):
     health_checks({"nvidia": FAILING})
-    mail.outbox.clear()
+    delivered().clear()
 
     checks.run_checks(timezone.now())
 
@@ -62,7 +62,7 @@ def test_a_failing_check_drains_the_host_and_tells_the_admins(registered, health
     assert registered.state == Host.State.MAINTENANCE
     assert [p["code"] for p in registered.health_problems] == ["health_check"]
     assert "nvidia #0" in registered.drain_reason and "exit status 4" in registered.drain_reason
-    [drained] = [m for m in mail.outbox if "drained" in m.subject]
+    [drained] = [m for m in delivered() if "drained" in m.subject]
     assert drained.to == ["admins@example.org"]
     assert "uncorrected ECC errors: 3" in drained.body
 

@@ -9,13 +9,12 @@ pid is the only thing changed), so the agent finds its owner in /proc as it woul
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 from django.utils import timezone
 
 from portal.booking.models import Reservation
 from portal.inventory.models import DeviceSample, Squatter
 from portal.operations import services, telemetry
-from tests.helpers import wait_for
+from tests.helpers import delivered, wait_for
 from tests.operations.conftest import book_now, state_of
 from tests.operations.harness import SMI_XML_ON_HOST, smi_xml
 
@@ -118,7 +117,7 @@ def test_a_squatter_is_told_then_killed_after_the_grace_and_the_holder_keeps_the
     registered.save()
     reconcile(registered)  # both sessions open
     assert state_of(mine) == S.ACTIVE
-    mail.outbox.clear()
+    delivered().clear()
 
     # Bob runs something that the driver shows on GPU 1, which Alice booked, and Alice her own
     # work on it too.
@@ -129,16 +128,16 @@ def test_a_squatter_is_told_then_killed_after_the_grace_and_the_holder_keeps_the
     squatter = Squatter.objects.get()
     assert (squatter.unix_user, squatter.pid, squatter.accelerator.index) == ("bob", squatting, 1)
     assert squatter.holder == f"reservation {mine.pk}" and squatter.killed_at is None
-    told = {m.to[0]: m for m in mail.outbox}
+    told = {m.to[0]: m for m in delivered()}
     assert set(told) == {bob.user.email, alice.user.email, "admins@example.org"}
     assert "without a booking" in told[bob.user.email].subject
     assert "it is killed" in told[bob.user.email].body
     assert "Someone else's process" in told[alice.user.email].subject
 
     # Still there on the next reading, within the grace: followed, not killed, told once.
-    mail.outbox.clear()
+    delivered().clear()
     reconcile(registered)
-    assert mail.outbox == [] and Squatter.objects.get().killed_at is None
+    assert delivered() == [] and Squatter.objects.get().killed_at is None
     assert any(p["pid"] == squatting for p in testhost.processes())
 
     # The grace is over.
@@ -169,7 +168,7 @@ def test_a_squatter_on_a_warn_only_host_is_never_killed(
     squatter = Squatter.objects.get()
     assert squatter.holder == "" and squatter.killed_at is None and squatter.gone_at is None
     assert any(p["pid"] == squatting for p in testhost.processes())
-    warning = next(m for m in mail.outbox if "without a booking" in m.subject)
+    warning = next(m for m in delivered() if "without a booking" in m.subject)
     assert warning.to == [bob.user.email] and "which nobody booked" in warning.body
 
 
@@ -185,13 +184,13 @@ def test_an_idle_reservation_is_warned_then_ended_and_a_used_one_is_kept(
     assert state_of(idle) == state_of(used) == S.ACTIVE
     # Dave's work runs on his GPU; Carol never logs in.
     recording(smi_xml({1: [(background(dave), 1000)]}))
-    mail.outbox.clear()
+    delivered().clear()
 
     # Both sessions opened 40 minutes ago, as if time had passed.
     Reservation.objects.update(granted_at=timezone.now() - timedelta(minutes=40))
     assert f"warned idle r{idle.pk}" in reconcile(registered)
-    assert [m.to for m in mail.outbox] == [[carol.user.email]]
-    assert "will be ended" in mail.outbox[0].subject
+    assert [m.to for m in delivered()] == [[carol.user.email]]
+    assert "will be ended" in delivered()[0].subject
     assert Reservation.objects.get(pk=used.pk).last_active_at is not None
 
     # Still unused when the warning runs out: ended, its device free, the session revoked.
@@ -200,7 +199,7 @@ def test_an_idle_reservation_is_warned_then_ended_and_a_used_one_is_kept(
     )
     assert f"reclaimed idle r{idle.pk}" in reconcile(registered)
     assert state_of(idle) == S.ENDING
-    assert "was ended" in mail.outbox[-1].subject
+    assert "was ended" in delivered()[-1].subject
     reconcile(registered)
     assert state_of(idle) == S.ENDED
     assert carol.ssh("true").returncode == 255
@@ -246,7 +245,7 @@ def test_a_gpu_gone_from_the_host_drains_it_and_upcoming_bookers_are_told(
     assert registered.state == registered.State.MAINTENANCE and registered.drained_at
     codes = {p["code"] for p in registered.health_problems}
     assert {"device_missing", "device_count"} <= codes
-    subjects = {m.to[0]: m.subject for m in mail.outbox}
+    subjects = {m.to[0]: m.subject for m in delivered()}
     assert "testhost" in subjects["admins@example.org"]
     assert frank.user.email in subjects
 

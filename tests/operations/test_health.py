@@ -13,7 +13,7 @@ from portal.booking.models import Allocation, Reservation
 from portal.inventory.models import Host, MaintenanceWindow
 from portal.operations import health
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
-from tests.helpers import NOW
+from tests.helpers import NOW, mails_to
 
 H = timedelta(hours=1)
 SITE = "https://portal.example.org"
@@ -515,13 +515,16 @@ def test_it_records_maintenance_and_tells_the_owners_it_affects(
     assert window.start == NOW.replace(hour=12, minute=30)  # typed in Berlin time
     assert window.end == NOW.replace(hour=14, minute=0)
     assert window.reason == "new fans" and window.created_by == staff
-    (sent,) = mailoutbox
-    assert sent.to == [alice.email]
+    (sent,) = mails_to(mailoutbox, alice.email)
     assert sent.subject == "Maintenance on gpu1 during your reservation"
     assert "from Mon 23 Nov 2026 13:30 to Mon 23 Nov 2026 15:00 CET (maintenance: new fans)" in (
         sent.body
     )
     assert "gpu2, Mon 23 Nov 2026 13:00 to Mon 23 Nov 2026 15:00 CET" in sent.body
+    # The operators hear of it; the staff member who planned it is not told their own deed.
+    (notice,) = mails_to(mailoutbox, "admins@example.org")
+    assert notice.subject == f"Maintenance of gpu1 planned by {staff}"
+    assert not mails_to(mailoutbox, staff.email)
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,19 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core import mail
 
 from portal.accounts.services import ssh_key_add
 from portal.accounts.sshkeys import parse_public_key
 from portal.booking.models import Reservation
 from portal.booking.services import reservation_create, reservation_extend
 from portal.inventory.models import Host
+from portal.notifications.models import Notification
+from portal.notifications.outbox import send_due
 from portal.operations import services
 from provisioning.client import AccountState, DeviceRef, Sample, SessionState, Telemetry
 from tests.factories import UserFactory
+from tests.helpers import delivered
+from tests.notifications.receivers import hanging_smtp  # noqa: F401 - a fixture
 from tests.operations.loop import NOW, gpu_host, healthy, member, minute_grid, public_key
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +89,23 @@ def test_it_grants_a_slot_at_its_start_to_its_user_with_keys_stack_devices_and_e
     ]
     r = fresh(r)
     assert (r.state, r.granted_at, r.last_error) == (S.ACTIVE, NOW, "")
-    assert [m.to for m in mail.outbox] == [[alice.email]]  # the "ready" mail, once
+    assert [m.to for m in delivered()] == [[alice.email]]  # the "ready" mail, once
+
+
+def test_a_hanging_mail_server_does_not_hold_up_the_pass(host, agent, hanging_smtp):  # noqa: F811
+    """The pass only writes the notice; the sender meets the hanging server, on its own."""
+    alice = member()
+    r = book(alice, host, indexes=(1,))
+
+    reconcile(host)
+
+    assert fresh(r).state == S.ACTIVE
+    assert hanging_smtp.accepted == 0  # the pass itself never called the mail server
+    (notice,) = Notification.objects.filter(event="session.ready")
+    assert (notice.target, notice.state) == (alice.email, Notification.State.PENDING)
+    assert send_due() == {"retry": 1} and hanging_smtp.accepted == 1
+    notice.refresh_from_db()
+    assert "timed out" in notice.last_error
 
 
 def test_it_grants_nothing_before_the_slot_starts(host, agent):
@@ -244,7 +263,7 @@ def test_it_withdraws_and_revokes_the_session_of_a_deactivated_user(host, agent,
     clock.shift(timedelta(minutes=5))
     alice.is_active = False
     alice.save()
-    mail.outbox.clear()
+    delivered().clear()
 
     reconcile(host)
 
@@ -252,7 +271,7 @@ def test_it_withdraws_and_revokes_the_session_of_a_deactivated_user(host, agent,
     assert len(agent.called("grant")) == 1  # never granted again
     r = fresh(r)
     assert r.state == S.ENDED and r.end == NOW + timedelta(minutes=5)
-    assert "deactivated" in mail.outbox[0].body
+    assert "deactivated" in delivered()[0].body
 
 
 def test_it_closes_a_session_the_portal_does_not_know(host, agent):

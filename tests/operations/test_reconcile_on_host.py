@@ -13,13 +13,12 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.core import mail
 from django.utils import timezone
 
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import reservation_end_now
 from portal.operations import services
-from tests.helpers import wait_for
+from tests.helpers import delivered, wait_for
 from tests.operations.conftest import book_now, state_of
 
 pytestmark = [pytest.mark.host, pytest.mark.django_db(transaction=True)]
@@ -59,8 +58,8 @@ def test_it_opens_the_session_at_the_start_and_closes_it_at_the_end(registered, 
     login = alice.ssh(PROBE)
     assert login.returncode == 0, login.stderr
     assert login.stdout.split() == ["cuda-12", "CUDA=1", "denied0", "open1"]
-    assert mail.outbox[0].to == [alice.user.email]
-    assert "ssh -p" in mail.outbox[0].body and "is ready" in mail.outbox[0].subject
+    assert delivered()[0].to == [alice.user.email]
+    assert "ssh -p" in delivered()[0].body and "is ready" in delivered()[0].subject
 
     # A process left running, detached from the login: the end must take it too.
     alice.ssh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null &")
@@ -166,7 +165,7 @@ def test_it_revokes_within_one_pass_a_user_who_may_no_longer_hold_a_session(
             "member role removed": "your account no longer has the Debian member role",
         }[withdrawn]
     )
-    assert "was ended" in mail.outbox[-1].subject and mail.outbox[-1].to == [frank.user.email]
+    assert "was ended" in delivered()[-1].subject and delivered()[-1].to == [frank.user.email]
     # And no new session for them at the next pass either.
     assert f"granted r{reservation.pk}" not in reconcile(registered)
 
@@ -187,14 +186,14 @@ def test_it_refuses_a_host_whose_key_changed_and_sends_it_nothing(
     registered.refresh_from_db()
     assert registered.key_mismatch
     assert "host key" in registered.last_error
-    assert "Host key mismatch on testhost" in mail.outbox[0].subject  # the alarm
-    assert mail.outbox[0].to == ["admins@example.org"]
+    assert "Host key mismatch on testhost" in delivered()[0].subject  # the alarm
+    assert delivered()[0].to == ["admins@example.org"]
     assert testhost.sshd_log.count("Accepted publickey") == accepted_before  # never logged in
     assert not testhost.exists(f"/var/lib/porterbox/sessions/r{reservation.pk}.json")
     reservation.refresh_from_db()
     assert reservation.state == S.FAILED
     reconcile(registered)
-    assert len(mail.outbox) == 1  # one alarm, not one per pass
+    assert len(delivered()) == 1  # one alarm, not one per pass
 
 
 def test_it_registers_a_host_from_the_staff_page_after_the_keys_are_confirmed(
@@ -242,12 +241,12 @@ def test_it_mails_the_user_when_the_session_is_ready_and_before_it_ends(register
     reconcile(registered)
     reconcile(registered)  # a second pass sends nothing twice
 
-    subjects = [m.subject for m in mail.outbox]
+    subjects = [m.subject for m in delivered()]
     assert subjects == [
         "Your session on testhost is ready",
         f"Your session on testhost ends at {reservation.end.astimezone(BERLIN):%H:%M %Z}",
     ]
-    assert all(m.to == [heidi.user.email] for m in mail.outbox)
+    assert all(m.to == [heidi.user.email] for m in delivered())
 
 
 def test_it_calls_the_agent_without_ssh_in_single_machine_mode(

@@ -16,7 +16,7 @@ from portal.booking.services import reservation_create
 from portal.inventory.models import Host, MaintenanceWindow
 from portal.operations import health
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
-from tests.helpers import NOW
+from tests.helpers import NOW, mails_to
 from tests.provisioning.sshd import free_port
 
 pytestmark = pytest.mark.usefixtures("frozen")
@@ -148,12 +148,12 @@ def test_it_approves_a_reservation_and_tells_its_owner(as_staff, staff, gpu1, al
 
     r.refresh_from_db()
     assert r.state == Reservation.State.SCHEDULED
-    assert "alice&#x27;s reservation of gpu1 approved; they are told by mail." in (
+    assert "alice&#x27;s reservation of gpu1 approved; they are told." in (
         response.content.decode()
     )
     assert AuditEntry.objects.get(action="approve").actor == staff
     assert history(r) == ["Approved"]
-    [mail] = mailoutbox
+    [mail] = mails_to(mailoutbox, "alice@example.org")
     assert mail.to == ["alice@example.org"]
     assert mail.subject == "Approved: your reservation on gpu1"
     assert f"https://portal.example.org/reservations/{r.pk}/" in mail.body
@@ -172,7 +172,8 @@ def test_it_rejects_only_with_a_reason_and_after_asking(as_staff, staff, gpu1, a
     assert "Reject alice&#x27;s reservation of gpu1?" in html
     assert 'name="reason" value="gpu1 is for the ROCm team"' in html
     r.refresh_from_db()
-    assert r.state == Reservation.State.PENDING_APPROVAL and not mailoutbox
+    assert r.state == Reservation.State.PENDING_APPROVAL
+    assert not mails_to(mailoutbox, "alice@example.org")
 
     as_staff.post(url, {"decision": "reject", "reason": "gpu1 is for the ROCm team", **CONFIRMED})
 
@@ -182,7 +183,7 @@ def test_it_rejects_only_with_a_reason_and_after_asking(as_staff, staff, gpu1, a
     entry = AuditEntry.objects.get(action="reject")
     assert entry.actor == staff and entry.detail == {"reason": "gpu1 is for the ROCm team"}
     assert history(r) == ["Rejected: gpu1 is for the ROCm team"]
-    [mail] = mailoutbox
+    [mail] = mails_to(mailoutbox, "alice@example.org")
     assert mail.subject == "Not approved: your reservation on gpu1"
     assert "Staff said: gpu1 is for the ROCm team" in mail.body
 
@@ -211,10 +212,11 @@ def test_it_decides_a_reservation_once(as_staff, gpu1, alice, mailoutbox):
 
     assert "This reservation does not wait for approval." in again.content.decode()
     r.refresh_from_db()
-    assert r.state == Reservation.State.SCHEDULED and len(mailoutbox) == 1
+    assert r.state == Reservation.State.SCHEDULED
+    assert len(mails_to(mailoutbox, "alice@example.org")) == 1
 
 
-def test_it_tells_the_user_a_booking_waits_for_staff(client, gpu1, alice):
+def test_it_tells_the_user_a_booking_waits_for_staff(client, gpu1, alice, staff, mailoutbox):
     client.force_login(alice)
 
     response = client.post(
@@ -227,6 +229,11 @@ def test_it_tells_the_user_a_booking_waits_for_staff(client, gpu1, alice):
     html = response.content.decode()
     assert "Requested: staff approve bookings on gpu1; you will be told by mail." in html
     assert "Booked." not in html
+    # Staff are told it waits: each staff user, and the operators' list.
+    told = mails_to(mailoutbox, staff.email, "admins@example.org")
+    assert sorted(m.to[0] for m in told) == sorted([staff.email, "admins@example.org"])
+    assert {m.subject for m in told} == {"Waiting for approval: alice on gpu1"}
+    assert "/hosts/approvals/" in told[0].body
 
 
 def test_it_never_lists_a_pending_reservation_as_active(client, gpu1, alice):
@@ -264,7 +271,11 @@ def test_it_drains_a_host_by_hand_after_asking(as_staff, staff, gpu1, alice, mai
     assert "gpu1 is drained: nothing new starts on it." in html
     assert "drained</span> since Mon 23 Nov 09:07: drained by staff" in html
     assert "Resume: accept new sessions and jobs" in html
-    assert sorted(m.to[0] for m in mailoutbox) == ["admins@example.org", "alice@example.org"]
+    drained = [m for m in mailoutbox if "Waiting for approval" not in m.subject]
+    assert [(m.to[0], m.subject) for m in drained] == [
+        ("alice@example.org", "gpu1 is out of service: your reservation may not start"),
+        ("admins@example.org", "gpu1 drained: PSU swap"),  # not the staff member who did it
+    ]
 
 
 def test_it_does_not_drain_without_a_reason(as_staff, gpu1):
@@ -334,7 +345,8 @@ def test_it_moves_a_window_and_tells_only_the_newly_affected(as_staff, gpu1, ali
     book(alice, gpu1, START, START + 2 * H, index=0)
     book(bob, gpu1, START + 3 * H, START + 5 * H, index=1)
     plan(as_staff, "2026-11-23T11:00", "2026-11-23T12:00")
-    assert [m.to for m in mailoutbox] == [["alice@example.org"]]
+    owners = ("alice@example.org", "bob@example.org")
+    assert [m.to for m in mails_to(mailoutbox, *owners)] == [["alice@example.org"]]
     window = MaintenanceWindow.objects.get()
 
     response = as_staff.post(
@@ -344,7 +356,10 @@ def test_it_moves_a_window_and_tells_only_the_newly_affected(as_staff, gpu1, ali
     )
 
     assert "Maintenance window changed; 1 user told." in response.content.decode()
-    assert [m.to for m in mailoutbox] == [["alice@example.org"], ["bob@example.org"]]
+    assert [m.to for m in mails_to(mailoutbox, *owners)] == [
+        ["alice@example.org"],
+        ["bob@example.org"],
+    ]
     window.refresh_from_db()
     assert window.end == START + 4 * H
     assert history(gpu1)[-1] == (

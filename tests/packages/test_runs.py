@@ -6,7 +6,6 @@ import tarfile
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 from django.core.files.base import ContentFile
 
 from portal.jobs.models import Job
@@ -21,6 +20,7 @@ from tests.factories import (
     JobFactory,
     UserFactory,
 )
+from tests.helpers import delivered
 from tests.packages.builder import build_source, publish_archive
 
 pytestmark = pytest.mark.django_db
@@ -293,7 +293,7 @@ def test_it_reads_the_summary_from_the_output_tarball_and_mails_the_requester(
     assert run.summary == {
         "smoke": "PASS", "gpu-kernels": "FAIL", "needs-root": "SKIP", "flaky-one": "FLAKY",
     }  # fmt: skip
-    (sent,) = mail.outbox
+    (sent,) = delivered()
     assert sent.to == ["dd@debian.org"]  # the archive does not mail maintainers
     assert "src:foo 1.0 on cuda/cuda-12: fail" in sent.subject
     assert "gpu-kernels: FAIL" in sent.body
@@ -345,7 +345,7 @@ def test_it_mails_the_maintainer_where_the_archive_says_so(stack):
     run = _run(stack, state="failed", exit_status=4)
     SourcePackage.objects.filter(pk=run.package_id).update(archive=archive)
     runs.record_results()
-    (sent,) = mail.outbox
+    (sent,) = delivered()
     assert sent.to == ["M <m@d.org>"]  # nobody asked: the watcher's run, say
     assert "src:foo 1.0 on cuda/cuda-12: fail" in sent.subject
 
