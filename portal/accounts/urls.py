@@ -21,5 +21,6 @@ project_urlpatterns = [
     path("<slug:slug>/", views.project_detail, name="detail"),
     path("<slug:slug>/decide/", views.project_decide, name="decide"),
     path("<slug:slug>/members/", views.member_add, name="member_add"),
+    path("<slug:slug>/webhook/", views.project_webhook, name="webhook"),
     path("<slug:slug>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
 ]

@@ -18,6 +18,8 @@ from portal.accounts.forms import (
     SSHKeyAddForm,
 )
 from portal.accounts.models import FeedToken, PartnerMembership, PartnerProject
+from portal.notifications.forms import WebhookForm
+from portal.notifications.models import Webhook
 from portal.pages import confirm_first, refuse
 
 
@@ -236,7 +238,9 @@ def _visible_project(request, slug) -> tuple[PartnerProject, PartnerMembership |
     return project, membership
 
 
-def _render_project(request, project, membership, form=None, status=200):
+def _render_project(
+    request, project, membership, form=None, status=200, *, hook_form=None, secret=None
+):
     memberships = (
         PartnerMembership.objects.filter(project=project)
         .select_related("user")
@@ -249,8 +253,14 @@ def _render_project(request, project, membership, form=None, status=200):
         "manages": services.may_manage_project(request.user, project),
         "form": form or MemberAddForm(),
         "jobs": project.jobs.select_related("submitter").order_by("-queued_at", "-pk")[:20],
+        "hook": Webhook.objects.filter(project=project).first(),
+        "hook_form": hook_form or WebhookForm(),
+        "new_secret": secret,
     }
-    return render(request, "accounts/project_detail.html", context, status=status)
+    response = render(request, "accounts/project_detail.html", context, status=status)
+    if secret:
+        add_never_cache_headers(response)  # the secret is shown in this answer only
+    return response
 
 
 @login_required
@@ -277,6 +287,30 @@ def member_add(request, slug):
             messages.success(request, f"Added {added.user.username} as {added.role}.")
             return redirect("projects:detail", slug=project.slug)
     return _render_project(request, project, membership, form=form, status=400)
+
+
+@login_required
+@require_POST
+def project_webhook(request, slug):
+    """Managers set the project's webhook, which gets every event of the project (its jobs,
+    its application's decision); a new one's secret is shown once. Empty URL: removed."""
+    project, membership = _visible_project(request, slug)
+    if not services.may_manage_project(request.user, project):
+        raise PermissionDenied("Only the project's managers set its webhook.")
+    if not request.POST.get("url", "").strip():
+        if Webhook.objects.filter(project=project).delete()[0]:
+            messages.success(request, "The project's webhook was removed.")
+        return redirect("projects:detail", slug=project.slug)
+    form = WebhookForm(request.POST)
+    if not form.is_valid():
+        return _render_project(request, project, membership, hook_form=form, status=400)
+    hook, created = Webhook.objects.update_or_create(
+        project=project, defaults={"url": form.cleaned_data["url"]}
+    )
+    if created:
+        return _render_project(request, project, membership, secret=hook.secret)
+    messages.success(request, "The project's webhook URL was saved; its secret is unchanged.")
+    return redirect("projects:detail", slug=project.slug)
 
 
 @login_required

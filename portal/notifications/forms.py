@@ -6,6 +6,7 @@ from portal.notifications.outbox import Undeliverable, check_url
 class WebhookForm(forms.Form):
     url = forms.URLField(
         label="Webhook URL",
+        required=True,
         max_length=500,
         assume_scheme="https",
         help_text="An https address that takes a signed JSON POST (a Matrix or IRC bridge, say).",
