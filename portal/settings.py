@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "portal.booking",
     "portal.jobs",
     "portal.packages",
+    "portal.clusters",
     "portal.operations",
     "portal.api",
 ]
@@ -390,6 +391,9 @@ TESTS_WATCH_SECONDS = envint("TESTS_WATCH_SECONDS", 3600)
 TESTS_MAX_UPLOAD_MB = envint("TESTS_MAX_UPLOAD_MB", 200)
 TESTS_MAX_RETRIES = envint("TESTS_MAX_RETRIES", 2)  # of a run that ended in tmpfail
 
+# Slurm clusters (portal/clusters): how often each cluster is asked about its jobs.
+CLUSTERS_PASS_SECONDS = envint("CLUSTERS_PASS_SECONDS", 15)
+
 # One place for the periodic tasks, with readable names (docs/architecture.md).
 CELERY_BEAT_SCHEDULE = {
     "reconcile hosts": {
@@ -423,6 +427,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.jobs.tasks.schedule",
         "schedule": JOBS_SCHEDULE_SECONDS,
         "options": {"expires": max(10, 3 * JOBS_SCHEDULE_SECONDS)},
+    },
+    # Slurm clusters (portal/clusters, docs/slurm.md): submit, follow and cancel their jobs;
+    # mirror the bookings of hosts that are Slurm nodes as Slurm reservations.
+    "slurm clusters": {
+        "task": "portal.clusters.tasks.clusters_pass",
+        "schedule": CLUSTERS_PASS_SECONDS,
+        "options": {"expires": max(10, 3 * CLUSTERS_PASS_SECONDS)},
+    },
+    "slurm reservations": {
+        "task": "portal.clusters.tasks.mirror_bookings",
+        "schedule": CLUSTERS_PASS_SECONDS,
+        "options": {"expires": max(10, 3 * CLUSTERS_PASS_SECONDS)},
     },
 }
 if PORTAL_HEALTH_CHECK_HOURS:

@@ -24,6 +24,7 @@ urlpatterns = [
     path("projects/", include((project_urlpatterns, "projects"))),
     path("", include("portal.jobs.urls")),
     path("packages/", include("portal.packages.urls")),
+    path("clusters/", include("portal.clusters.urls")),
     path("accounts/", include("allauth.urls")),
     # The API's docs: Swagger UI over the schema, served from this site (no CDN, no inline
     # script: its set-up is a script of its own, the split view's ?script). Swagger UI writes

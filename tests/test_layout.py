@@ -136,6 +136,7 @@ APP_ORDER = [
     "booking",
     "jobs",
     "packages",
+    "clusters",
     "operations",
     "api",
 ]

@@ -397,6 +397,11 @@ class JobCreateSerializer(serializers.Serializer):
         help_text=f"Submit an array of this many tasks (1 to {MAX_ARRAY}), like sbatch --array: "
         "N jobs alike, each with its `array_index` (0..N-1); the answer lists their ids.",
     )  # fmt: skip
+    partition = serializers.CharField(
+        max_length=130, required=False, allow_blank=True, default="",
+        help_text="Empty: the portal's fleet. Else a registered Slurm cluster's partition, "
+        "`cluster/partition`, where the job's project has a Slurm account (docs/slurm.md).",
+    )  # fmt: skip
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)

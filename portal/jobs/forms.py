@@ -9,6 +9,7 @@ from portal.accounts.models import PartnerProject, User
 from portal.booking.forms import GB
 from portal.inventory.forms import StackChoiceField, clean_hwspec_text
 from portal.inventory.models import DriverStack
+from portal.jobs import services
 from portal.jobs.models import Job
 from portal.jobs.services import MAX_ARRAY
 from provisioning.agent.rules import MAX_ENV
@@ -112,6 +113,12 @@ class JobForm(forms.Form):
         required=False,
         help_text="Or a .tar.gz, unpacked before the script runs.",
     )
+    partition = forms.ChoiceField(
+        label="Run on",
+        required=False,
+        choices=[("", "the portal's fleet")],
+        help_text="The fleet, or a partition of a Slurm cluster your project has an account on.",
+    )
     code_licence = forms.CharField(
         label="Licence of the code", max_length=100, help_text="An SPDX identifier."
     )
@@ -131,6 +138,12 @@ class JobForm(forms.Form):
     def __init__(self, user: User, *args, **kwargs):
         super().__init__(*args, **kwargs)
         cast(forms.ModelChoiceField, self.fields["project"]).queryset = submittable_projects(user)
+        field = cast(forms.ChoiceField, self.fields["partition"])
+        clusters = services.cluster_route.choices(user) if services.cluster_route else []
+        if clusters:  # Slurm partitions (portal/clusters) the user's projects may use
+            field.choices = [("", "the portal's fleet"), *clusters]
+        else:
+            field.widget = forms.HiddenInput()
 
     def clean_hwspec(self) -> str:
         spec = clean_hwspec_text(self.cleaned_data["hwspec"])
@@ -169,4 +182,5 @@ class JobForm(forms.Form):
             "data_licence": data["data_licence"],
             "model_freedom": data["model_freedom"],
             "array": data.get("array"),
+            "partition": data.get("partition") or "",
         }

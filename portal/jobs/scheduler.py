@@ -80,6 +80,8 @@ def waiting_rows() -> list[Waiting]:
     """Every waiting job, longest waiting first, in one query."""
     rows = (
         Job.objects.filter(state__in=Job.WAITING)
+        # Jobs bound for a Slurm cluster wait in its queue, not the fleet's (portal/clusters).
+        .filter(cluster_job__isnull=True)
         .order_by("queued_at", "pk")
         .values_list(*WAITING_FIELDS)
     )
@@ -123,6 +125,20 @@ def charged_allocations(now: datetime) -> QuerySet[Allocation]:
     )
 
 
+def cluster_jobs_charged(
+    now: datetime, since: datetime
+) -> list[tuple[int, datetime, datetime, int]]:
+    """(project, start, end, devices) of the jobs run on a Slurm cluster (portal/clusters) that
+    ran after `since`: they hold no Allocation here; Slurm's own start and end (or now while it
+    runs) times their GPUs count, read from the one job row, so each is counted once."""
+    rows = (
+        Job.objects.filter(cluster_job__isnull=False, started_at__lt=now)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=since))
+        .values_list("project_id", "started_at", "ended_at", "count")
+    )
+    return [(p, start, min(end or now, now), n) for p, start, end, n in rows if start]
+
+
 def decayed_usage(now: datetime) -> dict[int, float]:
     """Device-hours of each project's jobs, each hour weighed 1/2 per half-life of its age."""
     half_life = settings.JOBS_USAGE_HALF_LIFE_HOURS * HOUR
@@ -135,6 +151,8 @@ def decayed_usage(now: datetime) -> dict[int, float]:
     for project, start, end in rows:
         end = min(end, now)
         usage[project] += (end - start) / HOUR * 0.5 ** ((now - end) / half_life)
+    for project, start, end, devices in cluster_jobs_charged(now, now - 10 * half_life):
+        usage[project] += devices * (end - start) / HOUR * 0.5 ** ((now - end) / half_life)
     return usage
 
 
@@ -149,6 +167,8 @@ def month_usage(now: datetime) -> dict[int, float]:
     )
     for project, start, end in rows:
         used[project] += (min(end, now) - max(start, month)) / HOUR
+    for project, start, end, devices in cluster_jobs_charged(now, month):
+        used[project] += devices * (end - max(start, month)) / HOUR
     return used
 
 

@@ -134,13 +134,22 @@ def project_usage(project: PartnerProject, now: datetime, months: int = 12) -> U
         .filter(job__project=project, end__gt=starts[0])
         .values_list("start", "end", "job__submitter__username")
     )
-    for start, end, username in rows:
+    # Jobs run on a Slurm cluster: Slurm's start to end, times their GPUs (scheduler.py).
+    on_clusters = (
+        Job.objects.filter(project=project, cluster_job__isnull=False, started_at__lt=now)
+        .exclude(ended_at__lte=starts[0])
+        .values_list("started_at", "ended_at", "submitter__username", "count")
+    )
+    for start, end, username, devices in [
+        *((s, e, u, 1) for s, e, u in rows),
+        *((s, e or now, u, n) for s, e, u, n in on_clusters if s),
+    ]:
         end = min(end, now)
         for i, (month_start, month_end) in enumerate(zip(starts, ends, strict=True)):
             held = min(end, month_end) - max(start, month_start)
             if held > timedelta(0):
-                by_month[i] += held / HOUR
-                by_member[username] += held / HOUR
+                by_month[i] += devices * held / HOUR
+                by_member[username] += devices * held / HOUR
     month_bars = [Bar(f"{s:%Y-%m}", round(h, 4)) for s, h in zip(starts, by_month, strict=True)]
     member_bars = [
         Bar(name, round(h, 4)) for name, h in sorted(by_member.items(), key=lambda i: (-i[1], i[0]))
@@ -179,6 +188,12 @@ def device_hours(jobs: list[Job], now: datetime) -> dict[int, float]:
     )
     for job_id, start, end in rows:
         hours[job_id] += (min(end, now) - start) / HOUR
+    on_clusters = Job.objects.filter(
+        pk__in=[j.pk for j in jobs], cluster_job__isnull=False, started_at__lt=now
+    ).values_list("pk", "started_at", "ended_at", "count")
+    for job_id, began, ended, devices in on_clusters:
+        if began:
+            hours[job_id] += devices * (min(ended or now, now) - began) / HOUR
     return {pk: round(h, 2) for pk, h in hours.items()}
 
 

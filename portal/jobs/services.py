@@ -6,8 +6,9 @@ job is refused at submission with a clear message rather than failing on a host 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +28,31 @@ from provisioning.agent.protocol import AgentError as AgentRefusal
 
 # A refusal of the jobs service: portal/errors.py's, under the name the jobs' callers know.
 JobError = ServiceError
+
+
+class ClusterRoute(Protocol):
+    """Jobs bound for a Slurm cluster's partition instead of the fleet (docs/slurm.md). The
+    clusters app, above this one, installs its route at start-up (ClustersConfig.ready)."""
+
+    def choices(self, user: User) -> list[tuple[str, str]]:
+        """("cluster/partition", label) for the partitions the user's projects may use."""
+        ...
+
+    def prepare(
+        self,
+        *,
+        partition: str,
+        project: PartnerProject,
+        stack: DriverStack,
+        count: int,
+        walltime: timedelta,
+    ) -> Callable[[list[Job]], None]:
+        """Check the job against the partition (JobError if it does not fit); a function that
+        binds the new jobs to it, called in the transaction that creates them."""
+        ...
+
+
+cluster_route: ClusterRoute | None = None
 
 
 def may_submit(user: User, project: PartnerProject) -> bool:
@@ -113,10 +139,12 @@ def job_submit_tasks(
     input_git_ref: str = "",
     input_archive=None,
     array: int | None = None,
+    partition: str = "",
 ) -> list[Job]:
     """Queue a job, or an array of `array` tasks (like `sbatch --array=0-(N-1)`): N jobs alike,
     written at once or not at all, each with `array` (the first job) and `array_index` 0..N-1.
-    Every rule holds for each task, and the scheduler counts each as a job of its own."""
+    Every rule holds for each task, and the scheduler counts each as a job of its own.
+    `partition` ("cluster/partition") sends the jobs to a Slurm cluster instead of the fleet."""
     # Membership and a host with the stack, asked at once (one round trip, not two).
     member, served = (
         DriverStack.objects.filter(pk=stack.pk)
@@ -166,7 +194,14 @@ def job_submit_tasks(
             f"{project} may hold at most {project.max_concurrent_devices} devices at once.",
             "count",
         )
-    if not served:
+    bind = None
+    if partition:
+        if cluster_route is None:
+            raise JobError("no_clusters", "No Slurm cluster is registered.", "partition")
+        bind = cluster_route.prepare(
+            partition=partition, project=project, stack=stack, count=count, walltime=walltime
+        )
+    elif not served:
         raise JobError("stack_missing", f"No host offers the stack {stack.name}.", "stack")
     if spec and not stack.serves(spec):
         # The finder's rule and words (portal/booking/forms.py): such a job would wait forever.
@@ -185,9 +220,15 @@ def job_submit_tasks(
         "code_licence": code_licence, "data_licence": data_licence,
         "model_freedom": model_freedom, "queued_at": now, "created": now,
     }  # fmt: skip
-    if not array:
+    if not array and bind is None:
         return [Job.objects.create(**common, input_archive=input_archive)]
+    # Created and bound to a cluster at once: the fleet's scheduler never sees it unbound.
     with transaction.atomic():
+        if not array:
+            jobs = [Job.objects.create(**common, input_archive=input_archive)]
+            if bind is not None:
+                bind(jobs)
+            return jobs
         first = Job.objects.create(**common, input_archive=input_archive, array_index=0)
         first.array = first
         first.save(update_fields=["array"])
@@ -197,6 +238,8 @@ def job_submit_tasks(
             Job(**common, input_archive=archive, array=first, array_index=index)
             for index in range(1, array)
         )
+        if bind is not None:
+            bind([first, *rest])
     return [first, *rest]
 
 

@@ -1,0 +1,317 @@
+"""The cluster pass: submit the jobs bound for a Slurm cluster, follow them, cancel them.
+
+Level-triggered like the reconcile loop (docs/architecture.md): each pass asks Slurm about
+every job of the cluster the portal has not finished with, and each step is idempotent.
+
+- A job is submitted under a name unique to it (`porterbox-j<id>`). Before sbatch, the pass
+  looks the name up in what slurmctld knows: a submission whose answer was lost (slurmctld or
+  the connection went away after it took the job) is found and adopted, never made twice.
+- A cluster that does not answer (`scontrol ping`, `squeue`) is marked unreachable and gets
+  nothing new; its waiting jobs say why. Nothing is lost: the jobs stay in the database.
+- Usage: a job's start and end are Slurm's own, written to the job (`started_at`, `ended_at`)
+  each pass and overwritten, never added up; the jobs app counts (end - start) x GPUs from
+  them (portal/jobs/scheduler.py, cluster_jobs_charged), so a job is counted exactly once.
+- No database transaction is held while a command runs on the login node.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from portal.jobs import scheduler
+from portal.jobs.models import Job
+from provisioning.slurm import BatchJob, Login, Slurm, SlurmError, SlurmJob
+from provisioning.transport import Target, Transport, TransportError
+
+from .models import Cluster, ClusterJob, ClusterStack, ProjectAccount
+
+log = logging.getLogger(__name__)
+S = Job.State
+# Slurm's final states -> the job's; any other final state (NODE_FAIL, OUT_OF_MEMORY, ...) fails.
+FINAL = {"COMPLETED": S.SUCCEEDED, "CANCELLED": S.CANCELLED, "TIMEOUT": S.TIMED_OUT,
+         "DEADLINE": S.TIMED_OUT}  # fmt: skip
+LOG_CHUNK = 256 * 1024
+
+_transport: Transport | None = None
+_lock = threading.Lock()
+
+
+def transport() -> Transport:
+    """One transport per worker process, with the portal's own key (as for the hosts)."""
+    global _transport
+    with _lock:
+        if _transport is None:
+            key = settings.PORTAL_SSH_KEY_FILE
+            try:
+                _transport = Transport(key, **settings.PORTAL_SSH_TIMEOUTS)
+            except (OSError, ValueError) as exc:
+                raise TransportError(f"the portal's SSH key {key} cannot be read: {exc}") from exc
+        return _transport
+
+
+def reset_transport() -> None:
+    global _transport
+    with _lock:
+        if _transport is not None:
+            _transport.close()
+        _transport = None
+
+
+def slurm_for(cluster: Cluster) -> Slurm:
+    target = Target(cluster.login_host, cluster.login_port, cluster.login_user, cluster.host_keys)
+    return Slurm(transport(), Login(target, cluster.slurm_conf))
+
+
+def work_dir(cluster_job: ClusterJob) -> str:
+    return f"{cluster_job.partition.cluster.work_dir.rstrip('/')}/{cluster_job.slurm_name}"
+
+
+@dataclass
+class PassReport:
+    submitted: list[int] = field(default_factory=list)  # portal job ids
+    adopted: list[int] = field(default_factory=list)  # found in Slurm by name, not resubmitted
+    finished: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)  # scancel sent
+    error: str = ""
+
+
+def clusters_pass() -> dict[str, PassReport]:
+    """Beat: one pass over each enabled cluster."""
+    return {c.name: cluster_pass(c.pk) for c in Cluster.objects.filter(enabled=True)}
+
+
+def cluster_pass(cluster_id: int, now: datetime | None = None) -> PassReport:
+    cluster = Cluster.objects.get(pk=cluster_id)
+    report = PassReport()
+    jobs = list(
+        ClusterJob.objects.filter(partition__cluster=cluster, done=False)
+        .select_related("job__project", "job__stack", "partition__cluster")
+        .order_by("job__queued_at", "job_id")
+    )
+    slurm = slurm_for(cluster)
+    try:
+        slurm.ping()
+        known = slurm.jobs(
+            names=[cj.slurm_name for cj in jobs],
+            ids=[cj.slurm_job_id for cj in jobs if cj.slurm_job_id],
+        )
+    except TransportError as exc:
+        _unreachable(cluster, str(exc), now or timezone.now())
+        report.error = str(exc)
+        return report
+    now = now or timezone.now()
+    Cluster.objects.filter(pk=cluster.pk).update(reachable=True, last_error="", checked_at=now)
+    by_name: dict[str, list[SlurmJob]] = defaultdict(list)
+    by_id = {}
+    for sj in known:
+        by_name[sj.name].append(sj)
+        by_id[sj.job_id] = sj
+    step = _Step(cluster, slurm, report, now)
+    for cj in jobs:
+        try:
+            if cj.slurm_job_id is None:
+                step.submit(cj, sorted(by_name.get(cj.slurm_name, []), key=lambda j: j.job_id))
+            else:
+                step.follow(cj, by_id.get(cj.slurm_job_id))
+        except TransportError as exc:
+            # The cluster went away during the pass: what is done is recorded; the rest waits.
+            log.warning("cluster %s, job %s: %s", cluster.name, cj.job_id, exc)
+            _unreachable(cluster, str(exc), now)
+            report.error = str(exc)
+            break
+    return report
+
+
+def _unreachable(cluster: Cluster, error: str, now: datetime) -> None:
+    log.warning("cluster %s cannot be reached: %s", cluster.name, error)
+    Cluster.objects.filter(pk=cluster.pk).update(
+        reachable=False, last_error=error[:2000], checked_at=now
+    )
+    reason = f"The cluster {cluster.name} cannot be reached; the job is submitted when it answers."
+    Job.objects.filter(
+        cluster_job__partition__cluster=cluster,
+        cluster_job__slurm_job_id__isnull=True,
+        state__in=Job.WAITING,
+    ).exclude(wait_reason=reason).update(wait_reason=reason)
+
+
+def _quota_reason(job: Job, now: datetime) -> str:
+    """The fleet's monthly quota, with the cluster jobs' device-hours in it (docs/slurm.md)."""
+    project = job.project
+    used = scheduler.month_usage(now).get(project.pk, 0.0)
+    wanted = job.count * job.walltime / timedelta(hours=1)
+    if used + wanted > project.device_hours_per_month:
+        return (
+            f"Held: over the monthly quota ({used:.1f} of {project.device_hours_per_month} "
+            f"device-hours used, this job needs up to {wanted:.1f})."
+        )
+    return ""
+
+
+class _Step:
+    def __init__(self, cluster: Cluster, slurm: Slurm, report: PassReport, now: datetime):
+        self.cluster, self.slurm, self.report, self.now = cluster, slurm, report, now
+
+    # -- submission --------------------------------------------------------------------------
+
+    def submit(self, cj: ClusterJob, same_name: list[SlurmJob]) -> None:
+        job = cj.job
+        if same_name:
+            # A submission of an earlier pass reached Slurm and its answer was lost.
+            sj = same_name[0]
+            self._record_submission(cj, sj.job_id)
+            self.report.adopted.append(job.pk)
+            log.info("cluster %s: job %s found in Slurm as %s", self.cluster, job.pk, sj.job_id)
+            cj.refresh_from_db()
+            self.follow(cj, sj)
+            return
+        if job.state not in Job.WAITING:
+            # Cancelled before it was ever submitted: nothing to do in Slurm.
+            ClusterJob.objects.filter(pk=cj.pk).update(done=True)
+            return
+        reason = _quota_reason(job, self.now)
+        if reason:
+            Job.objects.filter(pk=job.pk, state__in=Job.WAITING).update(wait_reason=reason)
+            return
+        directory = work_dir(cj)
+        archive = job.input_archive.open("rb") if job.input_archive else None
+        try:
+            self.slurm.prepare(directory, archive)
+        finally:
+            if archive is not None:
+                archive.close()
+        try:
+            slurm_id = self.slurm.submit(self._batch(cj, directory))
+        except SlurmError as exc:
+            self.slurm.ping()  # the controller is gone: the pass stops, the job waits
+            # slurmctld answers and refused this job (an account or a limit): say so.
+            with transaction.atomic():
+                Job.move(job.pk, S.FAILED, from_=Job.WAITING, ended_at=self.now,
+                         last_error=f"Slurm refused the job: {exc}"[:2000])  # fmt: skip
+                ClusterJob.objects.filter(pk=cj.pk).update(done=True)
+            return
+        self._record_submission(cj, slurm_id)
+        self.report.submitted.append(job.pk)
+        log.info("cluster %s: job %s submitted as %s", self.cluster, job.pk, slurm_id)
+
+    def _batch(self, cj: ClusterJob, directory: str) -> BatchJob:
+        job, partition = cj.job, cj.partition
+        account = ProjectAccount.objects.get(cluster=self.cluster, project=job.project_id)
+        stack = ClusterStack.objects.filter(cluster=self.cluster, stack=job.stack_id).first()
+        return BatchJob(
+            name=cj.slurm_name,
+            partition=partition.name,
+            time_limit=job.walltime,
+            work_dir=directory,
+            script=job.script,
+            gpus=job.count,
+            gres_type=partition.gres_type,
+            account=account.account,
+            comment=f"porterbox job {job.pk} of {job.project.slug}",
+            env=tuple(sorted(job.env.items())),
+            setup=stack.setup if stack else "",
+            git_url=job.input_git_url,
+            git_ref=job.input_git_ref,
+        )
+
+    def _record_submission(self, cj: ClusterJob, slurm_id: int) -> None:
+        with transaction.atomic():
+            ClusterJob.objects.filter(pk=cj.pk, slurm_job_id__isnull=True).update(
+                slurm_job_id=slurm_id, submitted_at=self.now, synced_at=self.now
+            )
+            Job.move(
+                cj.job_id, S.SCHEDULED, from_=Job.WAITING,
+                wait_reason=f"In Slurm's queue on {cj.partition} as job {slurm_id}.",
+            )  # fmt: skip
+
+    # -- following ---------------------------------------------------------------------------
+
+    def follow(self, cj: ClusterJob, sj: SlurmJob | None) -> None:
+        job = Job.objects.get(pk=cj.job_id)
+        if sj is None:
+            # slurmctld answered and no longer knows the job: it finished longer than
+            # MinJobAge ago while the portal was away (docs/slurm.md, "Accounting").
+            self._copy_log(cj, job)
+            self._finish(cj, job, S.FAILED, None,
+                         last_error=f"Slurm no longer knows job {cj.slurm_job_id}.")  # fmt: skip
+            return
+        wants_cancel = job.state == S.CANCELLED or job.stop_requested
+        if wants_cancel and not sj.finished and not cj.cancel_sent:
+            self.slurm.cancel(sj.job_id)
+            ClusterJob.objects.filter(pk=cj.pk).update(cancel_sent=True)
+            self.report.cancelled.append(job.pk)
+        # Slurm's times are the job's: overwritten each pass, never added up.
+        if sj.started is not None:
+            times = {"started_at": sj.started, **({"ended_at": sj.ended} if sj.finished else {})}
+            Job.objects.filter(pk=job.pk).update(**times)
+        ClusterJob.objects.filter(pk=cj.pk).update(slurm_state=sj.state, synced_at=self.now)
+        if sj.running or sj.finished:
+            Job.move(job.pk, S.RUNNING, from_=(S.SCHEDULED, S.STARTING), started_at=sj.started)
+        self._copy_log(cj, job)
+        if sj.finished:
+            state = FINAL.get(sj.state, S.FAILED)
+            if state == S.SUCCEEDED and sj.exit_code:
+                state = S.FAILED
+            self._keep_output(cj, job)
+            error = "" if state == S.SUCCEEDED else f"Slurm: {sj.state} ({sj.reason})"
+            self._finish(cj, job, state, sj, last_error=error)
+
+    def _finish(self, cj: ClusterJob, job: Job, state: str, sj: SlurmJob | None, **fields) -> None:
+        exit_status = None
+        if sj is not None:
+            exit_status = sj.exit_code if sj.exit_code is not None else -(sj.signal or 0) or None
+        ended = (sj.ended if sj else None) or self.now
+        with transaction.atomic():
+            moved = Job.move(job.pk, state, from_=(*Job.WAITING, *Job.HOLDING),
+                             ended_at=ended, exit_status=exit_status, **fields)  # fmt: skip
+            if not moved and sj is not None:
+                # Cancelled in the portal first: keep its state, take Slurm's times and status.
+                Job.objects.filter(pk=job.pk).update(ended_at=ended, exit_status=exit_status)
+            ClusterJob.objects.filter(pk=cj.pk).update(done=True)
+        self.report.finished.append(job.pk)
+        log.info("cluster %s: job %s ended: %s", self.cluster, job.pk, state)
+
+    def _copy_log(self, cj: ClusterJob, job: Job) -> None:
+        """Append what the job's log gained on the cluster, keeping the tail (as the fleet)."""
+        keep = settings.JOBS_MAX_LOG_KB * 1024
+        path = f"{work_dir(cj)}/log"
+        offset, parts = job.log_offset, []
+        while True:
+            chunk = self.slurm.read(path, offset, LOG_CHUNK)
+            if not chunk:
+                break
+            offset += len(chunk)
+            parts.append(chunk)
+            if len(chunk) < LOG_CHUNK:
+                break
+        if not parts:
+            return
+        text = b"".join(parts).decode("utf-8", "replace").replace("\0", "\ufffd")
+        whole = job.log + text
+        kept = whole[-keep:]
+        dropped = job.log_dropped + len(whole) - len(kept)
+        Job.objects.filter(pk=job.pk).update(log=kept, log_offset=offset, log_dropped=dropped)
+        job.log, job.log_offset, job.log_dropped = kept, offset, dropped
+
+    def _keep_output(self, cj: ClusterJob, job: Job) -> None:
+        limit = settings.JOBS_MAX_OUTPUT_MB * 1024 * 1024
+        with tempfile.TemporaryFile() as sink:
+            self.slurm.fetch_output(work_dir(cj), sink)
+            size = sink.tell()
+            if size > limit:
+                note = f"Its output is over {settings.JOBS_MAX_OUTPUT_MB} MB compressed; not kept."
+                Job.objects.filter(pk=job.pk).update(last_error=note)
+            elif size:
+                sink.seek(0)
+                job.output.save(f"job-{job.pk}-output.tar.gz", File(sink), save=False)
+                Job.objects.filter(pk=job.pk).update(output=job.output.name)
