@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from portal.jobs import scheduler
 from portal.jobs.models import Job
+from portal.jobs.services import tell_job
 from provisioning.slurm import BatchJob, Login, Slurm, SlurmError, SlurmJob
 from provisioning.transport import Target, Transport, TransportError
 
@@ -256,7 +257,10 @@ class _Step:
             Job.objects.filter(pk=job.pk).update(**times)
         ClusterJob.objects.filter(pk=cj.pk).update(slurm_state=sj.state, synced_at=self.now)
         if sj.running or sj.finished:
-            Job.move(job.pk, S.RUNNING, from_=(S.SCHEDULED, S.STARTING), started_at=sj.started)
+            with transaction.atomic():  # the move and its notice (the outbox)
+                if Job.move(job.pk, S.RUNNING, from_=(S.SCHEDULED, S.STARTING),
+                            started_at=sj.started):  # fmt: skip
+                    tell_job(job.pk)
         self._copy_log(cj, job)
         if sj.finished:
             state = FINAL.get(sj.state, S.FAILED)
@@ -274,7 +278,9 @@ class _Step:
         with transaction.atomic():
             moved = Job.move(job.pk, state, from_=(*Job.WAITING, *Job.HOLDING),
                              ended_at=ended, exit_status=exit_status, **fields)  # fmt: skip
-            if not moved and sj is not None:
+            if moved:
+                tell_job(job.pk)
+            elif sj is not None:
                 # Cancelled in the portal first: keep its state, take Slurm's times and status.
                 Job.objects.filter(pk=job.pk).update(ended_at=ended, exit_status=exit_status)
             ClusterJob.objects.filter(pk=cj.pk).update(done=True)
