@@ -9,6 +9,7 @@ class WebhookForm(forms.Form):
         required=True,
         max_length=500,
         assume_scheme="https",
+        widget=forms.URLInput(attrs={"size": 40}),
         help_text="An https address that takes a signed JSON POST (a Matrix or IRC bridge, say).",
     )
 
