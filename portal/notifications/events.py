@@ -31,6 +31,7 @@ EVENTS = (
     Event("session.ending", "Your session ends soon"),
     Event("session.idle", "Your session is idle and will be ended"),
     Event("session.ended", "Your session was ended early or reclaimed"),
+    Event("session.closed", "Your session is over and its access revoked", mail=False),
     Event("session.squatter", "Processes on devices that were not booked"),
     Event("reservation.pending", "A reservation waits for approval", staff=True),
     Event("reservation.approved", "Your reservation was approved"),

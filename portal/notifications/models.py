@@ -15,9 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from portal.notifications.events import EVENTS, Channel
+from portal.notifications.events import Channel
 
-EVENT_CHOICES = [(e.key, e.label) for e in EVENTS]
 CHANNEL_CHOICES = [(c.value, c.value) for c in Channel]
 
 
@@ -27,7 +26,7 @@ class Notification(models.Model):
         SENT = "sent", "sent"
         FAILED = "failed", "failed"
 
-    event = models.CharField(max_length=40, choices=EVENT_CHOICES)
+    event = models.CharField(max_length=40)  # a key of events.EVENTS
     # Who it is for: a user, or (staff events) an ADMINS address with no user.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
@@ -68,7 +67,7 @@ class Preference(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_prefs"
     )
-    event = models.CharField(max_length=40, choices=EVENT_CHOICES)
+    event = models.CharField(max_length=40)  # a key of events.EVENTS
     channel = models.CharField(max_length=10, choices=CHANNEL_CHOICES)
     enabled = models.BooleanField()
 

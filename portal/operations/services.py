@@ -362,7 +362,15 @@ class _Pass:
                 continue  # the revoke failed; the next pass tries again
             # No session was ever opened (scheduled, failed): the slot passed with the host away.
             closed = S.FAILED if r.state in (S.SCHEDULED, S.FAILED) else S.ENDED
-            if Reservation.move(r.pk, closed, from_=(r.state,), revoked_at=self.now):
+            with transaction.atomic():  # the close and its notice
+                moved = Reservation.move(r.pk, closed, from_=(r.state,), revoked_at=self.now)
+                if moved and closed == S.ENDED:
+                    r = Reservation.objects.select_related("user", "host", "stack").get(pk=r.pk)
+                    notify(
+                        "session.closed", r.user, "operations/mail_closed.txt", {"r": r},
+                        data=about(r),
+                    )  # fmt: skip
+            if moved:
                 log.info(
                     "%s: closed %s as %s", self.host.name, r.session_name, closed,
                     extra=context(self.host, reservation=r),

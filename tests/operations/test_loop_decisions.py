@@ -17,7 +17,7 @@ from portal.accounts.sshkeys import parse_public_key
 from portal.booking.models import Reservation
 from portal.booking.services import reservation_create, reservation_extend
 from portal.inventory.models import Host
-from portal.notifications.models import Notification
+from portal.notifications.models import Notification, Webhook
 from portal.notifications.outbox import send_due
 from portal.operations import services
 from provisioning.client import AccountState, DeviceRef, Sample, SessionState, Telemetry
@@ -225,7 +225,9 @@ def test_a_drained_host_opens_no_new_session_but_keeps_a_running_one(host, agent
 
 
 def test_it_revokes_a_session_at_the_end_of_its_slot_and_ends_the_reservation(host, agent, clock):
-    r = book(member(), host, minutes=30)
+    alice = member()
+    Webhook.objects.create(user=alice, url="https://hooks.example.org/alice")
+    r = book(alice, host, minutes=30)
     reconcile(host)
     clock.move_to(NOW + timedelta(minutes=30))
 
@@ -237,6 +239,11 @@ def test_it_revokes_a_session_at_the_end_of_its_slot_and_ends_the_reservation(ho
     assert agent.users["alice"].locked  # the host locked its last session's user
     r = fresh(r)
     assert (r.state, r.revoked_at) == (S.ENDED, NOW + timedelta(minutes=30))
+    # Told once, by the webhook only (no mail for an end that came as booked, unless asked).
+    (closed,) = Notification.objects.filter(event="session.closed")
+    assert (closed.channel, closed.data["session"]) == ("webhook", f"r{r.pk}")
+    reconcile(host)
+    assert Notification.objects.filter(event="session.closed").count() == 1
 
 
 def test_it_keeps_a_reservation_open_while_its_revoke_fails(host, agent, clock):
