@@ -20,20 +20,30 @@ COMMON_ZONES = (
 
 
 def time_zone_choices(current: str = "") -> list:
-    """UTC and the common zones first, then the canonical zones grouped by region, each shown
-    by its city ("New York"; typing a city's first letters finds it); the person's current
-    zone stays in the menu even if it is a legacy name."""
+    """UTC and the common zones first, then the other canonical zones grouped by region; each
+    zone once, shown by its city ("New York", "Berlin (Europe)" among the common ones), so
+    typing a city's first letters finds it; the person's current zone stays in the menu even
+    if it is a legacy name."""
+    names = time_zone_names()
     groups: dict[str, list[tuple[str, str]]] = {region: [] for region in REGIONS}
-    for name in time_zone_names():
+    for name in names:
         region, _, city = name.partition("/")
-        if region in groups and city:
-            groups[region].append((name, city.replace("_", " ").replace("/", ": ")))
-    common = [(z, z.replace("_", " ")) for z in COMMON_ZONES if z in time_zone_names()]
+        if region in groups and city and name not in COMMON_ZONES:
+            groups[region].append((name, _city(city)))
+    common = [
+        (z, f"{_city(z.partition('/')[2])} ({z.partition('/')[0]})")
+        for z in COMMON_ZONES
+        if z in names
+    ]
     choices: list = [("Common", [("UTC", "UTC"), *common])]
     known = {name for zones in groups.values() for name, _ in zones} | {"UTC"}
     if current and current not in known:
         choices.insert(0, (current, current))
     return choices + list(groups.items())
+
+
+def _city(name: str) -> str:
+    return name.replace("_", " ").replace("/", ": ")
 
 
 class ProfileForm(forms.ModelForm):

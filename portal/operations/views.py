@@ -306,15 +306,23 @@ def maintenance_delete(request, name, pk):
     asked = confirm_first(
         request, question=f"Delete the maintenance of {window.host.name} from "
         f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M %Z}?",
-        consequence="The host can be booked in that time again; nobody is mailed.",
+        consequence="The host can be booked in that time again; the owners of reservations in "
+        "it are told the maintenance is off.",
         button="Yes, delete it",
         back=reverse("operations:host_maintenance", args=[window.host.name]),
     )  # fmt: skip
     if asked is not None:
         return asked
-    staff_log(request.user, window.host, f"Maintenance deleted {_window_log(window)}")
-    window.delete()
-    messages.success(request, "Maintenance window deleted.")
+    with transaction.atomic():  # the deletion, its notices and the log entry
+        told = health.notify_affected(
+            window.host, window.start, window.end, window.reason,
+            "operations/mail_maintenance_cancelled.txt",
+        )  # fmt: skip
+        staff_log(
+            request.user, window.host, f"Maintenance deleted {_window_log(window)}; {_users(told)}"
+        )
+        window.delete()
+    messages.success(request, f"Maintenance window deleted; {_users(told)}.")
     return redirect("operations:host_maintenance", window.host.name)
 
 

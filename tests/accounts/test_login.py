@@ -115,7 +115,7 @@ def test_the_time_zone_menu_is_grouped_by_region_without_legacy_names(client, us
     client.force_login(user)
     body = client.get(reverse("accounts:profile")).content.decode()
     assert '<optgroup label="Europe">' in body
-    assert '<option value="Europe/Berlin">Berlin</option>' in body
+    assert '<option value="Europe/Berlin">Berlin (Europe)</option>' in body
     assert '<option value="America/Argentina/Buenos_Aires">Argentina: Buenos Aires</option>' in body
     for legacy in ("Factory", "US/Eastern", "Etc/GMT+5", "posixrules"):
         assert f'value="{legacy}"' not in body, legacy
@@ -134,4 +134,8 @@ def test_the_common_zones_come_first(client, user):
     body = client.get(reverse("accounts:profile")).content.decode()
     common = body.index('<optgroup label="Common">')
     assert common < body.index('<optgroup label="Africa">')
-    assert body.index('value="America/New_York">America/New York</option>') > common
+    assert body.index('value="America/New_York">New York (America)</option>') > common
+    assert body.count('value="America/New_York"') == 1  # once: not again under America
+    assert body.index('value="America/Denver">Denver</option>') > body.index(
+        '<optgroup label="America">'
+    )

@@ -92,6 +92,7 @@ def _main_pages(reservation) -> list[str]:
         "/projects/",
         "/account/keys/",
         "/account/profile/",
+        "/account/notifications/",
     ]
 
 
@@ -105,8 +106,10 @@ def test_it_fits_every_main_page_in_a_desktop_window(page, live_server, fleet):
     assert wide == {}, f"pages wider than 1280 px, by so many px: {wide}"
 
 
-def test_it_screenshots_the_timelines_on_a_phone(browser, live_server, fleet):
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/Berlin", viewport=PHONE)
+@pytest.mark.parametrize("width", [PHONE["width"], 360])  # a common phone, the narrowest one
+def test_it_screenshots_the_timelines_on_a_phone(browser, live_server, fleet, width):
+    viewport = {**PHONE, "width": width}
+    context = browser.new_context(locale="en-GB", timezone_id="Europe/Berlin", viewport=viewport)
     phone = context.new_page()
     try:
         login(phone, live_server, "alice", PASSWORD)
@@ -115,12 +118,12 @@ def test_it_screenshots_the_timelines_on_a_phone(browser, live_server, fleet):
             phone.goto(f"{live_server.url}{path}")
             assert len({round(box["y"]) for box in _cells_of_first_row(phone)}) == 1, name
             widths[name] = overflow(phone)
-            screenshot(phone, f"timeline-{name}-390")
+            screenshot(phone, f"timeline-{name}-{width}")
         for path in _main_pages(fleet):
             phone.goto(f"{live_server.url}{path}")
             widths[path] = overflow(phone)
             name = path.strip("/").replace("/", "-").split("?")[0] or "home"
-            screenshot(phone, f"page-{name}-390")
+            screenshot(phone, f"page-{name}-{width}")
         # Wide tables scroll inside themselves; the page never scrolls sideways.
         assert {path: px for path, px in widths.items() if px} == {}, widths
     finally:

@@ -400,7 +400,12 @@ def test_it_leaves_past_windows_alone(as_staff, gpu1):
     assert MaintenanceWindow.objects.filter(pk=window.pk).exists()
 
 
-def test_it_deletes_a_window_after_asking(as_staff, gpu1):
+def test_it_deletes_a_window_after_asking_and_tells_those_it_had_affected(
+    as_staff, gpu1, alice, mailoutbox
+):
+    Host.objects.filter(pk=gpu1.pk).update(access=Host.Access.OPEN)
+    gpu1.refresh_from_db()
+    book(alice, gpu1, START + 4 * H, START + 6 * H)
     window = MaintenanceWindow.objects.create(
         host=gpu1, start=START + 4 * H, end=START + 5 * H, reason="fans"
     )
@@ -415,11 +420,14 @@ def test_it_deletes_a_window_after_asking(as_staff, gpu1):
 
     response = as_staff.post(url, CONFIRMED, follow=True)
 
-    assert "Maintenance window deleted." in response.content.decode()
+    assert "Maintenance window deleted; 1 user told." in response.content.decode()
     assert not MaintenanceWindow.objects.exists()
     assert history(gpu1) == [
-        "Maintenance deleted from 2026-11-23 14:00 to 2026-11-23 15:00 UTC (fans)"
+        "Maintenance deleted from 2026-11-23 14:00 to 2026-11-23 15:00 UTC (fans); 1 user told"
     ]
+    (told,) = mails_to(mailoutbox, "alice@example.org")
+    assert told.subject == "Maintenance on gpu1 is off: your reservation stands"
+    assert "planned from Mon 23 Nov 2026 14:00 to Mon 23 Nov 2026 15:00 UTC (fans)" in told.body
 
 
 # -- registration ---------------------------------------------------------------------------------
