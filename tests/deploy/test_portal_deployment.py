@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.ansible, pytest.mark.host, pytest.mark.postgres, pytes
 REPO = Path(__file__).resolve().parent.parent.parent
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 REDIS_DB = 11  # the Celery queue is this run's own; the database number keeps it off others'
+APPLIED = "SELECT count(*) FROM django_migrations WHERE app = 'booking' AND name = :'name'"
 RESERVATION_STATE = "SELECT state FROM booking_reservation WHERE id = :id"
 UNITS = [
     "porterbox-portal-gunicorn.socket", "porterbox-portal-gunicorn.service",
@@ -73,12 +74,14 @@ def git(repo: Path, *argv: str) -> str:
     ).stdout.strip()
 
 
-def commit_migration(repo: Path, name: str, sql: str) -> str:
-    """A newer commit of the repository with one more migration of booking; its id."""
+def commit_migration(repo: Path, name: str, sql: str) -> tuple[str, str]:
+    """A newer commit of the repository with one more migration of booking: the commit's id
+    and the migration's name."""
     migrations = repo / "portal" / "booking" / "migrations"
     latest = sorted(p.stem for p in migrations.glob("[0-9][0-9][0-9][0-9]_*.py"))[-1]
     number = int(latest[:4]) + 1
-    (migrations / f"{number:04d}_{name}.py").write_text(
+    migration = f"{number:04d}_{name}"
+    (migrations / f"{migration}.py").write_text(
         "from django.db import migrations\n\n\n"
         "class Migration(migrations.Migration):\n"
         f"    dependencies = [('booking', '{latest}')]\n"
@@ -86,7 +89,7 @@ def commit_migration(repo: Path, name: str, sql: str) -> str:
     )
     git(repo, "add", "portal/booking/migrations")
     git(repo, "commit", "-q", "-m", f"deployment test: {name}")
-    return git(repo, "rev-parse", "HEAD")
+    return git(repo, "rev-parse", "HEAD"), migration
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +144,7 @@ def deployed(tmp_path_factory):
         site = Site(f"https://127.0.0.1:{ports['https']}", base / "site.pem")
         state = SimpleNamespace(
             host=host, base=base, repo=repo, inventory=inventory, first=first, name=name,
-            ports=ports, site=site, output=output, seconds=seconds, reservation=None,
+            ports=ports, site=site, output=output, seconds=seconds, reservation=None, token="",
         )  # fmt: skip
         yield state
         gpu_host = getattr(state, "gpu_host", None)
@@ -166,6 +169,9 @@ def current_release(deployed) -> str:
 
 def test_it_serves_the_portal_over_https_through_nginx(deployed):
     assert recap(deployed.output, "portalhost")["failed"] == 0, deployed.output
+    # The database and its owner were made by the role (this run's names were new).
+    created = deployed.output.split("TASK [portal : Create the portal's database and its owner]")
+    assert created[1].split("TASK [")[0].strip().startswith("changed:"), deployed.output
     print(f"first run: {deployed.seconds:.0f}s")
 
     home = deployed.site.request("/")
@@ -265,7 +271,7 @@ def test_an_api_token_books_a_reservation_whose_session_the_worker_opens(deploye
     })  # fmt: skip
     assert booked.status == 201, booked.body
     reservation = booked.json()
-    deployed.reservation = reservation["id"]
+    deployed.reservation, deployed.token = reservation["id"], token
 
     # The deployed beat and worker reconcile the host: the session opens, alice logs in.
     deadline = time.monotonic() + 120
@@ -310,7 +316,8 @@ def test_a_second_run_changes_nothing(deployed):
 
 
 def test_an_upgrade_migrates_while_the_site_answers(deployed):
-    newer = commit_migration(deployed.repo, "deploy_upgrade", "CREATE TABLE deploy_upgrade (n int)")
+    sql = "CREATE TABLE deploy_upgrade (n int)"
+    newer, migration = commit_migration(deployed.repo, "deploy_upgrade", sql)
     answers: list[tuple[float, int | str]] = []
     done = threading.Event()
 
@@ -333,20 +340,21 @@ def test_an_upgrade_migrates_while_the_site_answers(deployed):
         watcher.join()
 
     assert current_release(deployed) == f"/srv/porterbox/releases/{newer}"
-    assert "[X] 0008_deploy_upgrade" in manage(deployed, "showmigrations", "booking").stdout
+    assert f"[X] {migration}" in manage(deployed, "showmigrations", "booking").stdout
+    assert psql("SELECT to_regclass('deploy_upgrade') IS NOT NULL", deployed.name) == "t"
     assert [status for _, status in answers if status != 200] == []
     print(f"upgrade: {len(answers)} requests, the slowest {max(s for s, _ in answers):.1f}s")
-    kept = deployed.site.request("/")
-    assert kept.status == 200
-    assert psql(RESERVATION_STATE, deployed.name, id=deployed.reservation) == "active"
-    deployed.newer = newer
+    # The new release serves the reservation booked before, to its owner's token.
+    api = Site(deployed.site.url, deployed.site.cafile, token=deployed.token)
+    kept = api.request(f"/api/reservations/{deployed.reservation}/")
+    assert (kept.status, kept.json()["state"]) == (200, "active")
 
 
 def test_a_failed_migration_leaves_the_old_release_running(deployed):
     host = deployed.host
     running = current_release(deployed)
     pid = host.unit_property("porterbox-portal-gunicorn.service", "MainPID")
-    broken = commit_migration(deployed.repo, "deploy_broken", "SELECT 1/0")
+    broken, migration = commit_migration(deployed.repo, "deploy_broken", "SELECT 1/0")
 
     with pytest.raises(PlaybookFailed) as failed:
         run_playbook(deployed.inventory, deployed.base, "-e", f"portal_version={broken}")
@@ -355,4 +363,5 @@ def test_a_failed_migration_leaves_the_old_release_running(deployed):
     assert current_release(deployed) == running
     assert host.unit_property("porterbox-portal-gunicorn.service", "MainPID") == pid
     assert deployed.site.request("/").status == 200
-    assert "[ ] 0009_deploy_broken" not in manage(deployed, "showmigrations", "booking").stdout
+    applied = psql(APPLIED, deployed.name, name=migration)
+    assert applied == "0"
