@@ -12,9 +12,11 @@ No Django here: the portal's services hand in plain values and get typed objects
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
+import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -118,15 +120,19 @@ class BatchJob:
             kind = f"gpu:{check_name(self.gres_type, 'GRES type')}" if self.gres_type else "gpu"
             argv.append(f"--gres={kind}:{int(self.gpus)}")
         if self.comment:
-            if not re.fullmatch(r"[A-Za-z0-9 #_.:/-]{1,100}", self.comment):
+            if not re.fullmatch(r"[A-Za-z0-9_.:/=-]{1,100}", self.comment):
                 raise ValueError(f"comment: {self.comment!r} has characters Slurm may not keep")
             argv.append(f"--comment={self.comment}")
         return argv
 
-    def batch_script(self) -> str:
-        """The script sbatch reads on stdin: a prologue of quoted values, then the job's own."""
+    def batch_script(self, directives: bool = False) -> str:
+        """The script sbatch reads: a prologue of quoted values, then the job's own; with
+        `directives`, the options as #SBATCH lines (for a script sbatch reads from a file)."""
         q = shlex.quote
-        lines = ["#!/bin/sh", f"# {self.name}: written by the porterbox portal"]
+        lines = ["#!/bin/sh"]
+        if directives:
+            lines += [f"#SBATCH {option}" for option in self.options()]
+        lines.append(f"# {self.name}: written by the porterbox portal")
         lines.append(f"export PORTERBOX_OUTPUT={q(self.work_dir + '/output')}")
         lines.append(f"export PORTERBOX_INPUT={q(self.work_dir + '/input')}")
         for name, value in self.env:
@@ -291,25 +297,72 @@ class Slurm:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def prepare(self, work_dir: str, archive: BinaryIO | None = None) -> None:
-        """The job's directory on the cluster's shared file system, with input/ and output/;
-        the archive (a .tar.gz the portal checked) unpacked into input/."""
+    # Makes the job's directory with input/ and output/, then runs the rest of its arguments
+    # (a fixed script; the values are its arguments, never part of it): one SSH command, not two.
+    _IN_DIRECTORY = 'mkdir -p -- "$1/input" "$1/output" || exit 1; shift; exec "$@"'
+
+    def prepare(self, work_dir: str, archive: BinaryIO) -> None:
+        """The job's directory on the cluster's shared file system, with input/ and output/,
+        and the archive (a .tar.gz the portal checked) unpacked into input/."""
         check_path(work_dir, "work_dir")
-        self._run(["mkdir", "-p", "--", f"{work_dir}/input", f"{work_dir}/output"])
-        if archive is not None:
-            self._run(
-                ["tar", "-xzf", "-", "--no-same-owner", "-C", f"{work_dir}/input"], body=archive
-            )
+        unpack = ["tar", "-xzf", "-", "--no-same-owner", "-C", f"{work_dir}/input"]
+        self._run(["sh", "-c", self._IN_DIRECTORY, "prepare", work_dir, *unpack], body=archive)
 
     def submit(self, job: BatchJob) -> int:
-        """sbatch the job; its Slurm job id."""
+        """Make the job's directory (input/, output/) and sbatch the job; its Slurm job id."""
         script = job.batch_script().encode()
-        result = self._run(["sbatch", "--parsable", *job.options()], script)
+        sbatch = ["sbatch", "--parsable", *job.options()]
+        result = self._run(
+            ["sh", "-c", self._IN_DIRECTORY, "submit", job.work_dir, *sbatch], script
+        )
         # --parsable: "id" or "id;cluster".
         answer = result.stdout.decode("utf-8", "replace").strip().split(";")[0]
         if not answer.isdigit():
             raise SlurmError(f"sbatch answered {answer[:100]!r}, not a job id")
         return int(answer)
+
+    # Unpacks each job's batch.sh under $1 (the cluster's work directory), then for each job
+    # name makes its directories and runs sbatch on its script: one line a job, "name = id" or
+    # "name ! why". A fixed script; names (checked) and the path are its arguments.
+    _SUBMIT_MANY = (
+        'set -f; base=$1; shift; tar -xzf - --no-same-owner -C "$base" || exit 1; for name; do '
+        'd="$base/$name"; if ! mkdir -p -- "$d/input" "$d/output"; then '
+        'echo "$name ! cannot make its directory"; continue; fi; '
+        'if out=$(sbatch --parsable "$d/batch.sh" 2>&1); then echo "$name = $out"; '
+        'else echo "$name !" $out; fi; done'
+    )
+
+    def submit_many(self, base: str, jobs: list[BatchJob]) -> dict[str, int | SlurmError]:
+        """sbatch many jobs in one command on the login node (each in `base`/its name): each
+        job's Slurm id, or SlurmError with Slurm's refusal. A job missing from the answer was
+        perhaps submitted (the caller finds it by name later). The command failing as a whole
+        raises TransportError: nothing is known of any job then."""
+        check_path(base, "work_dir")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for job in jobs:
+                if job.work_dir != f"{base}/{check_name(job.name, 'job name')}":
+                    raise ValueError(f"{job.name}: its directory is not {base}/{job.name}")
+                data = job.batch_script(directives=True).encode()
+                member = tarfile.TarInfo(f"{job.name}/batch.sh")
+                member.size, member.mode = len(data), 0o600
+                archive.addfile(member, io.BytesIO(data))
+        buffer.seek(0)
+        argv = ["sh", "-c", self._SUBMIT_MANY, "submit", base, *(job.name for job in jobs)]
+        try:
+            result = self._run(argv, body=buffer)
+        except SlurmError as exc:  # the command as a whole, not one job
+            raise TransportError(str(exc)) from exc
+        answers: dict[str, int | SlurmError] = {}
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            name, _, rest = line.partition(" ")
+            sign, _, said = rest.partition(" ")
+            first = said.strip().split(";")[0]
+            if sign == "=" and first.isdigit():
+                answers[name] = int(first)
+            else:
+                answers[name] = SlurmError(f"sbatch: {said.strip()[:500] or 'no message'}")
+        return answers
 
     def jobs(self, *, names: Iterable[str] = (), ids: Iterable[int] = ()) -> list[SlurmJob]:
         """The jobs slurmctld knows (finished ones until MinJobAge) among these names or ids.

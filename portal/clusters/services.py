@@ -31,7 +31,7 @@ from django.utils import timezone
 from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.jobs.services import tell_job
-from provisioning.slurm import BatchJob, Login, Slurm, SlurmError, SlurmJob
+from provisioning.slurm import BatchJob, Login, Slurm, SlurmJob
 from provisioning.transport import Target, Transport, TransportError
 
 from .models import Cluster, ClusterJob, ClusterStack, ProjectAccount
@@ -118,18 +118,21 @@ def cluster_pass(cluster_id: int, now: datetime | None = None) -> PassReport:
         by_name[sj.name].append(sj)
         by_id[sj.job_id] = sj
     step = _Step(cluster, slurm, report, now)
-    for cj in jobs:
-        try:
+    try:
+        ready = []
+        for cj in jobs:
             if cj.slurm_job_id is None:
-                step.submit(cj, sorted(by_name.get(cj.slurm_name, []), key=lambda j: j.job_id))
+                same = sorted(by_name.get(cj.slurm_name, []), key=lambda j: j.job_id)
+                if step.check(cj, same):
+                    ready.append(cj)
             else:
                 step.follow(cj, by_id.get(cj.slurm_job_id))
-        except TransportError as exc:
-            # The cluster went away during the pass: what is done is recorded; the rest waits.
-            log.warning("cluster %s, job %s: %s", cluster.name, cj.job_id, exc)
-            _unreachable(cluster, str(exc), now)
-            report.error = str(exc)
-            break
+        step.submit(ready)
+    except TransportError as exc:
+        # The cluster went away during the pass: what is done is recorded; the rest waits.
+        log.warning("cluster %s: %s", cluster.name, exc)
+        _unreachable(cluster, str(exc), now)
+        report.error = str(exc)
     return report
 
 
@@ -146,10 +149,10 @@ def _unreachable(cluster: Cluster, error: str, now: datetime) -> None:
     ).exclude(wait_reason=reason).update(wait_reason=reason)
 
 
-def _quota_reason(job: Job, now: datetime) -> str:
-    """The fleet's monthly quota, with the cluster jobs' device-hours in it (docs/slurm.md)."""
+def _quota_reason(job: Job, used: float) -> str:
+    """The fleet's monthly quota, with the cluster jobs' device-hours in it (docs/slurm.md);
+    `used`: the project's device-hours this month, with what this pass submitted before."""
     project = job.project
-    used = scheduler.month_usage(now).get(project.pk, 0.0)
     wanted = job.count * job.walltime / timedelta(hours=1)
     if used + wanted > project.device_hours_per_month:
         return (
@@ -159,13 +162,28 @@ def _quota_reason(job: Job, now: datetime) -> str:
     return ""
 
 
+# Jobs sbatched by one command on the login node (Slurm's sbatch costs about 10 ms a job;
+# the command stays well inside the transport's command timeout). A command over SSH costs
+# about 0.1 s by itself (bench/slurm_submit.py): one a job would cap a cluster near 10 a second.
+SUBMIT_BATCH = 200
+
+
 class _Step:
     def __init__(self, cluster: Cluster, slurm: Slurm, report: PassReport, now: datetime):
         self.cluster, self.slurm, self.report, self.now = cluster, slurm, report, now
+        self.used: dict[int, float] | None = None  # month_usage, read when first needed
+        self.accounts = dict(
+            ProjectAccount.objects.filter(cluster=cluster).values_list("project_id", "account")
+        )
+        self.setups = dict(
+            ClusterStack.objects.filter(cluster=cluster).values_list("stack_id", "setup")
+        )
 
     # -- submission --------------------------------------------------------------------------
 
-    def submit(self, cj: ClusterJob, same_name: list[SlurmJob]) -> None:
+    def check(self, cj: ClusterJob, same_name: list[SlurmJob]) -> bool:
+        """Whether the job is to be submitted now; else adopt it (found in Slurm by its
+        name), close it (cancelled before submission) or say why it waits (the quota)."""
         job = cj.job
         if same_name:
             # A submission of an earlier pass reached Slurm and its answer was lost.
@@ -175,40 +193,56 @@ class _Step:
             log.info("cluster %s: job %s found in Slurm as %s", self.cluster, job.pk, sj.job_id)
             cj.refresh_from_db()
             self.follow(cj, sj)
-            return
+            return False
         if job.state not in Job.WAITING:
             # Cancelled before it was ever submitted: nothing to do in Slurm.
             ClusterJob.objects.filter(pk=cj.pk).update(done=True)
-            return
-        reason = _quota_reason(job, self.now)
+            return False
+        if self.used is None:
+            self.used = scheduler.month_usage(self.now)
+        used = self.used.get(job.project_id, 0.0)
+        reason = _quota_reason(job, used)
         if reason:
             Job.objects.filter(pk=job.pk, state__in=Job.WAITING).update(wait_reason=reason)
-            return
-        directory = work_dir(cj)
-        archive = job.input_archive.open("rb") if job.input_archive else None
-        try:
-            self.slurm.prepare(directory, archive)
-        finally:
-            if archive is not None:
-                archive.close()
-        try:
-            slurm_id = self.slurm.submit(self._batch(cj, directory))
-        except SlurmError as exc:
-            self.slurm.ping()  # the controller is gone: the pass stops, the job waits
-            # slurmctld answers and refused this job (an account or a limit): say so.
-            with transaction.atomic():
-                Job.move(job.pk, S.FAILED, from_=Job.WAITING, ended_at=self.now,
-                         last_error=f"Slurm refused the job: {exc}"[:2000])  # fmt: skip
-                ClusterJob.objects.filter(pk=cj.pk).update(done=True)
-            return
-        self._record_submission(cj, slurm_id)
-        self.report.submitted.append(job.pk)
-        log.info("cluster %s: job %s submitted as %s", self.cluster, job.pk, slurm_id)
+            return False
+        # Charged its devices x walltime for the rest of the pass, as the fleet's scheduler.
+        self.used[job.project_id] = used + job.count * job.walltime / timedelta(hours=1)
+        return True
+
+    def submit(self, ready: list[ClusterJob]) -> None:
+        """sbatch the jobs, SUBMIT_BATCH in one command on the login node; their records are
+        written here as the answers come."""
+        base = self.cluster.work_dir.rstrip("/")
+        for start in range(0, len(ready), SUBMIT_BATCH):
+            chunk = [
+                (cj, self._batch(cj, work_dir(cj))) for cj in ready[start : start + SUBMIT_BATCH]
+            ]
+            for cj, batch in chunk:
+                if cj.job.input_archive:
+                    with cj.job.input_archive.open("rb") as archive:
+                        self.slurm.prepare(batch.work_dir, archive)
+            answers = self.slurm.submit_many(base, [batch for _, batch in chunk])
+            refused = []
+            for cj, batch in chunk:
+                answer = answers.get(batch.name)
+                if isinstance(answer, int):
+                    self._record_submission(cj, answer)
+                    self.report.submitted.append(cj.job_id)
+                    log.info("cluster %s: job %s submitted as %s", self.cluster, cj.job_id, answer)
+                elif answer is not None:
+                    refused.append((cj, answer))
+                # No answer: perhaps submitted; the next pass looks for it by name.
+            if refused:
+                self.slurm.ping()  # the controller went away: the jobs wait, the pass says why
+                # slurmctld answers, so it refused these jobs (an account, a limit): say so.
+                for cj, exc in refused:
+                    with transaction.atomic():
+                        Job.move(cj.job_id, S.FAILED, from_=Job.WAITING, ended_at=self.now,
+                                 last_error=f"Slurm refused the job: {exc}"[:2000])  # fmt: skip
+                        ClusterJob.objects.filter(pk=cj.pk).update(done=True)
 
     def _batch(self, cj: ClusterJob, directory: str) -> BatchJob:
         job, partition = cj.job, cj.partition
-        account = ProjectAccount.objects.get(cluster=self.cluster, project=job.project_id)
-        stack = ClusterStack.objects.filter(cluster=self.cluster, stack=job.stack_id).first()
         return BatchJob(
             name=cj.slurm_name,
             partition=partition.name,
@@ -217,10 +251,10 @@ class _Step:
             script=job.script,
             gpus=job.count,
             gres_type=partition.gres_type,
-            account=account.account,
-            comment=f"porterbox job {job.pk} of {job.project.slug}",
+            account=self.accounts.get(job.project_id, ""),
+            comment=f"porterbox:job={job.pk}:project={job.project.slug}",
             env=tuple(sorted(job.env.items())),
-            setup=stack.setup if stack else "",
+            setup=self.setups.get(job.stack_id, ""),
             git_url=job.input_git_url,
             git_ref=job.input_git_ref,
         )
@@ -261,7 +295,8 @@ class _Step:
                 if Job.move(job.pk, S.RUNNING, from_=(S.SCHEDULED, S.STARTING),
                             started_at=sj.started):  # fmt: skip
                     tell_job(job.pk)
-        self._copy_log(cj, job)
+        if sj.running or sj.finished:  # a pending job has no log yet
+            self._copy_log(cj, job)
         if sj.finished:
             state = FINAL.get(sj.state, S.FAILED)
             if state == S.SUCCEEDED and sj.exit_code:

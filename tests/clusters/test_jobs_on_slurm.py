@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from portal.clusters import services
-from portal.clusters.models import Cluster, ClusterJob
+from portal.clusters.models import Cluster, ClusterJob, Partition
 from portal.jobs import scheduler, selectors
 from portal.jobs.models import Job
 from portal.jobs.services import job_cancel
@@ -164,3 +164,23 @@ def test_a_submission_whose_answer_was_lost_is_found_by_name_not_made_twice(
     assert cj.slurm_job_id == int(earlier.stdout.strip())
     until(lambda: Job.objects.get(pk=job.pk).state in Job.FINISHED, then=pass_of(cluster))
     assert len(slurm_jobs(slurm_cluster, cj.slurm_name)) == 1
+
+
+def test_a_job_slurm_refuses_fails_with_slurms_words_and_the_others_go_on(
+    cluster, partition, stack, member, slurm_cluster
+):
+    # Registered in the portal, unknown to Slurm: sbatch refuses the job.
+    Partition.objects.create(cluster=cluster, name="nosuch", gpus_per_node=2)
+    good = submit(member, stack, script="echo fine\n")
+    bad = submit(member, stack, script="echo never\n", partition="test/nosuch")
+
+    report = services.cluster_pass(cluster.pk)
+
+    assert report.submitted == [good.pk] and not report.error
+    bad.refresh_from_db()
+    assert bad.state == Job.State.FAILED
+    assert "Slurm refused the job" in bad.last_error and "partition" in bad.last_error.lower()
+    cluster.refresh_from_db()
+    assert cluster.reachable
+    until(lambda: Job.objects.get(pk=good.pk).state in Job.FINISHED, then=pass_of(cluster))
+    assert Job.objects.get(pk=good.pk).state == Job.State.SUCCEEDED

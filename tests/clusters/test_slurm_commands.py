@@ -23,11 +23,11 @@ def batch(**fields) -> BatchJob:
 
 
 def test_it_asks_slurm_for_the_jobs_resources_as_options():
-    assert batch(gres_type="a100", comment="porterbox job 7 of speech").options() == [
+    assert batch(gres_type="a100", comment="porterbox:job=7:project=speech").options() == [
         "--job-name=porterbox-j7", "--partition=gpu", "--time=90",
         "--chdir=/scratch/porterbox/porterbox-j7",
         "--output=/scratch/porterbox/porterbox-j7/log", "--open-mode=append",
-        "--account=speech", "--gres=gpu:a100:2", "--comment=porterbox job 7 of speech",
+        "--account=speech", "--gres=gpu:a100:2", "--comment=porterbox:job=7:project=speech",
     ]  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def test_it_asks_slurm_for_the_jobs_resources_as_options():
         {"work_dir": "relative/dir"},
         {"gres_type": "a100 x"},
         {"time_limit": timedelta(0)},
+        {"comment": "two words"},
     ],
 )
 def test_it_refuses_a_value_slurm_or_the_shell_could_misread(fields):
@@ -59,6 +60,15 @@ def test_the_batch_script_quotes_every_value_it_adds(tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "setup\n" + evil
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+def test_a_batch_script_read_from_a_file_carries_its_options_as_sbatch_lines():
+    lines = batch().batch_script(directives=True).splitlines()
+
+    assert lines[0] == "#!/bin/sh"
+    options = batch().options()
+    assert lines[1 : 1 + len(options)] == [f"#SBATCH {option}" for option in options]
+    assert lines[1 + len(options)].startswith("# porterbox-j7")
 
 
 def test_the_batch_script_refuses_slurms_and_the_portals_own_variables():
