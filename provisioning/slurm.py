@@ -392,6 +392,11 @@ class Slurm:
         ]  # fmt: skip
         return self._run(argv).stdout
 
+    def exists(self, path: str) -> bool:
+        check_path(path, "path")
+        argv = self._argv(["test", "-e", path])
+        return self.transport.call(self.login.target, argv).exit_status == 0
+
     def fetch_output(self, work_dir: str, sink: BinaryIO) -> None:
         """What the job left in output/, as a .tar.gz written to sink."""
         check_path(work_dir, "work_dir")

@@ -274,8 +274,20 @@ class _Step:
     def follow(self, cj: ClusterJob, sj: SlurmJob | None) -> None:
         job = Job.objects.get(pk=cj.job_id)
         if sj is None:
-            # slurmctld answered and no longer knows the job: it finished longer than
-            # MinJobAge ago while the portal was away (docs/slurm.md, "Accounting").
+            # slurmctld answered and no longer knows the job. Never started (Slurm creates its
+            # log when it starts): slurmctld lost it before saving its state; submitted again,
+            # under the same name, so it cannot run twice.
+            never_ran = not self.slurm.exists(f"{work_dir(cj)}/log")
+            if job.state in (*Job.WAITING, S.SCHEDULED) and never_ran:
+                lost = f"Slurm lost job {cj.slurm_job_id}; submitted again."
+                with transaction.atomic():
+                    ClusterJob.objects.filter(pk=cj.pk).update(slurm_job_id=None)
+                    Job.move(job.pk, S.QUEUED, from_=(S.SCHEDULED,), wait_reason=lost)
+                log.warning("cluster %s: Slurm lost job %s (%s)", self.cluster, job.pk,
+                            cj.slurm_job_id)  # fmt: skip
+                return
+            # It ran, and finished longer than MinJobAge ago while the portal was away
+            # (docs/slurm.md, "Accounting").
             self._copy_log(cj, job)
             self._finish(cj, job, S.FAILED, None,
                          last_error=f"Slurm no longer knows job {cj.slurm_job_id}.")  # fmt: skip

@@ -184,3 +184,23 @@ def test_a_job_slurm_refuses_fails_with_slurms_words_and_the_others_go_on(
     assert cluster.reachable
     until(lambda: Job.objects.get(pk=good.pk).state in Job.FINISHED, then=pass_of(cluster))
     assert Job.objects.get(pk=good.pk).state == Job.State.SUCCEEDED
+
+
+def test_a_job_slurm_lost_before_it_started_is_submitted_again_once(
+    cluster, partition, stack, member, slurm_cluster
+):
+    job = submit(member, stack, script="echo again\n")
+    # As if sbatch had answered 999999 and slurmctld had then crashed before saving the job:
+    # the portal holds an id Slurm does not know, and the job never started (no log).
+    ClusterJob.objects.filter(job=job).update(slurm_job_id=999_999)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.SCHEDULED)
+
+    services.cluster_pass(cluster.pk)
+
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED and "lost job 999999" in job.wait_reason
+    until(lambda: Job.objects.get(pk=job.pk).state in Job.FINISHED, then=pass_of(cluster))
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED and job.log.count("again") == 1
+    cj = ClusterJob.objects.get(job=job)
+    assert [j["job_id"] for j in slurm_jobs(slurm_cluster, cj.slurm_name)] == [cj.slurm_job_id]
