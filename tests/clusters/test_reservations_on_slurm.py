@@ -14,6 +14,7 @@ from portal.booking import services as booking
 from portal.booking.models import BookingPolicy
 from portal.clusters.mirror import mirror_cluster
 from portal.clusters.models import SlurmNode
+from portal.inventory.models import MaintenanceWindow
 from tests.clusters.conftest import until
 from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory, UserFactory
 
@@ -114,3 +115,36 @@ def test_a_cancelled_booking_is_removed_from_slurm(cluster, node_host, slurm_clu
 
     assert report.deleted == [name]
     assert name not in slurm_reservations(slurm_cluster)
+
+
+def test_a_maintenance_window_of_a_slurm_node_is_mirrored_and_removed_with_it(
+    cluster, node_host, slurm_cluster
+):
+    start = timezone.now().replace(second=0, microsecond=0) + 30 * MINUTE
+    window = MaintenanceWindow.objects.create(
+        host=node_host, start=start, end=start + 60 * MINUTE, reason="firmware"
+    )
+    name = f"porterbox-{slurm_cluster.node}-m{window.pk}"
+
+    assert mirror_cluster(cluster.pk).created == [name]
+    assert slurm_reservations(slurm_cluster)[name] == (start, start + 60 * MINUTE)
+
+    window.delete()
+
+    assert mirror_cluster(cluster.pk).deleted == [name]
+    assert name not in slurm_reservations(slurm_cluster)
+
+
+def test_reservations_not_made_by_the_portal_are_left_alone(cluster, node_host, slurm_cluster):
+    start = (timezone.now() + 90 * MINUTE).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    made = slurm_cluster.run(
+        "env", "TZ=UTC", "scontrol", "create", "reservation", "ReservationName=site-maint",
+        f"StartTime={start}", "Duration=10", "Nodes=ALL", "Users=root", "Flags=MAINT",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        report = mirror_cluster(cluster.pk)
+
+        assert report.deleted == [] and "site-maint" in slurm_reservations(slurm_cluster)
+    finally:
+        slurm_cluster.run("scontrol", "delete", "ReservationName=site-maint")
