@@ -37,7 +37,7 @@ __all__ = [
 
 # Names Slurm and the shell read the same way: partitions, accounts, job and reservation names,
 # node names, GRES types, user names.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 # Absolute paths of plain characters, no "..": work directories and slurm.conf.
 PATH = re.compile(r"/[A-Za-z0-9_.+/-]{0,254}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")

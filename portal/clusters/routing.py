@@ -52,6 +52,7 @@ class ClusterRoute:
         stack: DriverStack,
         count: int,
         walltime: timedelta,
+        env: dict[str, str],
     ) -> Callable[[list[Job]], None]:
         found = find_partition(partition)
         if found is None:
@@ -74,6 +75,11 @@ class ClusterRoute:
                 "bad_count",
                 f"{found} has {found.gpus_per_node} GPUs a node; a job asks for at most that.",
                 "count",
+            )
+        taken = sorted(n for n in env if str(n).startswith(("SLURM_", "PORTERBOX_")))
+        if taken:
+            raise ServiceError(
+                "bad_env", f"Slurm or the portal sets {', '.join(taken)[:200]} itself.", "env"
             )
         if walltime > timedelta(hours=found.max_walltime_hours):
             raise ServiceError(

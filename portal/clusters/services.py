@@ -214,9 +214,18 @@ class _Step:
         written here as the answers come."""
         base = self.cluster.work_dir.rstrip("/")
         for start in range(0, len(ready), SUBMIT_BATCH):
-            chunk = [
-                (cj, self._batch(cj, work_dir(cj))) for cj in ready[start : start + SUBMIT_BATCH]
-            ]
+            chunk = []
+            for cj in ready[start : start + SUBMIT_BATCH]:
+                batch = self._batch(cj, work_dir(cj))
+                try:
+                    batch.options(), batch.batch_script()  # the values Slurm would be sent
+                except ValueError as bad:
+                    # A value registered by staff that Slurm or the shell could misread.
+                    self._refuse(cj, f"The job cannot be sent to {self.cluster}: {bad}")
+                    continue
+                chunk.append((cj, batch))
+            if not chunk:
+                continue
             for cj, batch in chunk:
                 if cj.job.input_archive:
                     with cj.job.input_archive.open("rb") as archive:
@@ -236,10 +245,14 @@ class _Step:
                 self.slurm.ping()  # the controller went away: the jobs wait, the pass says why
                 # slurmctld answers, so it refused these jobs (an account, a limit): say so.
                 for cj, exc in refused:
-                    with transaction.atomic():
-                        Job.move(cj.job_id, S.FAILED, from_=Job.WAITING, ended_at=self.now,
-                                 last_error=f"Slurm refused the job: {exc}"[:2000])  # fmt: skip
-                        ClusterJob.objects.filter(pk=cj.pk).update(done=True)
+                    self._refuse(cj, f"Slurm refused the job: {exc}")
+
+    def _refuse(self, cj: ClusterJob, why: str) -> None:
+        with transaction.atomic():
+            if Job.move(cj.job_id, S.FAILED, from_=Job.WAITING, ended_at=self.now,
+                        last_error=why[:2000]):  # fmt: skip
+                tell_job(cj.job_id)
+            ClusterJob.objects.filter(pk=cj.pk).update(done=True)
 
     def _batch(self, cj: ClusterJob, directory: str) -> BatchJob:
         job, partition = cj.job, cj.partition

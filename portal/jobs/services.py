@@ -46,6 +46,7 @@ class ClusterRoute(Protocol):
         stack: DriverStack,
         count: int,
         walltime: timedelta,
+        env: dict[str, str],
     ) -> Callable[[list[Job]], None]:
         """Check the job against the partition (JobError if it does not fit); a function that
         binds the new jobs to it, called in the transaction that creates them."""
@@ -199,8 +200,9 @@ def job_submit_tasks(
         if cluster_route is None:
             raise JobError("no_clusters", "No Slurm cluster is registered.", "partition")
         bind = cluster_route.prepare(
-            partition=partition, project=project, stack=stack, count=count, walltime=walltime
-        )
+            partition=partition, project=project, stack=stack, count=count, walltime=walltime,
+            env=env or {},
+        )  # fmt: skip
     elif not served:
         raise JobError("stack_missing", f"No host offers the stack {stack.name}.", "stack")
     if spec and not stack.serves(spec):

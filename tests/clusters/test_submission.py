@@ -82,6 +82,7 @@ def test_it_binds_every_task_of_an_array(member, partition, stack):
         ({"partition": "hpc/nope"}, "bad_partition", "partition"),
         ({"partition": "nonsense"}, "bad_partition", "partition"),
         ({"count": 5}, "bad_count", "count"),
+        ({"env": {"SLURM_HINT": "nomultithread"}}, "bad_env", "env"),
     ],
 )
 def test_it_refuses_what_the_partition_cannot_run(member, partition, stack, fields, code, field):
