@@ -19,6 +19,7 @@ from portal.clusters.models import Cluster, ClusterJob, Partition
 from portal.jobs import scheduler, selectors
 from portal.jobs.models import Job
 from portal.jobs.services import job_cancel
+from portal.notifications.models import Notification
 from tests.clusters.conftest import until
 from tests.factories import AcceleratorFactory, HostFactory, tarball
 
@@ -94,6 +95,9 @@ def test_it_runs_a_partner_job_on_the_cluster_and_brings_back_log_output_and_usa
     hours = 2 * elapsed / HOUR
     assert selectors.project_usage(member.project, now).total == pytest.approx(hours, abs=1e-4)
     assert scheduler.month_usage(now)[member.project.pk] == pytest.approx(hours)
+    # Its end was told, as the fleet's jobs' is (the outbox; by default no mail at the start).
+    told = Notification.objects.filter(data__job=job.pk).values_list("event", "data__state")
+    assert ("job.finished", "succeeded") in set(told)
     # More passes change nothing: counted once.
     services.cluster_pass(cluster.pk)
     assert selectors.project_usage(member.project, now).total == pytest.approx(hours, abs=1e-4)
