@@ -53,17 +53,24 @@ def missing(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> list[st
 def debian_tarball(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> Path:
     """The cached tarball of a minbase Debian with packages; built here if missing."""
     path = tarball_path(packages, suite)
-    if path.exists():
+    if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # One build at a time on a machine: another run waits for it, then finds the tarball.
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
+        if path.is_file():
             return path
+        shutil.rmtree(path, ignore_errors=True)  # a directory an older build left by mistake
         part = path.with_suffix(".part")
         part.unlink(missing_ok=True)
-        argv = ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}"]
+        # --format: the ".part" name would otherwise make mmdebstrap write a directory.
+        argv = [
+            "mmdebstrap",
+            "--format=tar",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+        ]
         result = subprocess.run(
             [*argv, suite, str(part), MIRROR],
             capture_output=True,
