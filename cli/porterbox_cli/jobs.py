@@ -74,10 +74,12 @@ def jobs() -> None:
 @click.option("--model-freedom", type=click.Choice(["free", "toxiccandy", "non-free"]),
               required=True)  # fmt: skip
 @click.option("--array", type=click.IntRange(1), help="Submit N tasks alike (sbatch --array).")
+@click.option("--partition", default="", metavar="CLUSTER/PARTITION",
+              help="A Slurm cluster's partition to run on, instead of the fleet.")  # fmt: skip
 @click.pass_obj
 def submit(state, project, name, script, stack, count, hwspec, min_memory_gb, walltime, env,
            git_url, git_ref, archive, code_licence, data_licence, model_freedom,
-           array) -> None:  # fmt: skip
+           array, partition) -> None:  # fmt: skip
     """Submit a job; the fair-share scheduler places it."""
     body: dict[str, object] = {
         "project": project, "name": name, "script": script.read(), "stack": stack,
@@ -88,6 +90,8 @@ def submit(state, project, name, script, stack, count, hwspec, min_memory_gb, wa
     }  # fmt: skip
     if array:
         body["array"] = array
+    if partition:
+        body["partition"] = partition
     if archive is None:
         answer = state.api.post("/api/jobs/", body)
     else:

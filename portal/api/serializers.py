@@ -333,6 +333,7 @@ class JobSerializer(FieldsOnce, serializers.ModelSerializer):
     array_index = serializers.IntegerField(
         read_only=True, allow_null=True, help_text="The task's index in its array, 0..N-1."
     )
+    partition = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -342,7 +343,17 @@ class JobSerializer(FieldsOnce, serializers.ModelSerializer):
             "input_archive", "code_licence", "data_licence", "model_freedom", "state",
             "wait_reason", "host", "queued_at", "started_at", "ended_at", "exit_status",
             "requeues", "last_error", "stop_requested", "created", "array", "array_index",
+            "partition",
         ]  # fmt: skip
+
+    def get_partition(self, job) -> str:
+        """The Slurm `cluster/partition` the job runs on; empty: the portal's fleet."""
+        # Read from what the query or the submission put in hand (the views select it), never
+        # a query per job: a job bound to a cluster has its binding cached, a fleet job none.
+        bound = job._state.fields_cache.get("cluster_job")
+        if bound is None:
+            return ""
+        return f"{bound.partition.cluster.name}/{bound.partition.name}"
 
     def get_walltime(self, job) -> float:
         """Hours."""

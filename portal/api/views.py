@@ -399,7 +399,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        jobs = Job.objects.select_related("project", "submitter", "stack", "host").defer("log")
+        jobs = Job.objects.select_related(
+            "project", "submitter", "stack", "host", "cluster_job__partition__cluster"
+        ).defer("log")
         user = _caller(self.request)
         if not user.is_staff:
             jobs = jobs.filter(project__partnermembership__user=user)

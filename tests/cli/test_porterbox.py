@@ -343,4 +343,13 @@ def test_it_uploads_an_input_archive_for_an_array_and_cancels_the_array(porterbo
 
     done = porterbox("--json", "jobs", "cancel", "--array", str(first["id"]))
     assert done.code == 0, done.err
+
+    # A Slurm partition the portal does not know: the API's words, a script's exit code.
+    refused = porterbox("jobs", "submit", "--project", membership.project.slug, "--name", "x",
+                        "--script", "-", "--stack", "cuda-12", "--walltime", "1h",
+                        "--partition", "hpc/nope", "--code-licence", "MIT",
+                        "--data-licence", "CC0-1.0", "--model-freedom", "free",
+                        input="true\n")  # fmt: skip
+    assert refused.code == 1
+    assert "No cluster partition 'hpc/nope'." in refused.err
     assert set(Job.objects.values_list("state", flat=True)) == {Job.State.CANCELLED}

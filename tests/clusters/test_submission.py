@@ -67,6 +67,25 @@ def test_it_binds_a_job_to_the_partition_and_the_fleet_leaves_it(member, partiti
     assert ClusterJob.objects.get(job=job).partition == partition
     assert scheduler.schedule().placed == {}
     assert Job.objects.get().state == Job.State.QUEUED
+    # The answer, the job's API answer and its page say where it runs.
+    assert response.json()["partition"] == "hpc/a100"
+    client = APIClient()
+    client.force_authenticate(member.user)
+    assert client.get(f"/api/jobs/{job.pk}/").json()["partition"] == "hpc/a100"
+    assert [j["partition"] for j in client.get("/api/jobs/").json()["results"]] == ["hpc/a100"]
+    client.force_login(member.user)
+    assert (
+        "<dt>Runs on</dt><dd>Slurm: hpc/a100</dd>"
+        in client.get(f"/jobs/{job.pk}/").content.decode()
+    )
+
+
+def test_a_fleet_job_says_no_partition(member, partition, stack):
+    AcceleratorFactory(host=HostFactory(), index=0).host.stacks.add(stack)
+    response = post(member.user, partition="", count=1)
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["partition"] == ""
 
 
 def test_it_binds_every_task_of_an_array(member, partition, stack):
