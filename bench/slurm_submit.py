@@ -115,6 +115,7 @@ def run(n: int, cluster: test_slurm.Cluster, server, key: Path) -> None:
     )
     from portal.inventory.models import DriverStack
     from portal.jobs.services import job_submit_tasks
+    from portal.ssh import reset_transport
     from provisioning.slurm import BatchJob
 
     with connection.cursor() as cur:
@@ -129,7 +130,7 @@ def run(n: int, cluster: test_slurm.Cluster, server, key: Path) -> None:
     assert down.returncode == 0, down.stderr
 
     settings.PORTAL_SSH_KEY_FILE = str(key)
-    services.reset_transport()
+    reset_transport()
     work = cluster.dir / "work"
     row = Cluster.objects.create(
         name="bench", login_host=server.host, login_port=server.port, login_user=server.user,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,8 +30,9 @@ from django.utils import timezone
 from portal.jobs import scheduler
 from portal.jobs.models import Job
 from portal.jobs.services import tell_job
+from portal.ssh import transport
 from provisioning.slurm import BatchJob, Login, Slurm, SlurmJob
-from provisioning.transport import Target, Transport, TransportError
+from provisioning.transport import Target, TransportError
 
 from .models import Cluster, ClusterJob, ClusterStack, ProjectAccount
 
@@ -42,30 +42,6 @@ S = Job.State
 FINAL = {"COMPLETED": S.SUCCEEDED, "CANCELLED": S.CANCELLED, "TIMEOUT": S.TIMED_OUT,
          "DEADLINE": S.TIMED_OUT}  # fmt: skip
 LOG_CHUNK = 256 * 1024
-
-_transport: Transport | None = None
-_lock = threading.Lock()
-
-
-def transport() -> Transport:
-    """One transport per worker process, with the portal's own key (as for the hosts)."""
-    global _transport
-    with _lock:
-        if _transport is None:
-            key = settings.PORTAL_SSH_KEY_FILE
-            try:
-                _transport = Transport(key, **settings.PORTAL_SSH_TIMEOUTS)
-            except (OSError, ValueError) as exc:
-                raise TransportError(f"the portal's SSH key {key} cannot be read: {exc}") from exc
-        return _transport
-
-
-def reset_transport() -> None:
-    global _transport
-    with _lock:
-        if _transport is not None:
-            _transport.close()
-        _transport = None
 
 
 def slurm_for(cluster: Cluster) -> Slurm:

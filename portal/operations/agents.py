@@ -1,39 +1,17 @@
 """The agent client for a host: over SSH with its pinned keys, or locally in single-machine mode.
 
-One `Transport` per worker process, so each host gets one reused SSH connection per worker.
+One `Transport` per worker process (portal/ssh.py), so each host gets one reused SSH connection
+per worker.
 """
-
-import threading
 
 from django.conf import settings
 
 from portal.inventory.models import Host
+from portal.ssh import reset_transport, transport
 from provisioning.client import AgentClient, local_runner, ssh_runner
-from provisioning.transport import Target, Transport, TransportError
+from provisioning.transport import Target
 
-_transport: Transport | None = None
-_lock = threading.Lock()
-
-
-def transport() -> Transport:
-    global _transport
-    with _lock:
-        if _transport is None:
-            key = settings.PORTAL_SSH_KEY_FILE
-            try:
-                _transport = Transport(key, **settings.PORTAL_SSH_TIMEOUTS)
-            except (OSError, ValueError) as exc:
-                raise TransportError(f"the portal's SSH key {key} cannot be read: {exc}") from exc
-        return _transport
-
-
-def reset_transport() -> None:
-    """Close the cached connections (tests, and a worker that changes its key)."""
-    global _transport
-    with _lock:
-        if _transport is not None:
-            _transport.close()
-        _transport = None
+__all__ = ["client_for", "is_reachable_in_principle", "reset_transport", "transport"]
 
 
 def is_reachable_in_principle(host: Host) -> bool:

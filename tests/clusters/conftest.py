@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from portal.clusters import services
 from portal.clusters.models import Cluster, ClusterStack, Partition, ProjectAccount
+from portal.ssh import reset_transport
 from tests.clusters import slurm
 from tests.conftest import require
 from tests.factories import DriverStackFactory, PartnerMembershipFactory
@@ -44,9 +44,9 @@ def login_node(tmp_path_factory, slurm_cluster):
 @pytest.fixture
 def portal_key(login_node, settings):
     settings.PORTAL_SSH_KEY_FILE = str(login_node[1])
-    services.reset_transport()
+    reset_transport()
     yield
-    services.reset_transport()
+    reset_transport()
 
 
 @pytest.fixture
