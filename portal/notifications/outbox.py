@@ -39,19 +39,24 @@ S = Notification.State
 # -- choosing -----------------------------------------------------------------------------------
 
 
-def wants(user, event: str, channel: Channel) -> bool:
-    """Whether the user takes this event by this channel (their choice, else the default)."""
-    chosen = Preference.objects.filter(user=user, event=event, channel=channel).first()
-    if chosen is not None:
-        return chosen.enabled
+def _default(event: str, channel: str) -> bool:
+    """What a user who chose nothing takes: mail where the event says so, every webhook."""
     return BY_KEY[event].mail if channel == Channel.MAIL else True
+
+
+def wanted(user, event: str) -> set[str]:
+    """The channels the user takes this event by (their choices, else the defaults)."""
+    chosen = dict(
+        Preference.objects.filter(user=user, event=event).values_list("channel", "enabled")
+    )
+    return {c for c in Channel if chosen.get(c.value, _default(event, c))}
 
 
 def choices(user) -> dict[tuple[str, str], bool]:
     """(event, channel) -> on, for the user's settings page: every event of their audience."""
     chosen = {(p.event, p.channel): p.enabled for p in Preference.objects.filter(user=user)}
     return {
-        (e.key, c.value): chosen.get((e.key, c.value), e.mail if c == Channel.MAIL else True)
+        (e.key, c.value): chosen.get((e.key, c.value), _default(e.key, c))
         for e in BY_KEY.values()
         if not e.staff or user.is_staff
         for c in Channel
@@ -72,15 +77,25 @@ def _render(template: str, context: dict, zone: str) -> tuple[str, str]:
 
 
 def _rows(event, user, subject, body, data) -> list[Notification]:
-    rows = []
-    if user.email and wants(user, event, Channel.MAIL):
-        rows.append(Notification(channel=Channel.MAIL, target=user.email))
-    hook = Webhook.objects.filter(user=user).first()
-    if hook is not None and wants(user, event, Channel.WEBHOOK):
-        rows.append(Notification(channel=Channel.WEBHOOK, target=hook.url, webhook=hook))
-    for row in rows:
-        row.event, row.user, row.subject, row.body, row.data = event, user, subject, body, data
-    return rows
+    channels = wanted(user, event)
+    targets: list[tuple[str, str, Webhook | None]] = []
+    if user.email and Channel.MAIL in channels:
+        targets.append((Channel.MAIL, user.email, None))
+    if Channel.WEBHOOK in channels and (hook := Webhook.objects.filter(user=user).first()):
+        targets.append((Channel.WEBHOOK, hook.url, hook))
+    return [
+        Notification(
+            event=event,
+            user=user,
+            channel=channel,
+            target=target,
+            webhook=hook,
+            subject=subject,
+            body=body,
+            data=data,
+        )
+        for channel, target, hook in targets
+    ]
 
 
 def notify(
@@ -188,13 +203,16 @@ def send_due(now: datetime | None = None, *, limit: int = 500, budget: float = 1
     due = list(
         Notification.objects.filter(free, state=S.PENDING, next_attempt_at__lte=now)
         .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", "channel")[:limit]
     )
     done: Counter = Counter()
     mail_down = False
-    for pk in due:
+    for pk, channel in due:
         if time.monotonic() > stop:
             break
+        if channel == Channel.MAIL and mail_down:
+            done["deferred"] += 1  # left unclaimed for the next round
+            continue
         claimed = (
             Notification.objects.filter(free, pk=pk, state=S.PENDING)
             .update(lease_until=timezone.now() + lease, attempts=F("attempts") + 1)
@@ -202,10 +220,6 @@ def send_due(now: datetime | None = None, *, limit: int = 500, budget: float = 1
         if not claimed:
             continue  # another sender has it
         n = Notification.objects.select_related("webhook").get(pk=pk)
-        if n.channel == Channel.MAIL and mail_down:
-            Notification.objects.filter(pk=pk).update(lease_until=None, attempts=F("attempts") - 1)
-            done["deferred"] += 1
-            continue
         try:
             deliver(n)
         except Exception as exc:
