@@ -2,6 +2,7 @@
 and channels readable and clickable, a webhook set with its secret shown once, what was sent."""
 
 import pytest
+from django.test import Client
 
 from portal.notifications.models import Preference
 from portal.notifications.outbox import PLAIN, notify
@@ -42,3 +43,46 @@ def test_a_user_turns_an_event_off_and_sets_a_webhook(page, live_server, db, set
     assert page.get_by_label("Your session is ready by webhook").is_visible()
     assert overflow(page) == 0
     screenshot(page, "notifications-390")
+
+
+@pytest.mark.parametrize("width", [1280, PHONE["width"]])
+def test_a_manager_sets_the_project_webhook_and_staff_see_what_failed(
+    browser, live_server, db, settings, width
+):
+    from portal.notifications.models import Notification
+    from tests.factories import PartnerMembershipFactory
+
+    managing = PartnerMembershipFactory(
+        role="manager", user__username="carol", project__slug="speech"
+    )
+    staff = UserFactory(is_staff=True)
+    notify("session.ready", managing.user, PLAIN, {"subject": "Your session is ready", "text": "."})
+    Notification.objects.update(state="failed", attempts=10, last_error="SMTPRecipientsRefused")
+    context = browser.new_context(viewport={**PHONE, "width": width})
+    page = context.new_page()
+    try:
+        login(page, live_server, "carol", PASSWORD)
+        page.goto(f"{live_server.url}/projects/speech/")
+        page.get_by_label("Webhook URL").fill("https://hooks.example.org/speech")
+        page.get_by_role("button", name="Save the webhook").click()
+        page.wait_for_load_state()
+        assert len(page.locator("#new-secret").inner_text()) >= 40
+        assert overflow(page) == 0
+        screenshot(page, f"project-webhook-{width}")
+
+        # Staff, signed in with their second factor already (as the staff page tests are).
+        client = Client()
+        client.force_login(staff)
+        context.clear_cookies()
+        context.add_cookies(
+            [{"name": "sessionid", "value": client.cookies["sessionid"].value,
+              "url": live_server.url}]
+        )  # fmt: skip
+        page.goto(f"{live_server.url}/account/notifications/failed/")
+        row = page.locator("tbody tr").first
+        assert "mail: carol@example.org" in row.inner_text()
+        assert row.get_by_role("button", name="Retry").is_visible()
+        assert overflow(page) == 0
+        screenshot(page, f"notifications-failed-{width}")
+    finally:
+        context.close()
