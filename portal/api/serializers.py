@@ -2,11 +2,11 @@ import copy
 import json
 import math
 from datetime import timedelta
-from typing import cast
 
 from django.utils.dateparse import parse_duration
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
 
 from portal.accounts.models import PartnerProject, SSHKey, User
 from portal.booking import bounds
@@ -14,7 +14,7 @@ from portal.booking.models import Reservation
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
-from portal.jobs.services import MAX_ARRAY
+from portal.jobs.services import MAX_ARRAY, submission_refs
 from portal.packages.models import TestRun
 
 
@@ -295,10 +295,22 @@ class EnvField(serializers.Field):
         return value
 
 
+def _field_copy(field: serializers.Field) -> serializers.Field:
+    """A fresh field to bind: a plain field's attributes copied (DRF's deepcopy instead calls
+    its __init__ again, and its validators' and choices' copies, which costs more than the
+    rest of a small request); a field holding other fields (a child, a nested serializer)
+    deep-copied, so none is bound to two parents."""
+    if isinstance(field, serializers.BaseSerializer | serializers.ManyRelatedField) or hasattr(
+        field, "child"
+    ):
+        return copy.deepcopy(field)
+    return copy.copy(field)
+
+
 class FieldsOnce:
-    """A ModelSerializer builds its fields from the model at every instantiation (a good part
-    of a submission's answer); this builds them once per class and copies them, as DRF
-    copies declared fields."""
+    """A serializer builds its fields (a ModelSerializer from the model) at every
+    instantiation, a good part of a small request's cost; this builds them once per class and
+    hands each instance its own copies. The template is never bound, only copied."""
 
     def get_fields(self):
         cls = type(self)
@@ -306,7 +318,7 @@ class FieldsOnce:
         if template is None:
             template = super().get_fields()  # type: ignore[misc]
             cls._fields_once = template  # type: ignore[attr-defined]
-        return copy.deepcopy(template)
+        return {name: _field_copy(field) for name, field in template.items()}
 
 
 class JobSerializer(FieldsOnce, serializers.ModelSerializer):
@@ -377,17 +389,17 @@ class JobSubmittedSerializer(JobSerializer):
         return self.context.get("array_jobs", [job.pk])
 
 
-class JobCreateSerializer(serializers.Serializer):
-    """A job as job_submit takes it; the service checks the rules and names the field."""
+class JobCreateSerializer(FieldsOnce, serializers.Serializer):
+    """A job as job_submit takes it; the service checks the rules and names the field. The
+    project and stack are read with the membership and the stack's hosts in one query
+    (`submission_refs`, in `validate`), and given to the service with those checks."""
 
-    project = serializers.SlugRelatedField(
-        queryset=PartnerProject.objects.none(),
-        slug_field="slug",
-        error_messages={"does_not_exist": "{value} is not one of your approved partner projects."},
+    project = serializers.CharField(
+        max_length=100, help_text="The slug of one of your approved partner projects."
     )
     name = serializers.CharField(max_length=100)
     script = serializers.CharField(trim_whitespace=False)
-    stack = serializers.SlugRelatedField(queryset=DriverStack.objects.all(), slug_field="name")
+    stack = serializers.CharField(max_length=100, help_text="A driver stack's name.")
     count = serializers.IntegerField(default=1)
     hwspec = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
     min_memory_gb = serializers.IntegerField(min_value=0, max_value=4096, default=0)
@@ -416,11 +428,21 @@ class JobCreateSerializer(serializers.Serializer):
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if user is not None:
-            project = cast(serializers.SlugRelatedField[PartnerProject], self.fields["project"])
-            project.queryset = PartnerProject.objects.filter(
-                state=PartnerProject.State.APPROVED, partnermembership__user=user
-            )
+        self.user = user
+
+    def validate(self, attrs):
+        refs = submission_refs(self.user, attrs["project"], attrs["stack"])
+        errors = {}
+        project = refs.project
+        if project is None or project.state != PartnerProject.State.APPROVED or not refs.member:
+            mine = "is not one of your approved partner projects."
+            errors["project"] = [ErrorDetail(f"{attrs['project']} {mine}", "does_not_exist")]
+        if refs.stack is None:
+            message = f"No driver stack is named {attrs['stack']}."
+            errors["stack"] = [ErrorDetail(message, "does_not_exist")]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return {**attrs, "project": project, "stack": refs.stack, "checks": refs.checks}
 
 
 class JobLogSerializer(serializers.Serializer):

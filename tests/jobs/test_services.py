@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal.booking.models import Allocation
-from portal.jobs import scheduler
+from portal.jobs import scheduler, services
 from portal.jobs.models import Job
 from portal.jobs.services import JobError, job_cancel, job_submit
 from tests.factories import (
@@ -165,10 +165,33 @@ def test_it_writes_an_array_whole_or_not_at_all(member, stack, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the database went away mid-array")
 
-    monkeypatch.setattr(Job.objects, "bulk_create", broken)
+    monkeypatch.setattr(services, "_copy_tasks", broken)
     with pytest.raises(RuntimeError):
         submit(member, stack, array=3)
     assert not Job.objects.exists()  # the first task, written before, went with the rest
+
+
+def test_an_arrays_tasks_are_the_first_one_copied_by_the_database(member, stack):
+    """The tasks after the first are made by one INSERT ... SELECT from its row: what the
+    service hands back is what a read gives, every field alike but the pk and index."""
+    tasks = services.job_submit_tasks(
+        project=member.project, submitter=member.user, name="sweep", script="echo $X\n",
+        stack=stack, walltime=2 * H, code_licence="MIT", data_licence="CC0-1.0",
+        model_freedom="free", env={"X": "1"}, input_git_url="https://example.org/x.git",
+        input_git_ref="main", count=2, hwspec="cuda", array=5,
+    )  # fmt: skip
+    stored = list(Job.objects.order_by("array_index"))
+    assert [t.pk for t in tasks] == [j.pk for j in stored]
+    assert [j.array_index for j in stored] == [0, 1, 2, 3, 4]
+    names = [f.attname for f in Job._meta.concrete_fields if f.name not in ("id", "array_index")]
+
+    def fields(job):  # a file field's value is its name ("" and None alike: no archive)
+        return {f: getattr(job, f).name or "" if f == "input_archive" else getattr(job, f)
+                for f in names}  # fmt: skip
+
+    for given, read in zip(tasks, stored, strict=True):
+        assert (given.array_id, given.array_index) == (stored[0].pk, read.array_index)
+        assert fields(given) == fields(read) == fields(stored[0])
 
 
 def test_it_refuses_an_array_size_out_of_bounds(member, stack):
