@@ -381,6 +381,9 @@ JOBS_MAX_REQUEUES = envint("JOBS_MAX_REQUEUES", 3)  # after a host failure, then
 # A host unreachable this long has failed: its jobs go back to the queue.
 JOBS_HOST_FAILURE_SECONDS = envint("JOBS_HOST_FAILURE_SECONDS", 300)
 JOBS_SCHEDULE_SECONDS = envint("JOBS_SCHEDULE_SECONDS", 15)
+# How often the first waiting jobs' start estimates (/jobs/) are made again when no pass asked
+# for them sooner: a reservation booked or ended moves them too (portal/jobs/estimates.py).
+JOBS_ESTIMATE_SECONDS = envint("JOBS_ESTIMATE_SECONDS", 60)
 
 # Package tests (portal/packages, issue 17): the partner project whose share Debian's own test
 # runs take in the fair-share queue (created when first needed), a run's walltime, how often
@@ -427,6 +430,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.jobs.tasks.schedule",
         "schedule": JOBS_SCHEDULE_SECONDS,
         "options": {"expires": max(10, 3 * JOBS_SCHEDULE_SECONDS)},
+    },
+    "estimate job starts": {
+        "task": "portal.jobs.tasks.estimate_job_starts",
+        "schedule": JOBS_ESTIMATE_SECONDS,
+        "options": {"expires": max(10, 3 * JOBS_ESTIMATE_SECONDS)},
     },
     # Slurm clusters (portal/clusters, docs/slurm.md): submit, follow and cancel their jobs;
     # mirror the bookings of hosts that are Slurm nodes as Slurm reservations.

@@ -91,8 +91,9 @@ class Job(models.Model):
         "self", on_delete=models.CASCADE, null=True, blank=True, related_name="array_tasks"
     )
     array_index = models.PositiveIntegerField(null=True, blank=True)
-    # Written by each scheduler pass for waiting jobs: the place in the queue (1 = next) and the
-    # earliest start found for the job's need; the /jobs/ page reads them, it does not search.
+    # Of waiting jobs: the place in the queue (1 = next), written by each scheduler pass, and the
+    # earliest start found for the job's need, written for the first turns by the estimate task
+    # (portal/jobs/estimates.py); the /jobs/ page reads them, it does not search.
     queue_position = models.PositiveIntegerField(null=True, blank=True)
     estimated_start = models.DateTimeField(null=True, blank=True)
 

@@ -19,9 +19,10 @@ written through the booking service in one transaction, a savepoint per job
 (`booking.allocate_many`): a job whose devices someone booked meanwhile rolls back its own
 savepoint and simply waits for the next pass.
 
-The queue. Each pass also stores every waiting job's turn (`Job.queue_position`) and, for the
-first ESTIMATED, the earliest start found for its need (`Job.estimated_start`, one calendar
-read per kind of device), so the /jobs/ page reads them and searches nothing.
+The queue. Each pass also stores every waiting job's turn (`Job.queue_position`) and why it
+waits, so the /jobs/ page reads them and searches nothing. Start estimates are not the pass's:
+its own task reads the calendar for the first ESTIMATED turns (estimates.py). The pass and that
+task write different columns of the same jobs, one at a time (`queue_lock`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,16 +42,18 @@ from django.utils import timezone
 
 from portal.accounts.models import PartnerProject
 from portal.booking import services as booking
-from portal.booking.availability import Need, ceil_to, earliest_starts, matching_accelerators
-from portal.booking.models import Allocation, BookingPolicy
-from portal.inventory.hwspec import Hwspec, InvalidHwspec
+from portal.booking.availability import Need, matching_accelerators
+from portal.booking.models import Allocation
+from portal.inventory.hwspec import Hwspec
 from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
 from portal.jobs.models import Job
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 FOREVER = datetime.max.replace(tzinfo=UTC)
-ESTIMATED = 50  # waiting jobs, first in turn order, that get a start estimate
+ESTIMATED = 50  # waiting jobs, first in turn order, that get a start estimate (estimates.py)
+# The PostgreSQL advisory lock of the queue's writers (queue_lock): b"pbxqueue" as a bigint.
+QUEUE_LOCK = int.from_bytes(b"pbxqueue", "big")
 
 
 @dataclass(slots=True)
@@ -97,6 +101,8 @@ class PassResult:
     jobs: list[Waiting] = field(default_factory=list)
     projects: dict[int, PartnerProject] = field(default_factory=dict)
     usage: dict[int, float] = field(default_factory=dict)
+    # Jobs were placed, or the first ESTIMATED turns changed: the start estimates are stale.
+    estimates_stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,9 +390,10 @@ def schedule(now: datetime | None = None) -> PassResult:
     """One pass: plan, hold the planned devices, say why the others wait, store the queue."""
     now = now or timezone.now()
     result = plan(now)
-    if result.placed:
-        _write_placements(result, now)
-    store_queue(now, result)  # with the wait reasons: one write per waiting job that changed
+    with queue_lock():
+        if result.placed:
+            _write_placements(result, now)
+        store_queue(now, result)  # with the wait reasons: one write per waiting job that changed
     if result.placed:
         log.info("scheduled %d jobs", len(result.placed))
     return result
@@ -413,90 +420,72 @@ def turn_order(
     return ordered
 
 
-def estimate_starts(jobs: list[Waiting], now: datetime) -> dict[int, datetime | None]:
-    """The earliest slot free for each job's need and walltime (None: none within the booking
-    horizon). It counts reservations, maintenance and the jobs already placed, not the waiting
-    jobs ahead, nor the project's quotas.
-
-    One read of the calendar per kind of device (stack, hwspec, memory) answers every count and
-    walltime asked of it (`earliest_starts`), so estimates cost a few queries per kind, not an
-    availability search per job.
-    """
-    policy = BookingPolicy.current()
-    earliest = ceil_to(now, policy.granularity)
-    stacks = DriverStack.objects.in_bulk({job.stack_id for job in jobs})
-    grace = stop_grace()
-    asks: dict[tuple, set[tuple[int, timedelta]]] = defaultdict(set)
-    for job in jobs:
-        stack_id, hwspec, min_memory_mib, count = job.shape
-        asks[(stack_id, hwspec, min_memory_mib)].add((count, job.walltime + grace))
-    found: dict[tuple, datetime | None] = {}
-    for kind, wanted in asks.items():
-        stack_id, hwspec, min_memory_mib = kind
-        try:
-            spec = Hwspec.parse(hwspec) if hwspec else None
-        except InvalidHwspec:
-            found.update(((*kind, *ask), None) for ask in wanted)
-            continue
-        need = Need(1, spec, min_memory_mib, stacks[stack_id])
-        answers = earliest_starts(
-            need,
-            wanted,
-            earliest=earliest,
-            days=policy.max_days_ahead,
-            step=policy.granularity,
-        )
-        found.update(((*kind, *ask), start) for ask, start in answers.items())
-    return {job.pk: found[(*job.shape, job.walltime + grace)] for job in jobs}
-
-
 def store_queue(now: datetime, result: PassResult | None = None) -> None:
-    """Store each waiting job's turn, its estimated start (the first ESTIMATED) and why it waits
-    (the pass's reasons, if it has any), in one write of the rows that changed (one statement on
-    PostgreSQL); clear the turn and estimate of jobs of projects not approved and of jobs that
-    stopped waiting."""
+    """Store each waiting job's turn and why it waits (the pass's reasons, if it has any), in
+    one write of the rows that changed (one statement on PostgreSQL); clear the turn of jobs of
+    projects not approved and of jobs that stopped waiting. Estimates are estimates.py's."""
     if result is None:
         result = PassResult(jobs=waiting_rows())
         result.projects = approved_projects()
         result.usage = decayed_usage(now) if result.jobs else {}
     left = [job for job in result.jobs if job.pk not in result.placed]
     ordered = turn_order(left, result.projects, result.usage)
-    estimates = estimate_starts(ordered[:ESTIMATED], now) if ordered else {}
     position = {job.pk: i for i, job in enumerate(ordered, start=1)}
     changed = []
     for job in left:
-        wanted = (
-            position.get(job.pk),
-            estimates.get(job.pk),
-            result.waiting.get(job.pk, job.wait_reason),
-        )
-        if (job.queue_position, job.estimated_start, job.wait_reason) != wanted:
+        wanted = (position.get(job.pk), result.waiting.get(job.pk, job.wait_reason))
+        if (job.queue_position, job.wait_reason) != wanted:
             changed.append((job.pk, *wanted))
     _write_queue(changed)
-    Job.objects.exclude(state__in=Job.WAITING).filter(
-        Q(queue_position__isnull=False) | Q(estimated_start__isnull=False)
-    ).update(queue_position=None, estimated_start=None)
+    Job.objects.exclude(state__in=Job.WAITING).filter(queue_position__isnull=False).update(
+        queue_position=None
+    )
+    first = [
+        job.pk
+        for job in sorted(result.jobs, key=lambda job: job.queue_position or 0)
+        if job.queue_position is not None and job.queue_position <= ESTIMATED
+    ]
+    result.estimates_stale = bool(result.placed) or first != [j.pk for j in ordered[:ESTIMATED]]
 
 
-def _write_queue(rows: Sequence[tuple[int, int | None, datetime | None, str]]) -> None:
-    """Write (pk, queue_position, estimated_start, wait_reason) to the jobs still waiting."""
+def _write_queue(rows: Sequence[tuple[int, int | None, str]]) -> None:
+    """Write (pk, queue_position, wait_reason) to the jobs still waiting."""
     if not rows:
         return
     if connection.vendor == "postgresql":  # one UPDATE ... FROM unnest(arrays) for any number
-        pks, positions, starts, reasons = zip(*rows, strict=True)
+        pks, positions, reasons = zip(*rows, strict=True)
         waiting = tuple(str(state) for state in Job.WAITING)
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE jobs_job SET queue_position = v.position, estimated_start = v.start, "
-                "wait_reason = v.reason "
-                "FROM unnest(%s::integer[], %s::integer[], %s::timestamptz[], %s::text[]) "
-                "AS v(id, position, start, reason) "
+                "UPDATE jobs_job SET queue_position = v.position, wait_reason = v.reason "
+                "FROM unnest(%s::integer[], %s::integer[], %s::text[]) AS v(id, position, reason) "
                 "WHERE jobs_job.id = v.id AND jobs_job.state IN %s",
-                [list(pks), list(positions), list(starts), list(reasons), waiting],
+                [list(pks), list(positions), list(reasons), waiting],
             )
         return
     Job.objects.filter(state__in=Job.WAITING).bulk_update(
-        [Job(pk=pk, queue_position=p, estimated_start=s, wait_reason=r) for pk, p, s, r in rows],
-        ["queue_position", "estimated_start", "wait_reason"],
+        [Job(pk=pk, queue_position=p, wait_reason=r) for pk, p, r in rows],
+        ["queue_position", "wait_reason"],
         batch_size=250,
     )
+
+
+@contextmanager
+def queue_lock() -> Iterator[None]:
+    """Held by each writer of the queue's columns, the pass (placements, turns and reasons) and
+    the start estimates (estimates.py), so that one writes at a time: their multi-row updates of
+    the same jobs then never wait on each other crosswise (a deadlock), and each writes only its
+    own columns of jobs still waiting. A PostgreSQL advisory lock of the session (the placements'
+    transaction is the booking service's own, so no transaction spans both writes); on SQLite
+    nothing: each write there takes the database's one write lock."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [QUEUE_LOCK])
+    try:
+        yield
+    finally:
+        if not connection.needs_rollback:  # else the failed transaction's session keeps it
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [QUEUE_LOCK])

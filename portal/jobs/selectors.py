@@ -1,7 +1,8 @@
 """Reads about training jobs: the queue in the scheduler's order, usage, what was trained.
 
-Nothing here writes. The queue's turns and start estimates are what the scheduler's last pass
-stored (it searches, the pages do not); usage is computed from the jobs' `Allocation` rows each
+Nothing here writes. The queue's turns are what the scheduler's last pass stored, the start
+estimates what the estimate task stored for the first of those turns (estimates.py: it
+searches, the pages do not); usage is computed from the jobs' `Allocation` rows each
 time, with the scheduler's own functions.
 """
 
@@ -60,7 +61,9 @@ def held_back_jobs() -> QuerySet[Job]:
 
 
 def is_estimated(job: Job) -> bool:
-    """Whether the last pass looked for the job's start (None then: no slot in the horizon)."""
+    """Whether the job is among the first turns whose start the estimate task looks for (None
+    then: no slot in the horizon). That task estimates the turns the pass stored, at once after
+    a pass that moved them, so this holds but for the moments in between."""
     return job.queue_position is not None and job.queue_position <= scheduler.ESTIMATED
 
 

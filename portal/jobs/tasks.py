@@ -1,11 +1,23 @@
-"""Celery tasks of training jobs: thin wrappers around the scheduler."""
+"""Celery tasks of training jobs: thin wrappers around the scheduler and the start estimates."""
 
 from celery import shared_task
+from django.conf import settings
 
-from portal.jobs import scheduler
+from portal.jobs import estimates, scheduler
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
 def schedule(**_kwargs) -> int:
-    """Beat: one fair-share pass; the reconcile loop then starts what it placed."""
-    return len(scheduler.schedule().placed)
+    """Beat: one fair-share pass; the reconcile loop then starts what it placed. A pass that
+    placed jobs or changed the first turns asks for fresh start estimates now rather than at
+    their next beat, so the /jobs/ page's estimates lag the turns by moments (estimates.py)."""
+    result = scheduler.schedule()
+    if result.estimates_stale:
+        estimate_job_starts.apply_async(expires=max(10, 3 * settings.JOBS_ESTIMATE_SECONDS))
+    return len(result.placed)
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
+def estimate_job_starts(**_kwargs) -> int:
+    """Beat, and after a pass that moved the queue: the start estimates of the first turns."""
+    return estimates.estimate_queue()

@@ -9,7 +9,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from portal.booking.models import Allocation
-from portal.jobs import scheduler, selectors
+from portal.celery import app
+from portal.jobs import estimates, scheduler, selectors, tasks
 from portal.jobs.models import Job
 from tests.factories import (
     AcceleratorFactory,
@@ -123,6 +124,7 @@ def test_it_shows_wait_reasons_estimates_and_held_back_jobs(
                          host=devices[0].host, started_at=NOW - H)  # fmt: skip
     monkeypatch.setattr(scheduler, "ESTIMATED", 2)
     scheduler.store_queue(NOW)  # what each pass of the scheduler stores
+    estimates.estimate_queue(NOW)  # and the estimates of the first turns
 
     response = alice.get(reverse("jobs:queue"))
 
@@ -152,6 +154,7 @@ def test_it_shows_the_stored_turn_and_says_when_a_job_came_after_the_last_pass(
 ):
     first = JobFactory(project=member.project, stack=stack, queued_at=NOW - 2 * H)
     scheduler.store_queue(NOW)
+    estimates.estimate_queue(NOW)
     later = JobFactory(project=member.project, stack=stack, queued_at=NOW - H)
 
     page = alice.get(reverse("jobs:queue")).content.decode()
@@ -161,6 +164,56 @@ def test_it_shows_the_stored_turn_and_says_when_a_job_came_after_the_last_pass(
     assert page.index(f"#{first.pk} ") < page.index(f"#{later.pk} ")
     detail = alice.get(reverse("jobs:job_detail", args=[first.pk])).content.decode()
     assert "1 in the queue" in detail and "Mon 23 Nov 2026 10:15 CET" in detail
+
+
+@pytest.fixture
+def eager():
+    """Celery runs a task where it is sent: here, the estimates a pass asks for."""
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+def test_the_queue_shows_the_next_turns_estimates_once_a_pass_has_placed_the_first_job(
+    alice, member, stack, devices, monkeypatch, frozen, eager
+):
+    """Beat's pass as a member sees it: the pass stores turns, the estimate task it asks for
+    (run here at once) the starts of the first turns; a placed job leaves the waiting list with
+    its estimate, and the next jobs show theirs."""
+    monkeypatch.setattr(scheduler, "ESTIMATED", 2)
+    running = JobFactory(project=member.project, stack=stack, state="running",
+                         host=devices[0].host, started_at=NOW - H)  # fmt: skip
+    free_at = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
+    for device in devices:
+        held(running, device, NOW - H, free_at)
+    first, second, third = (
+        JobFactory(project=member.project, stack=stack, count=4, walltime=H,
+                   queued_at=NOW - (3 - i) * H)
+        for i in range(3)
+    )  # fmt: skip
+
+    assert tasks.schedule() == 0  # nothing fits before the running job's end
+
+    page = alice.get(reverse("jobs:queue")).content.decode()
+    assert "Mon 23 Nov 2026 12:00 CET" in row_of(page, first)
+    assert "Mon 23 Nov 2026 12:00 CET" in row_of(page, second)  # the queue ahead not counted
+    assert "not estimated" in row_of(page, third)
+
+    frozen.move_to(free_at)
+    Job.objects.filter(pk=running.pk).update(state="succeeded", ended_at=free_at)
+    assert tasks.schedule() == 1  # the first job takes the four devices for an hour
+
+    page = alice.get(reverse("jobs:queue")).content.decode()
+    waiting = page[page.index("<h2>Waiting") :]
+    assert f"#{first.pk} " in page[page.index("<h2>Scheduled") : page.index("<h2>Waiting")]
+    assert f"#{first.pk} " not in waiting
+    assert "<td>1</td>" in row_of(waiting, second) and "<td>2</td>" in row_of(waiting, third)
+    assert "Mon 23 Nov 2026 13:00 CET" in row_of(waiting, second)
+    assert "Mon 23 Nov 2026 13:00 CET" in row_of(waiting, third)
+    assert Job.objects.get(pk=first.pk).estimated_start is None
+    detail = alice.get(reverse("jobs:job_detail", args=[first.pk])).content.decode()
+    assert "Earliest start" not in detail
 
 
 def test_the_queue_costs_as_many_queries_with_60_waiting_jobs_as_with_10(

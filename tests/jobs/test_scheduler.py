@@ -1,14 +1,16 @@
 """The fair-share scheduler: who goes first, where jobs fit between reservations, quotas."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
 
 from portal.booking import services as booking_services
 from portal.booking.models import Allocation
 from portal.booking.services import Conflict, reservation_create
 from portal.inventory.models import Accelerator
-from portal.jobs import scheduler
+from portal.jobs import estimates, scheduler
 from portal.jobs.models import Job
 from tests.factories import (
     AcceleratorFactory,
@@ -277,7 +279,7 @@ def test_the_exclusion_constraint_rolls_back_only_the_refused_jobs_savepoint(sta
     assert Allocation.objects.filter(job=second).count() == 2
 
 
-def test_a_pass_stores_each_waiting_jobs_turn_and_estimate(stack, devices, settings):
+def test_a_pass_stores_each_waiting_jobs_turn_but_no_estimate(stack, devices):
     a, b = PartnerProjectFactory(slug="a"), PartnerProjectFactory(slug="b")
     placed = queue(a, stack, 1, count=4, waited=3 * H)  # takes all four devices
     a_waits = queue(a, stack, 2, waited=2 * H)
@@ -295,42 +297,146 @@ def test_a_pass_stores_each_waiting_jobs_turn_and_estimate(stack, devices, setti
         1, 2, 3, 4, 5,
     ]  # fmt: skip
     assert rows[placed[0].pk] is None and rows[held_back.pk] is None
+    assert not Job.objects.filter(estimated_start__isnull=False).exists()  # estimates.py's
+    assert result.estimates_stale  # it placed a job and made the first turns
+
+    estimates.estimate_queue(NOW)
+
     starts = dict(Job.objects.values_list("pk", "estimated_start"))
     # The four devices are held for an hour: the next slot starts when they are free.
     assert starts[b_waits[0].pk] == NOW + H and starts[a_waits[1].pk] == NOW + H
     assert starts[never.pk] is None  # nothing fits within the horizon
+    assert starts[placed[0].pk] is None and starts[held_back.pk] is None
+    assert rows == dict(Job.objects.values_list("pk", "queue_position"))  # turns untouched
+
+
+def test_a_pass_that_moved_nothing_leaves_the_estimates_as_they_are(stack, devices):
+    project = PartnerProjectFactory()
+    reservation_create(  # all four devices are booked for the first hour
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=devices, now=NOW,
+    )  # fmt: skip
+    job = JobFactory(project=project, stack=stack, count=4, walltime=H)
+    scheduler.schedule(NOW)
+    estimates.estimate_queue(NOW)
+    stored = Job.objects.values_list("queue_position", "estimated_start", "wait_reason")
+    before = stored.get(pk=job.pk)
+    assert before[:2] == (1, NOW + H) and before[2].startswith("No 4 matching devices free")
+
+    again = scheduler.schedule(NOW)
+
+    assert not again.estimates_stale  # no pass asks for estimates when nothing moved
+    assert stored.get(pk=job.pk) == before  # the pass kept the estimate, the task the turn
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_estimates_wait_while_a_pass_writes(stack, devices):
+    """The pass and the estimate task write the same jobs one at a time (`queue_lock`), so their
+    multi-row updates never wait on each other crosswise; the task has its own connection."""
+    reservation_create(  # all four devices are booked for the first hour
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=devices, now=NOW,
+    )  # fmt: skip
+    job = JobFactory(project=PartnerProjectFactory(), stack=stack, count=4, walltime=H)
+    scheduler.schedule(NOW)
+    started, finished = threading.Event(), threading.Event()
+    failed = []
+
+    def estimate():
+        try:
+            started.set()
+            estimates.estimate_queue(NOW)
+        except Exception as exc:  # the test must show it
+            failed.append(exc)
+        finally:
+            connection.close()
+            finished.set()
+
+    with scheduler.queue_lock():  # as a pass does while it writes
+        thread = threading.Thread(target=estimate)
+        thread.start()
+        started.wait()
+        assert not finished.wait(0.5)  # it waits for the lock
+        assert Job.objects.get(pk=job.pk).estimated_start is None
+    thread.join()
+
+    assert failed == []
+    assert Job.objects.get(pk=job.pk).estimated_start == NOW + H
 
 
 def test_it_estimates_each_shape_once_and_only_the_first_jobs(stack, devices, monkeypatch):
     project = PartnerProjectFactory()
     queue(project, stack, 5, count=4, walltime=H)  # placed: one after another they wait
     reads = []
-    real = scheduler.earliest_starts
+    real = estimates.earliest_starts
     monkeypatch.setattr(
-        scheduler,
+        estimates,
         "earliest_starts",
         lambda need, asks, **kw: reads.append(1) or real(need, asks, **kw),
     )
     monkeypatch.setattr(scheduler, "ESTIMATED", 3)
 
     scheduler.schedule(NOW)
+    assert reads == []  # the pass estimates nothing
+    assert estimates.estimate_queue(NOW) == 3
 
     assert len(reads) == 1  # one kind of device
     estimated = Job.objects.filter(estimated_start__isnull=False)
     assert sorted(estimated.values_list("queue_position", flat=True)) == [1, 2, 3]
 
 
-def test_it_clears_the_turn_and_estimate_of_a_job_that_stopped_waiting(stack, devices):
+def test_it_clears_the_turn_and_estimate_of_jobs_that_stopped_waiting(stack, devices):
     project = PartnerProjectFactory()
-    job = JobFactory(project=project, stack=stack, count=5)  # never fits: it waits
+    reservation_create(  # all four devices are booked for the first hour
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=devices, now=NOW,
+    )  # fmt: skip
+    starts, cancelled = queue(project, stack, 2, count=2, walltime=H)
     scheduler.schedule(NOW)
-    assert Job.objects.get(pk=job.pk).queue_position == 1
-    Job.objects.filter(pk=job.pk).update(state=Job.State.CANCELLED)
+    estimates.estimate_queue(NOW)
+    assert set(Job.objects.values_list("queue_position", "estimated_start")) == {
+        (1, NOW + H), (2, NOW + H),
+    }  # fmt: skip
+    Job.objects.filter(pk=cancelled.pk).update(state=Job.State.CANCELLED)
 
+    scheduler.schedule(NOW + H)  # the devices are free: the first job is placed
+
+    starts.refresh_from_db()
+    assert (starts.state, starts.queue_position, starts.estimated_start) == (
+        "scheduled", None, None,
+    )  # fmt: skip
+    cancelled.refresh_from_db()
+    assert cancelled.queue_position is None  # the pass's column
+    estimates.estimate_queue(NOW + H)
+    assert not Job.objects.filter(estimated_start__isnull=False).exists()
+
+
+def test_it_clears_the_estimate_of_a_job_that_fell_behind_the_first_turns(
+    stack, devices, monkeypatch
+):
+    monkeypatch.setattr(scheduler, "ESTIMATED", 1)
+    reservation_create(  # all four devices are booked for the first hour
+        user=UserFactory(debian_member_source="staff"), host=devices[0].host, stack=stack,
+        start=NOW, end=NOW + H, accelerators=devices, now=NOW,
+    )  # fmt: skip
+    slow, fast = PartnerProjectFactory(slug="slow"), PartnerProjectFactory(slug="fast")
+    late = JobFactory(project=slow, stack=stack, count=4, walltime=H, queued_at=NOW - H)
     scheduler.schedule(NOW)
+    estimates.estimate_queue(NOW)
+    assert Job.objects.values_list("queue_position", "estimated_start").get(pk=late.pk) == (
+        1, NOW + H,
+    )  # fmt: skip
+    past_usage(slow, stack, devices[0], hours=10)  # slow used more: fast's new job goes first
+    first = JobFactory(project=fast, stack=stack, count=4, walltime=H)
 
-    job.refresh_from_db()
-    assert (job.queue_position, job.estimated_start) == (None, None)
+    assert scheduler.schedule(NOW).estimates_stale
+    estimates.estimate_queue(NOW)
+
+    stored = dict(Job.objects.values_list("pk", "queue_position"))
+    assert (stored[first.pk], stored[late.pk]) == (1, 2)
+    starts = dict(Job.objects.values_list("pk", "estimated_start"))
+    assert (starts[first.pk], starts[late.pk]) == (NOW + H, None)
 
 
 def test_a_pass_writes_its_placements_in_one_transaction(
@@ -351,14 +457,15 @@ def test_it_reads_the_calendar_once_for_every_count_and_walltime_of_a_kind_of_de
         for count in (5, 6):  # never fit on four devices: they wait
             JobFactory(project=project, stack=stack, count=count, walltime=hours * H)
     asked = []
-    real = scheduler.earliest_starts
+    real = estimates.earliest_starts
     monkeypatch.setattr(
-        scheduler,
+        estimates,
         "earliest_starts",
         lambda need, asks, **kw: asked.append(set(asks)) or real(need, asks, **kw),
     )
 
     scheduler.schedule(NOW)
+    estimates.estimate_queue(NOW)
 
     grace = scheduler.stop_grace()
     assert asked == [{(c, h * H + grace) for h in (1, 2, 3, 5, 8) for c in (5, 6)}]
@@ -378,6 +485,7 @@ def test_it_estimates_each_walltime_where_its_start_differs(stack, devices):
             for hours in (1, 2, 3, 4)}  # fmt: skip
 
     scheduler.schedule(NOW)  # the blocker takes the four devices for the first hour
+    estimates.estimate_queue(NOW)
 
     assert Job.objects.get(pk=blocker.pk).state == "scheduled"
     starts = {h: Job.objects.get(pk=j.pk).estimated_start for h, j in jobs.items()}
