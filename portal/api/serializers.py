@@ -11,6 +11,7 @@ from rest_framework.exceptions import ErrorDetail
 from portal.accounts.models import PartnerProject, SSHKey, User
 from portal.booking import bounds
 from portal.booking.models import Reservation
+from portal.booking.services import booking_refs
 from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import Accelerator, DriverStack, Host
 from portal.jobs.models import Job
@@ -190,10 +191,8 @@ class DeviceField(serializers.Field):
 class ReservationCreateSerializer(serializers.Serializer):
     """Chosen devices (`host` with `devices` or `whole_host`), or a need (`count`, ...)."""
 
-    host = serializers.SlugRelatedField(
-        queryset=Host.objects.all(), slug_field="name", required=False
-    )
-    stack = serializers.SlugRelatedField(queryset=DriverStack.objects.all(), slug_field="name")
+    host = serializers.CharField(max_length=100, required=False, help_text="A host's name.")
+    stack = serializers.CharField(max_length=100, help_text="A driver stack's name.")
     start = AwareDateTimeField()
     end = AwareDateTimeField()
     devices = serializers.ListField(child=DeviceField(), required=False, max_length=256)
@@ -223,7 +222,17 @@ class ReservationCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError({"host": "Chosen devices need their host."})
         if data.get("devices") and data["whole_host"]:
             raise serializers.ValidationError("Give devices or whole_host, not both.")
-        return data
+        # The host and stack with whether one offers the other: one query.
+        refs = booking_refs(data.get("host"), data["stack"])
+        missing = {}
+        if data.get("host") and refs.host is None:
+            missing["host"] = [ErrorDetail(f"No host is named {data['host']}.", "does_not_exist")]
+        if refs.stack is None:
+            message = f"No driver stack is named {data['stack']}."
+            missing["stack"] = [ErrorDetail(message, "does_not_exist")]
+        if missing:
+            raise serializers.ValidationError(missing)
+        return {**data, "host": refs.host, "stack": refs.stack, "offered": refs.offered}
 
 
 class EndSerializer(serializers.Serializer):

@@ -233,7 +233,8 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             host = data["host"]
             made = services.reservation_create(
                 host=host, stack=data["stack"], whole_host=data["whole_host"],
-                accelerators=_chosen(host, data.get("devices", [])), **common,
+                accelerators=_chosen(host, data.get("devices", [])), offered=data["offered"],
+                **common,
             )  # fmt: skip
         # Built from the objects in hand: the service gives the new reservation its
         # allocations and their accelerators, so nothing is read back.

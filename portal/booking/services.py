@@ -20,7 +20,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from portal import errors
+from portal import errors, rows
 from portal.accounts.models import User
 from portal.booking.availability import (
     EPOCH,
@@ -273,6 +273,39 @@ def _named_overlap(ids, start, end, user: User) -> Callable[[], Conflict]:
     return named
 
 
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """What a booking names, read at once (`booking_refs`): the host and stack (None if no
+    such) and whether the host offers the stack."""
+
+    host: Host | None
+    stack: DriverStack | None
+    offered: bool
+
+
+def booking_refs(host_name: str | None, stack_name: str) -> Refs:
+    """The host (by name) and stack (by name) of a booking and whether the host offers the
+    stack: one query where looking each up costs three (the API's path)."""
+    # Names from the models, values as parameters.
+    sql = (
+        f"SELECT {rows.columns(Host, 'h')}, {rows.columns(DriverStack, 's')}, "  # noqa: S608
+        f"EXISTS (SELECT 1 FROM {rows.table(Host.stacks.through)} hs"
+        " WHERE hs.host_id = h.id AND hs.driverstack_id = s.id) "
+        "FROM (SELECT 1 AS one) o"
+        f" LEFT JOIN {rows.table(Host)} h ON h.name = %s"
+        f" LEFT JOIN {rows.table(DriverStack)} s ON s.name = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [host_name, stack_name])
+        row = cursor.fetchone()
+    split = rows.width(Host)
+    return Refs(
+        host=rows.instance(Host, row[:split]),
+        stack=rows.instance(DriverStack, row[split : split + rows.width(DriverStack)]),
+        offered=bool(row[-1]),
+    )
+
+
 def reservation_create(
     *,
     user: User,
@@ -285,8 +318,10 @@ def reservation_create(
     purpose: str = "",
     ip: str | None = None,
     now: datetime | None = None,
+    offered: bool | None = None,
 ) -> Reservation:
-    """Book accelerators of one host for [start, end); raise BookingError (or Conflict)."""
+    """Book accelerators of one host for [start, end); raise BookingError (or Conflict).
+    `offered`: whether the host offers the stack, as `booking_refs` read it with them."""
     now = now or timezone.now()
     policy = BookingPolicy.current()
     if not user.is_debian_member:
@@ -294,7 +329,9 @@ def reservation_create(
     check_times(policy, start, end, now)
     if host.state != Host.State.ACTIVE:
         raise BookingError("host_unavailable", f"{host.name} is {host.get_state_display()}.")
-    if not host.stacks.filter(pk=stack.pk).exists():
+    if offered is None:
+        offered = host.stacks.filter(pk=stack.pk).exists()
+    if not offered:
         raise BookingError("stack_missing", f"{host.name} does not offer the stack {stack.name}.")
     devices = _devices(host, accelerators, whole_host)
     ids = [d.pk for d in devices]

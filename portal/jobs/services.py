@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Model, OuterRef
+from django.db.models import Exists, OuterRef
 from django.db.models.base import ModelState
 from django.urls import reverse
 from django.utils import timezone
 
+from portal import rows
 from portal.accounts.models import PartnerMembership, PartnerProject, User
 from portal.booking.models import Allocation
 from portal.errors import Conflict, ServiceError
@@ -133,38 +134,29 @@ class Refs:
         return self.member, self.served
 
 
-def _columns(model: type[Model], alias: str) -> tuple[list[str], str]:
-    names = [f.attname for f in model._meta.concrete_fields]
-    quote = connection.ops.quote_name
-    return names, ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
-
-
 def submission_refs(submitter: User, project_slug: str, stack_name: str) -> Refs:
     """The project (by slug) and stack (by name) of a submission, the membership and whether
     the stack is served: one query where looking each up costs four (the API's path)."""
-    quote = connection.ops.quote_name
-    p_names, p_cols = _columns(PartnerProject, "p")
-    s_names, s_cols = _columns(DriverStack, "s")
-    through = Host._meta.get_field("stacks").remote_field.through._meta  # type: ignore[union-attr]
+    through = Host.stacks.through
     # Names from the models, values as parameters.
     sql = (
-        f"SELECT {p_cols}, {s_cols}, "  # noqa: S608
-        f"EXISTS (SELECT 1 FROM {quote(PartnerMembership._meta.db_table)} m"
+        f"SELECT {rows.columns(PartnerProject, 'p')}, {rows.columns(DriverStack, 's')}, "  # noqa: S608
+        f"EXISTS (SELECT 1 FROM {rows.table(PartnerMembership)} m"
         " WHERE m.project_id = p.id AND m.user_id = %s), "
-        f"EXISTS (SELECT 1 FROM {quote(through.db_table)} hs"
-        f" JOIN {quote(Host._meta.db_table)} h ON h.id = hs.host_id"
+        f"EXISTS (SELECT 1 FROM {rows.table(through)} hs"
+        f" JOIN {rows.table(Host)} h ON h.id = hs.host_id"
         " WHERE hs.driverstack_id = s.id AND h.state <> %s) "
         f"FROM (SELECT 1 AS one) o"
-        f" LEFT JOIN {quote(PartnerProject._meta.db_table)} p ON p.slug = %s"
-        f" LEFT JOIN {quote(DriverStack._meta.db_table)} s ON s.name = %s"
+        f" LEFT JOIN {rows.table(PartnerProject)} p ON p.slug = %s"
+        f" LEFT JOIN {rows.table(DriverStack)} s ON s.name = %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [submitter.pk, Host.State.RETIRED, project_slug, stack_name])
         row = cursor.fetchone()
-    p_row, s_row = row[: len(p_names)], row[len(p_names) : len(p_names) + len(s_names)]
+    split = rows.width(PartnerProject)
     return Refs(
-        project=PartnerProject.from_db(connection.alias, p_names, p_row) if p_row[0] else None,
-        stack=DriverStack.from_db(connection.alias, s_names, s_row) if s_row[0] else None,
+        project=rows.instance(PartnerProject, row[:split]),
+        stack=rows.instance(DriverStack, row[split : split + rows.width(DriverStack)]),
         member=bool(row[-2]),
         served=bool(row[-1]),
     )
