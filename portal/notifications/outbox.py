@@ -10,6 +10,7 @@ copy is rendered in their time zone when it is written; the sender only sends wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -207,30 +208,49 @@ def send_due(now: datetime | None = None, *, limit: int = 500, budget: float = 1
     )
     done: Counter = Counter()
     mail_down = False
-    for pk, channel in due:
-        if time.monotonic() > stop:
-            break
-        if channel == Channel.MAIL and mail_down:
-            done["deferred"] += 1  # left unclaimed for the next round
-            continue
-        claimed = (
-            Notification.objects.filter(free, pk=pk, state=S.PENDING)
-            .update(lease_until=timezone.now() + lease, attempts=F("attempts") + 1)
-        )  # fmt: skip
-        if not claimed:
-            continue  # another sender has it
-        n = Notification.objects.select_related("webhook").get(pk=pk)
-        try:
-            deliver(n)
-        except Exception as exc:
-            done[_failed(n, exc)] += 1
-            mail_down = mail_down or (n.channel == Channel.MAIL and isinstance(exc, OSError))
-        else:
-            Notification.objects.filter(pk=pk).update(
-                state=S.SENT, sent_at=timezone.now(), lease_until=None, last_error=""
-            )
-            done["sent"] += 1
+    # One SMTP connection for the round's mails, opened at the first and closed at the end (or
+    # after a mail that failed, so a broken session is not reused; the next mail opens anew).
+    smtp = None
+    try:
+        for pk, channel in due:
+            if time.monotonic() > stop:
+                break
+            if channel == Channel.MAIL and mail_down:
+                done["deferred"] += 1  # left unclaimed for the next round
+                continue
+            claimed = (
+                Notification.objects.filter(free, pk=pk, state=S.PENDING)
+                .update(lease_until=timezone.now() + lease, attempts=F("attempts") + 1)
+            )  # fmt: skip
+            if not claimed:
+                continue  # another sender has it
+            n = Notification.objects.select_related("webhook").get(pk=pk)
+            try:
+                if n.channel == Channel.MAIL and smtp is None:
+                    smtp = get_connection(timeout=settings.NOTIFY_TIMEOUT_SECONDS)
+                    smtp.open()
+                deliver(n, smtp)
+            except Exception as exc:
+                done[_failed(n, exc)] += 1
+                if n.channel == Channel.MAIL:
+                    mail_down = mail_down or isinstance(exc, OSError)
+                    _closed(smtp)
+                    smtp = None
+            else:
+                Notification.objects.filter(pk=pk).update(
+                    state=S.SENT, sent_at=timezone.now(), lease_until=None, last_error=""
+                )
+                done["sent"] += 1
+    finally:
+        _closed(smtp)
     return done
+
+
+def _closed(smtp) -> None:
+    """Close a round's SMTP connection, whatever state its session is in."""
+    if smtp is not None:
+        with contextlib.suppress(Exception):
+            smtp.close()
 
 
 def _failed(n: Notification, exc: Exception) -> str:
@@ -248,9 +268,11 @@ def _failed(n: Notification, exc: Exception) -> str:
     return "failed" if final else "retry"
 
 
-def deliver(n: Notification) -> None:
+def deliver(n: Notification, smtp=None) -> None:
+    """Send one notification: a mail over `smtp` (an open connection kept by the caller) or a
+    connection of its own, or a webhook's POST."""
     if n.channel == Channel.MAIL:
-        connection = get_connection(timeout=settings.NOTIFY_TIMEOUT_SECONDS)
+        connection = smtp or get_connection(timeout=settings.NOTIFY_TIMEOUT_SECONDS)
         EmailMessage(n.subject, n.body, None, [n.target], connection=connection).send()
     elif n.webhook is None:
         raise Undeliverable("the webhook was removed")

@@ -22,9 +22,11 @@ from tests.provisioning.sshd import free_port
 class _Inbox:
     def __init__(self):
         self.messages: list = []
+        self.peers: list = []  # the client's (address, port) of each message: its connection
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content))
+        self.peers.append(session.peer)
         return "250 OK"
 
 

@@ -120,6 +120,19 @@ def test_a_mail_refused_then_accepted_is_retried_and_delivered_once(smtp, settin
     assert (row.state, row.attempts, row.last_error) == (S.SENT, 2, "")
 
 
+def test_a_round_sends_its_mails_over_one_connection(smtp):
+    smtp.start()
+    users = UserFactory.create_batch(3)
+    for user in users:
+        ready(user)
+    assert send_due() == {"sent": 3}
+    assert sorted(m["To"] for m in smtp.messages) == sorted(u.email for u in users)
+    assert len(set(smtp.inbox.peers)) == 1  # one SMTP session for the round, not one a mail
+    ready(users[0])
+    assert send_due() == {"sent": 1}
+    assert len(set(smtp.inbox.peers)) == 2  # closed at the round's end: the next opens anew
+
+
 def test_a_mail_that_keeps_failing_ends_failed_in_sight(smtp, settings):
     settings.NOTIFY_MAX_ATTEMPTS = 2
     ready(UserFactory())
