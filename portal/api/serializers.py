@@ -19,7 +19,33 @@ from portal.jobs.services import MAX_ARRAY, submission_refs
 from portal.packages.models import TestRun
 
 
-class DriverStackSerializer(serializers.ModelSerializer):
+def _field_copy(field: serializers.Field) -> serializers.Field:
+    """A fresh field to bind: a plain field's attributes copied (DRF's deepcopy instead calls
+    its __init__ again, and its validators' and choices' copies, which costs more than the
+    rest of a small request); a field holding other fields (a child, a nested serializer)
+    deep-copied, so none is bound to two parents."""
+    if isinstance(field, serializers.BaseSerializer | serializers.ManyRelatedField) or hasattr(
+        field, "child"
+    ):
+        return copy.deepcopy(field)
+    return copy.copy(field)
+
+
+class FieldsOnce:
+    """A serializer builds its fields (a ModelSerializer from the model) at every
+    instantiation, a good part of a small request's cost; this builds them once per class and
+    hands each instance its own copies. The template is never bound, only copied."""
+
+    def get_fields(self):
+        cls = type(self)
+        template = cls.__dict__.get("_fields_once")
+        if template is None:
+            template = super().get_fields()  # type: ignore[misc]
+            cls._fields_once = template  # type: ignore[attr-defined]
+        return {name: _field_copy(field) for name, field in template.items()}
+
+
+class DriverStackSerializer(FieldsOnce, serializers.ModelSerializer):
     hwspecs = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
@@ -27,7 +53,7 @@ class DriverStackSerializer(serializers.ModelSerializer):
         fields = ["name", "hwspecs", "chroot", "suite", "area", "description"]
 
 
-class AcceleratorSerializer(serializers.ModelSerializer):
+class AcceleratorSerializer(FieldsOnce, serializers.ModelSerializer):
     host: serializers.SlugRelatedField[Host] = serializers.SlugRelatedField(
         read_only=True, slug_field="name"
     )
@@ -47,7 +73,7 @@ class AcceleratorSerializer(serializers.ModelSerializer):
         ]
 
 
-class HostSerializer(serializers.ModelSerializer):
+class HostSerializer(FieldsOnce, serializers.ModelSerializer):
     # many=True: DRF makes it a ManyRelatedField over this one, which the stubs cannot say.
     stacks: serializers.SlugRelatedField[DriverStack] = serializers.SlugRelatedField(
         many=True, read_only=True, slug_field="name"
@@ -68,7 +94,7 @@ class HostSerializer(serializers.ModelSerializer):
         return [str(spec) for spec in host.hwspecs()]
 
 
-class SSHKeySerializer(serializers.ModelSerializer):
+class SSHKeySerializer(FieldsOnce, serializers.ModelSerializer):
     public_key = serializers.CharField(write_only=True, help_text="One OpenSSH public key line.")
 
     class Meta:
@@ -94,7 +120,7 @@ class SSHLoginSerializer(serializers.Serializer):
     command = serializers.CharField(help_text="The ssh command line that logs in.")
 
 
-class ReservationSerializer(serializers.ModelSerializer):
+class ReservationSerializer(FieldsOnce, serializers.ModelSerializer):
     host: serializers.SlugRelatedField[Host] = serializers.SlugRelatedField(
         read_only=True, slug_field="name"
     )
@@ -188,7 +214,7 @@ class DeviceField(serializers.Field):
         return index if vendor is None else {"vendor": vendor, "index": index}
 
 
-class ReservationCreateSerializer(serializers.Serializer):
+class ReservationCreateSerializer(FieldsOnce, serializers.Serializer):
     """Chosen devices (`host` with `devices` or `whole_host`), or a need (`count`, ...)."""
 
     host = serializers.CharField(max_length=100, required=False, help_text="A host's name.")
@@ -302,32 +328,6 @@ class EnvField(serializers.Field):
 
     def to_representation(self, value):
         return value
-
-
-def _field_copy(field: serializers.Field) -> serializers.Field:
-    """A fresh field to bind: a plain field's attributes copied (DRF's deepcopy instead calls
-    its __init__ again, and its validators' and choices' copies, which costs more than the
-    rest of a small request); a field holding other fields (a child, a nested serializer)
-    deep-copied, so none is bound to two parents."""
-    if isinstance(field, serializers.BaseSerializer | serializers.ManyRelatedField) or hasattr(
-        field, "child"
-    ):
-        return copy.deepcopy(field)
-    return copy.copy(field)
-
-
-class FieldsOnce:
-    """A serializer builds its fields (a ModelSerializer from the model) at every
-    instantiation, a good part of a small request's cost; this builds them once per class and
-    hands each instance its own copies. The template is never bound, only copied."""
-
-    def get_fields(self):
-        cls = type(self)
-        template = cls.__dict__.get("_fields_once")
-        if template is None:
-            template = super().get_fields()  # type: ignore[misc]
-            cls._fields_once = template  # type: ignore[attr-defined]
-        return {name: _field_copy(field) for name, field in template.items()}
 
 
 class JobSerializer(FieldsOnce, serializers.ModelSerializer):
