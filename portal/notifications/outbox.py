@@ -22,7 +22,9 @@ from collections import Counter
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+import certifi
 import requests
+import urllib3
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
@@ -299,7 +301,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def post(hook: Webhook, url: str, message: dict, event: str, delivery: int) -> None:
-    check_url(url, resolve=True)
+    address = check_url(url, resolve=True)
     body = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",
@@ -308,21 +310,52 @@ def post(hook: Webhook, url: str, message: dict, event: str, delivery: int) -> N
         "X-Porterbox-Delivery": str(delivery),
         "X-Porterbox-Signature": sign(hook.secret, int(time.time()), body),
     }
-    answer = requests.post(
-        url, data=body, headers=headers, timeout=settings.NOTIFY_TIMEOUT_SECONDS,
-        allow_redirects=False,
-    )  # fmt: skip
-    if 200 <= answer.status_code < 300:
+    if address is None:  # private addresses allowed (tests, a bridge beside the portal)
+        status = requests.post(
+            url, data=body, headers=headers, timeout=settings.NOTIFY_TIMEOUT_SECONDS,
+            allow_redirects=False,
+        ).status_code  # fmt: skip
+    else:
+        status = pinned_post(url, address, body, headers)
+    if 200 <= status < 300:
         return
-    if answer.status_code in (400, 401, 403, 404, 410):
-        raise Undeliverable(f"the receiver answered {answer.status_code}")
-    raise OSError(f"the receiver answered {answer.status_code}")
+    if status in (400, 401, 403, 404, 410):
+        raise Undeliverable(f"the receiver answered {status}")
+    raise OSError(f"the receiver answered {status}")
 
 
-def check_url(url: str, *, resolve: bool = False) -> None:
+def pinned_post(url: str, address: str, body: bytes, headers: dict, ca_certs: str = "") -> int:
+    """POST `body` to an https `url` over a connection to `address`, the one `check_url`
+    resolved and checked, not to whatever the name resolves to a moment later (a DNS answer
+    that changes between the check and the connection would otherwise turn the portal towards
+    its own network). TLS still names and verifies the URL's host (SNI, the certificate), and
+    the request's Host header is the URL's. Returns the status; redirects are not followed."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise Undeliverable("a webhook's URL needs a host name")
+    pool = urllib3.HTTPSConnectionPool(
+        address, port=parts.port or 443, server_hostname=parts.hostname,
+        assert_hostname=parts.hostname, cert_reqs="CERT_REQUIRED",
+        ca_certs=ca_certs or certifi.where(), maxsize=1, retries=False,
+        timeout=urllib3.Timeout(settings.NOTIFY_TIMEOUT_SECONDS),
+    )  # fmt: skip
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = parts.netloc.rpartition("@")[2]
+    try:
+        answer = pool.urlopen(
+            "POST", target, body=body, headers={**headers, "Host": host}, redirect=False,
+            retries=False,
+        )  # fmt: skip
+        return answer.status
+    finally:
+        pool.close()
+
+
+def check_url(url: str, *, resolve: bool = False) -> str | None:
     """Refuse a webhook URL the portal must not call: not https, or (resolved) an address of
     this machine or its private networks, unless NOTIFY_WEBHOOK_ALLOW_PRIVATE (tests, a
-    bridge on the portal's own network)."""
+    bridge on the portal's own network). Resolved, it returns the address to connect to (the
+    first of the name's, all of them checked); otherwise None."""
     parts = urlsplit(url)
     private_ok = settings.NOTIFY_WEBHOOK_ALLOW_PRIVATE
     if parts.scheme != "https" and not (private_ok and parts.scheme == "http"):
@@ -330,12 +363,15 @@ def check_url(url: str, *, resolve: bool = False) -> None:
     if not parts.hostname:
         raise Undeliverable("a webhook's URL needs a host name")
     if private_ok or not resolve:
-        return
+        return None
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise OSError(f"{parts.hostname} does not resolve: {exc}") from None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0])
+    addresses = [ipaddress.ip_address(sockaddr[0]) for *_, sockaddr in infos]
+    for address in addresses:
         if not address.is_global:
             raise Undeliverable(f"{parts.hostname} is a private address ({address})")
+    if not addresses:
+        raise OSError(f"{parts.hostname} has no address")
+    return str(addresses[0])

@@ -154,3 +154,84 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _certificate(name: str, key, issuer_name, issuer_key, ca: bool):
+    """An X.509 certificate for `name` (a CA's, or a server's with the name as its DNS SAN)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        )
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+class TlsReceiver:
+    """An https webhook receiver on loopback whose certificate names `name`, signed by a CA of
+    its own (`ca_file`); it keeps the TLS server name (SNI) and the request each POST came
+    with."""
+
+    def __init__(self, directory, name: str):
+        import ssl
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        key = ec.generate_private_key(ec.SECP256R1())
+        ca = _certificate("Test CA", ca_key, None, None, ca=True)
+        cert = _certificate(name, key, ca.subject, ca_key, ca=False)
+        pem = serialization.Encoding.PEM
+        self.ca_file = str(directory / "ca.pem")
+        (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+        (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+        (directory / "key.pem").write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        self.server_names: list[str | None] = []
+        self.received: list[dict] = []
+        receiver = self
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        context.sni_callback = lambda sock, server_name, ctx: receiver.server_names.append(
+            server_name
+        )
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(
+                    {"path": self.path, "host": self.headers["Host"], "body": json.loads(body)}
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,17 +3,26 @@ server and a real HTTP receiver, retried, delivered once, failures kept in sight
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import urllib3
 from django.db import transaction
 from django.utils import timezone
 
 from portal.accounts.services import project_apply, project_decide
 from portal.notifications.models import Notification, Preference, Webhook
-from portal.notifications.outbox import PLAIN, Undeliverable, check_url, notify, send_due
+from portal.notifications.outbox import (
+    PLAIN,
+    Undeliverable,
+    check_url,
+    notify,
+    pinned_post,
+    send_due,
+)
 from tests.factories import PartnerMembershipFactory, PartnerProjectFactory, UserFactory
-from tests.notifications.receivers import Receiver
+from tests.notifications.receivers import Receiver, TlsReceiver
 
 pytestmark = pytest.mark.django_db
 S = Notification.State
@@ -226,3 +235,54 @@ def test_webhooks_go_only_to_public_https_addresses(settings):
         check_url("https://127.0.0.1:6379/", resolve=True)  # the portal's own Redis, say
     with pytest.raises(Undeliverable, match="private address"):
         check_url("https://localhost/", resolve=True)
+
+
+def test_a_public_address_is_the_one_connected_to_and_all_of_a_names_are_checked(
+    settings, monkeypatch
+):
+    """check_url resolves once and hands back the address it checked: the POST connects there
+    (pinned_post), so a DNS answer that changes after the check (a rebinding name, first
+    public, then 127.0.0.1) cannot turn the portal towards its own network. The resolver is
+    the one part played here: this machine reaches no public name server."""
+    settings.NOTIFY_WEBHOOK_ALLOW_PRIVATE = False
+    answers = {
+        "hooks.example.org": ["192.0.2.1", "8.8.8.8"],  # one of its addresses is not public
+        "public.example.org": ["8.8.8.8", "2001:4860:4860::8888"],
+    }
+
+    def resolve(host, port, *args, **kwargs):
+        family = lambda a: socket.AF_INET6 if ":" in a else socket.AF_INET  # noqa: E731
+        return [(family(a), socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(Undeliverable, match=r"private address \(192\.0\.2\.1\)"):
+        check_url("https://hooks.example.org/x", resolve=True)
+    assert check_url("https://public.example.org/x", resolve=True) == "8.8.8.8"
+    assert check_url("https://public.example.org/x") is None  # a form's check: not resolved
+
+
+def test_a_pinned_post_names_and_verifies_the_urls_host(tmp_path):
+    """Connected to the checked address, TLS still says (SNI) and verifies (the certificate)
+    the URL's host name, and the request carries its Host, path and query."""
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    good = TlsReceiver(tmp_path / "good", "hooks.example.org")
+    impostor = TlsReceiver(tmp_path / "bad", "other.example.org")
+    try:
+        url = f"https://hooks.example.org:{good.port}/hook?project=speech"
+        status = pinned_post(url, "127.0.0.1", b'{"a":1}', {"Content-Type": "application/json"},
+                             ca_certs=good.ca_file)  # fmt: skip
+        assert status == 204
+        assert good.server_names == ["hooks.example.org"]
+        assert good.received == [
+            {"path": "/hook?project=speech", "host": f"hooks.example.org:{good.port}",
+             "body": {"a": 1}}
+        ]  # fmt: skip
+        # A server at the address whose certificate names another host is refused.
+        url = f"https://hooks.example.org:{impostor.port}/hook"
+        with pytest.raises(urllib3.exceptions.SSLError):
+            pinned_post(url, "127.0.0.1", b"{}", {}, ca_certs=impostor.ca_file)
+        assert impostor.received == []
+    finally:
+        good.close()
+        impostor.close()
