@@ -285,7 +285,7 @@ def job_submit_tasks(
         first.save(update_fields=["array"])
         # The other tasks are copies of the first row made by the database, one statement
         # (one archive file for all: the first job stored it, the others name it).
-        rest = _copy_tasks(first, array)
+        rest = _copy_tasks(first, array) if array > 1 else []
         if bind is not None:
             bind([first, *rest])
     return [first, *rest]

@@ -205,6 +205,7 @@ def test_it_refuses_an_array_size_out_of_bounds(member, stack):
 def test_an_array_of_one_is_an_array(member, stack):
     job = submit(member, stack, array=1)
     assert (job.array_id, job.array_index) == (job.pk, 0)
+    assert list(Job.objects.values_list("pk", flat=True)) == [job.pk]  # one task, no copy
 
 
 def test_the_submit_form_passes_the_array_on(member, stack):
