@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import UTC, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlencode
 
@@ -275,16 +276,37 @@ def _return_to_service(host, now) -> None:
     )
 
 
-@transaction.atomic  # the state change and its notifications, or neither
 def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None) -> bool:
     """Take an active host out of service with a cause and a reason; True if this call did it.
 
     The cause is what code decides by (only UNREACHABLE returns by itself); a caller that names
     none drains as staff would, until staff resume. The claim is one conditional UPDATE, so of
     two workers (or a worker and staff) only one drains and mails. Users whose reservations on
-    the host have not started are told, with other slots to book.
+    the host have not started are told, with other slots to book: searched before the
+    transaction (the host's row, once claimed, is not held for the searches), and only while
+    the host is active (a drained host's passes search nothing).
     """
     reason = reason.strip() or "no reason given"
+    if not Host.objects.filter(pk=host.pk, state=Host.State.ACTIVE).exists():
+        return False
+    horizon = _upcoming_end(host, now)
+    notices = None
+    if horizon is not None:  # the host is out until staff resume it: none of its slots
+        notices = plan_notices(
+            host, now, horizon, reason, "operations/mail_drained.txt",
+            blocked=(host.pk, now, datetime.max.replace(tzinfo=UTC)),
+        )  # fmt: skip
+    with transaction.atomic():  # the state change and its notifications, or neither
+        return _drained(host, reason, now, cause, problems, actor, notices)
+
+
+def _upcoming_end(host, now):
+    """The end of the last reservation on the host still to start (None: none)."""
+    upcoming = Reservation.objects.filter(host=host, state__in=NOT_STARTED, end__gt=now)
+    return upcoming.aggregate(end=Max("end"))["end"]
+
+
+def _drained(host, reason, now, cause, problems, actor, notices: Notices | None) -> bool:
     if not Host.objects.filter(pk=host.pk, state=Host.State.ACTIVE).update(
         state=Host.State.MAINTENANCE, drained_at=now, drain_cause=cause, drain_reason=reason
     ):
@@ -296,11 +318,11 @@ def drain(host, reason: str, now, *, cause=Cause.STAFF, problems=(), actor=None)
     log.warning("%s drained%s (%s): %s", host.name, by, cause, reason, extra=context(host))
 
     # Everyone with a reservation still to start: the host is out until staff say otherwise.
-    upcoming = Reservation.objects.filter(host=host, state__in=NOT_STARTED, end__gt=now)
-    horizon = upcoming.aggregate(end=Max("end"))["end"]
+    horizon = _upcoming_end(host, now)  # again: one may have been booked since the plan
     told = 0
     if horizon is not None:
-        told = notify_affected(host, now, horizon, reason, "operations/mail_drained.txt")
+        notices = notices or Notices(host, reason, "operations/mail_drained.txt")
+        told = send_notices(notices, now, horizon)
     listed = _listed(problems) if problems else reason
     notify_staff_text(
         "host.drained",
@@ -379,8 +401,11 @@ def _need(r: AffectedReservation) -> Need:
 
 
 def _alternatives(
-    r: AffectedReservation, now, step: timedelta, base: str, cache: dict
+    r: AffectedReservation, now, step: timedelta, base: str, cache: dict, blocked=None
 ) -> list[dict]:
+    """Up to ALTERNATIVES other slots for what `r` holds, soonest first. `blocked`, (host pk,
+    start, end): a change not written yet (the search runs before its transaction), whose slots
+    are left out as the database will soon leave them out."""
     need = _need(r)
     earliest = ceil_to(max(r.start, now), step)
     key = (need, r.end - r.start, earliest)
@@ -391,22 +416,23 @@ def _alternatives(
             earliest=earliest,
             days=ALTERNATIVE_DAYS,
             step=step,
-            limit=ALTERNATIVES,
+            limit=ALTERNATIVES + 1,  # one slot a host: one host may be left out below
         )
     found = []
     for slot in cache[key]:
+        on_blocked = blocked and slot.host.pk == blocked[0]
+        if on_blocked and slot.start < blocked[2] and slot.end > blocked[1]:
+            continue
         # The booking form reads ?start= (an aware time, so the reader's zone does not matter).
         query = urlencode({"start": slot.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")})
         url = f"{base}{reverse('booking:book', args=[slot.host.name])}?{query}"
         found.append({"host": slot.host, "start": slot.start, "end": slot.end, "url": url})
-    return found
+    return found[:ALTERNATIVES]
 
 
-def notify_affected(host, start, end, why: str, template: str, *, already=None) -> int:
-    """Mail the owner of every reservation on the host that overlaps [start, end) and has not
-    started its session, with up to three other slots; returns the number of mails. `already`, a
-    (start, end) announced before, spares the reservations that overlap it: they know."""
-    now = timezone.now()
+def _affected(host, start, end, now, already=None):
+    """Reservations on the host that overlap [start, end) and have not started their session,
+    with their devices; `already`, a (start, end) announced before, spares those it overlaps."""
     affected = (
         Reservation.objects.filter(
             host=host,
@@ -428,30 +454,91 @@ def notify_affected(host, start, end, why: str, template: str, *, already=None) 
     )
     if already is not None:
         affected = affected.exclude(start__lt=already[1], end__gt=already[0])
+    return affected
+
+
+@dataclass
+class Notices:
+    """What a change to a host's time tells the owners of the reservations it hits: who, and
+    each one's other slots, searched before the change's transaction (`plan_notices`), so the
+    host's row is not held for the searches; `send_notices` writes them in the transaction."""
+
+    host: Host
+    why: str
+    template: str
+    already: tuple | None = None
+    blocked: tuple | None = None
+    search: bool = True  # the template shows other slots
+    alternatives: dict[int, list[dict]] = field(default_factory=dict)  # by reservation pk
+
+
+def plan_notices(host, start, end, why: str, template: str, *, already=None, blocked=None,
+                 search: bool = True) -> Notices:  # fmt: skip
+    """Search other slots for the reservations that [start, end) will hit, before the change
+    is written (`blocked`: its host, start and end, left out of the slots found)."""
+    notices = Notices(host, why, template, already, blocked, search)
+    if search:
+        now, step = timezone.now(), BookingPolicy.current().granularity
+        cache: dict = {}  # reservations that need the same get the same search
+        for r in _affected(host, start, end, now, already):
+            if r.user.email:
+                notices.alternatives[r.pk] = _alternatives(r, now, step, site_url(), cache, blocked)
+    return notices
+
+
+def send_notices(notices: Notices, start, end) -> int:
+    """In the change's transaction: tell the owner of every reservation that [start, end) hits
+    now; one booked since the plan (rare) has its slots searched here. Returns the mails."""
+    now, base = timezone.now(), site_url()
     step = BookingPolicy.current().granularity
-    base = site_url()
-    cache: dict = {}  # reservations that need the same get the same search
+    cache: dict = {}
     told = 0
-    for r in affected:
+    for r in _affected(notices.host, start, end, now, notices.already):
         if not r.user.email:
             continue
+        alternatives: list[dict] = []
+        if notices.search:
+            planned = notices.alternatives.get(r.pk)
+            alternatives = (
+                planned
+                if planned is not None
+                else _alternatives(r, now, step, base, cache, notices.blocked)
+            )
         context = {
             "r": r,
-            "host": host,
-            "why": why,
+            "host": notices.host,
+            "why": notices.why,
             "start": start,
             "end": end,
             "devices": ", ".join(
                 _device(a.accelerator.vendor, a.accelerator.index)
                 for a in sorted(r.active_allocations, key=lambda a: a.accelerator.index)
             ),
-            "alternatives": _alternatives(r, now, step, base, cache),
+            "alternatives": alternatives,
             "reservation_url": base + r.get_absolute_url(),
         }
-        told += bool(
-            notify("reservation.affected", r.user, template, context, data={"host": host.name})
-        )
+        data = {"host": notices.host.name}
+        told += bool(notify("reservation.affected", r.user, notices.template, context, data=data))
     return told
+
+
+def notify_affected(host, start, end, why: str, template: str, *, already=None,
+                    search: bool = True) -> int:  # fmt: skip
+    """Mail the owner of every reservation on the host that overlaps [start, end) and has not
+    started its session, with up to three other slots (unless `search` is off); returns the
+    number of mails. `already`, a (start, end) announced before, spares the reservations that
+    overlap it: they know. Searches where it is called: after the change is written."""
+    notices = plan_notices(host, start, end, why, template, already=already, search=search)
+    return send_notices(notices, start, end)
+
+
+def maintenance_notices(host, start, end, reason: str, *, before=None) -> Notices:
+    """The notices of a maintenance window about to be written (planned or moved from
+    `before`, its old start and end), searched before its transaction."""
+    return plan_notices(
+        host, start, end, f"maintenance: {reason}", "operations/mail_maintenance.txt",
+        already=before, blocked=(host.pk, start, end),
+    )  # fmt: skip
 
 
 def maintenance_announce(window, *, before=None) -> int:

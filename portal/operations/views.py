@@ -243,9 +243,12 @@ def host_maintenance(request, name):
         return render(
             request, "operations/host_maintenance.html", context, status=400 if data else 200
         )
+    # Other slots searched first, with the window left out of them: no row is held meanwhile.
+    planned = form.instance
+    notices = health.maintenance_notices(host, planned.start, planned.end, planned.reason)
     with transaction.atomic():  # the window, its notices and the log entry, or none of them
         window = form.save()
-        told = health.maintenance_announce(window)
+        told = health.send_notices(notices, window.start, window.end)
         staff_log(request.user, host, f"Maintenance planned {_window_log(window)}; {_users(told)}")
         notify_staff_text(
             "maintenance.planned",
@@ -287,9 +290,13 @@ def maintenance_edit(request, name, pk):
         return render(
             request, "operations/maintenance_edit.html", context, status=400 if data else 200
         )
+    planned = form.instance
+    notices = health.maintenance_notices(
+        planned.host, planned.start, planned.end, planned.reason, before=before
+    )
     with transaction.atomic():
         window = form.save()
-        told = health.maintenance_announce(window, before=before)
+        told = health.send_notices(notices, window.start, window.end)
         staff_log(
             request.user, window.host,
             f"Maintenance changed {before_log} to {_window_log(window)}; {_users(told)}",
@@ -316,7 +323,7 @@ def maintenance_delete(request, name, pk):
     with transaction.atomic():  # the deletion, its notices and the log entry
         told = health.notify_affected(
             window.host, window.start, window.end, window.reason,
-            "operations/mail_maintenance_cancelled.txt",
+            "operations/mail_maintenance_cancelled.txt", search=False,  # it offers no slots
         )  # fmt: skip
         staff_log(
             request.user, window.host, f"Maintenance deleted {_window_log(window)}; {_users(told)}"

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.urls import reverse
 
 from portal.booking.models import Allocation, Reservation
@@ -250,6 +250,26 @@ def test_it_links_alternatives_to_a_prefilled_booking_form(client, gpu2):
     assert response.status_code == 200
     start = response.context["form"].initial["start"]
     assert start == NOW.replace(hour=12, minute=0) and start.strftime("%H:%M") == "13:00"
+
+
+def test_a_reservation_booked_between_the_search_and_the_drain_is_told_too(gpu1, gpu2, mailoutbox):
+    """The other slots are searched before the drain's transaction; a reservation booked in
+    between is found again in the transaction and told, its slots searched there."""
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    book(alice, gpu1, NOW + 2 * H, NOW + 4 * H)
+    notices = health.plan_notices(
+        gpu1, NOW, NOW + 10 * H, "disk full", "operations/mail_drained.txt",
+        blocked=(gpu1.pk, NOW, NOW + 1000 * H),
+    )  # fmt: skip
+    book(bob, gpu1, NOW + 5 * H, NOW + 6 * H)  # meanwhile
+    with transaction.atomic():
+        Host.objects.filter(pk=gpu1.pk).update(state=Host.State.MAINTENANCE)
+        told = health.send_notices(notices, NOW, NOW + 10 * H)
+    assert told == 2
+    by_user = {m.to[0]: m.body for m in drained_mails(mailoutbox)}
+    assert set(by_user) == {alice.email, bob.email}
+    for body in by_user.values():
+        assert "gpu2, " in body and "gpu1, " not in body
 
 
 def test_it_offers_no_alternative_when_nothing_is_free(gpu1, mailoutbox):
@@ -521,6 +541,8 @@ def test_it_records_maintenance_and_tells_the_owners_it_affects(
         sent.body
     )
     assert "gpu2, Mon 23 Nov 2026 13:00 to Mon 23 Nov 2026 15:00 CET" in sent.body
+    # Searched before the window was written, the window's own host is left out of it.
+    assert "gpu1, Mon 23 Nov 2026 13:00" not in sent.body
     # The operators hear of it; the staff member who planned it is not told their own deed.
     (notice,) = mails_to(mailoutbox, "admins@example.org")
     assert notice.subject == f"Maintenance of gpu1 planned by {staff}"
