@@ -45,6 +45,18 @@ class FieldsOnce:
         return {name: _field_copy(field) for name, field in template.items()}
 
 
+def _refuse_missing(**messages) -> None:
+    """A 400 naming each field whose message is given (a string, not False): what it names
+    does not exist, or is not the caller's (code `does_not_exist`, as DRF's related fields)."""
+    errors = {
+        name: [ErrorDetail(message, "does_not_exist")]
+        for name, message in messages.items()
+        if message
+    }
+    if errors:
+        raise serializers.ValidationError(errors)
+
+
 class DriverStackSerializer(FieldsOnce, serializers.ModelSerializer):
     hwspecs = serializers.ListField(child=serializers.CharField(), read_only=True)
 
@@ -250,14 +262,10 @@ class ReservationCreateSerializer(FieldsOnce, serializers.Serializer):
             raise serializers.ValidationError("Give devices or whole_host, not both.")
         # The host and stack with whether one offers the other: one query.
         refs = booking_refs(data.get("host"), data["stack"])
-        missing = {}
-        if data.get("host") and refs.host is None:
-            missing["host"] = [ErrorDetail(f"No host is named {data['host']}.", "does_not_exist")]
-        if refs.stack is None:
-            message = f"No driver stack is named {data['stack']}."
-            missing["stack"] = [ErrorDetail(message, "does_not_exist")]
-        if missing:
-            raise serializers.ValidationError(missing)
+        _refuse_missing(
+            host=data.get("host") and refs.host is None and f"No host is named {data['host']}.",
+            stack=refs.stack is None and f"No driver stack is named {data['stack']}.",
+        )
         return {**data, "host": refs.host, "stack": refs.stack, "offered": refs.offered}
 
 
@@ -441,16 +449,13 @@ class JobCreateSerializer(FieldsOnce, serializers.Serializer):
 
     def validate(self, attrs):
         refs = submission_refs(self.user, attrs["project"], attrs["stack"])
-        errors = {}
         project = refs.project
-        if project is None or project.state != PartnerProject.State.APPROVED or not refs.member:
-            mine = "is not one of your approved partner projects."
-            errors["project"] = [ErrorDetail(f"{attrs['project']} {mine}", "does_not_exist")]
-        if refs.stack is None:
-            message = f"No driver stack is named {attrs['stack']}."
-            errors["stack"] = [ErrorDetail(message, "does_not_exist")]
-        if errors:
-            raise serializers.ValidationError(errors)
+        theirs = project and project.state == PartnerProject.State.APPROVED and refs.member
+        _refuse_missing(
+            project=not theirs
+            and f"{attrs['project']} is not one of your approved partner projects.",
+            stack=refs.stack is None and f"No driver stack is named {attrs['stack']}.",
+        )
         return {**attrs, "project": project, "stack": refs.stack, "checks": refs.checks}
 
 

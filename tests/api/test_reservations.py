@@ -186,8 +186,8 @@ def test_it_lists_accelerators(host):
 
 
 # -- What one booking costs (issue 16) ----------------------------------------------------------
-# The token, the host and the stack of the body, the host's accelerators (once), the policy, the
-# stack check; in the transaction the user's and the devices' locks, maintenance, the
+# The token; the host, the stack and whether the host offers it (one query, booking_refs); the
+# host's accelerators (once); the policy; in the transaction the user's and the devices' locks, maintenance, the
 # reservation, its allocations, the quotas (one read) and the audit entry. SQLite adds the
 # overlap check that PostgreSQL's exclusion constraint makes unneeded. Nothing is read back.
 # The durable transaction's BEGIN and COMMIT are savepoints inside a test's transaction.
@@ -195,7 +195,7 @@ TRANSACTION = 2
 
 
 def booking_queries() -> int:
-    return 13 + (0 if connection.vendor == "postgresql" else 1) + TRANSACTION
+    return 11 + (0 if connection.vendor == "postgresql" else 1) + TRANSACTION
 
 
 def test_it_books_in_a_fixed_number_of_queries(api, host):
@@ -218,3 +218,18 @@ def test_it_names_the_blocker_in_a_fixed_number_of_queries(api, host):
     assert response.status_code == 409
     assert "gpu1 #1 is your own booking" in response.json()["message"]
     assert len(queries) <= booking_queries(), "\n".join(q["sql"][:120] for q in queries)
+
+
+def test_it_names_a_host_or_stack_that_does_not_exist(api, host):
+    response = book(api, host="gpu9", stack="cuda-99", devices=[0])
+    assert response.status_code == 400
+    data = response.json()
+    assert (data["code"], data["errors"]) == (
+        "does_not_exist",
+        {"host": ["No host is named gpu9."], "stack": ["No driver stack is named cuda-99."]},
+    )
+    assert not Reservation.objects.exists()
+    # A stack the host does not offer exists: the service refuses it, naming the host.
+    DriverStackFactory(name="rocm-6", hwspecs=["rocm"])
+    refused = book(api, stack="rocm-6", devices=[0]).json()
+    assert refused["code"] == "stack_missing" and "gpu1 does not offer" in refused["message"]
