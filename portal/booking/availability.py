@@ -5,23 +5,29 @@ matching device within the window are read in one range scan (the allocation ind
 and each device's gaps become intervals of the starts it could take ([gap start, gap end -
 duration]). Per host, a +1/-1 sweep over those intervals on the booking grid, with the host's
 maintenance windows as a veto, stops at the first point where enough devices are free. Reads:
-the matching devices, their allocations in the window, the hosts' maintenance windows, the hosts
-found; never a query per candidate start. It looks a day ahead first, then a week, then as far
-as asked, and stops as soon as enough hosts fit.
+the matching devices with their hosts' maintenance windows (one query), their allocations per
+window, the hosts found; never a query per candidate start. It looks a day ahead first, then
+from there to a week, then on to as far as asked (each window read once, for the hosts not found
+yet), and stops as soon as enough hosts fit; a few devices (the ROCm hosts of a fleet) are read
+over the whole horizon at once, as their round trips cost more than their rows.
 """
 
 import heapq
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import (
+    Case,
     DateTimeField,
     Exists,
     ExpressionWrapper,
     F,
+    FilteredRelation,
     OuterRef,
     Q,
     QuerySet,
+    When,
     Window,
 )
 from django.db.models.functions import Lag, Lead
@@ -155,47 +161,59 @@ def _start_events(
     return events
 
 
-def _matching(need: Need) -> dict[int, int]:
-    """The need's devices: accelerator pk -> host pk."""
-    return dict(matching_accelerators(need).values_list("pk", "host").order_by())
-
-
-def _maintenance(
-    hosts: set[int], earliest: datetime, until: datetime
-) -> dict[int, list[tuple[datetime, datetime]]]:
-    """Host -> its maintenance windows that overlap [earliest, until)."""
-    windows: dict[int, list[tuple[datetime, datetime]]] = {}
-    overlapping = MaintenanceWindow.objects.filter(
-        host__in=hosts, start__lt=until, end__gt=earliest
-    ).order_by()
-    for host_id, start, end in overlapping.values_list("host", "start", "end"):
-        windows.setdefault(host_id, []).append((start, end))
-    return windows
+def _devices(
+    need: Need, earliest: datetime, until: datetime
+) -> tuple[dict[int, int], dict[int, list[tuple[datetime, datetime]]]]:
+    """The need's devices (accelerator pk -> host pk) and their hosts' maintenance windows that
+    overlap [earliest, until) (host pk -> windows), from one query: the windows are a LEFT JOIN,
+    one row per device and window."""
+    downtime = FilteredRelation(
+        "host__maintenance_windows",
+        condition=Q(
+            host__maintenance_windows__start__lt=until,
+            host__maintenance_windows__end__gt=earliest,
+        ),
+    )
+    rows = (
+        matching_accelerators(need)
+        .annotate(downtime=downtime)
+        .order_by()
+        .values_list("pk", "host", "downtime__start", "downtime__end")
+    )
+    devices: dict[int, int] = {}
+    windows: dict[int, set[tuple[datetime, datetime]]] = {}
+    for pk, host_id, start, end in rows:
+        devices[pk] = host_id
+        if start is not None:
+            windows.setdefault(host_id, set()).add((start, end))
+    return devices, {host_id: sorted(found) for host_id, found in windows.items()}
 
 
 def _gaps(
-    matching: dict[int, int],
+    devices: dict[int, int],
     earliest: datetime,
     horizon: datetime,
     duration: timedelta,
     reach: timedelta,
 ) -> dict[int, dict[int, list[tuple[datetime, datetime | None]]]]:
-    """Host -> device (of `matching`, pk -> host) -> its free gaps of at least `duration`
-    that may hold a start in [earliest, horizon), from one range scan: each allocation in
-    [earliest, horizon + reach) (reach: the longest duration to be asked of the result) with
-    the end of the one before it and the start of the one after it on the same device (LAG and
-    LEAD), of which only those next to a long enough gap come back."""
-    devices: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
+    """Host -> device (of `devices`, pk -> host, the need's devices on some hosts) -> its free
+    gaps of at least `duration` that may hold a start in [earliest, horizon), from one range
+    scan: each allocation in [earliest, horizon + reach) (reach: the longest duration to be
+    asked of the result) with the end of the one before it and the start of the one after it
+    on the same device (LAG and LEAD), of which only those next to a long enough gap come back.
+    The devices are named by their keys: PostgreSQL then reads the allocation index in device
+    order (no sort of the whole window, which spills to disk for a large fleet)."""
+    found: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
     by_device = {}
-    for pk, host_id in matching.items():
-        by_device[pk] = devices.setdefault(host_id, {}).setdefault(pk, [])
-    if not matching:
-        return devices
+    for pk, host_id in devices.items():
+        by_device[pk] = found.setdefault(host_id, {}).setdefault(pk, [])
+    if not devices:
+        return found
     device, in_time = F("accelerator"), F("start").asc()
     held = (
         Allocation.objects.filter(
             active=True,
-            accelerator__in=list(matching),
+            accelerator__in=list(devices),
             start__lt=horizon + reach,
             end__gt=earliest,
         )
@@ -203,26 +221,28 @@ def _gaps(
             before=Window(Lag("end"), partition_by=device, order_by=in_time),
             after=Window(Lead("start"), partition_by=device, order_by=in_time),
         )
+        # The start only of a device's first allocation in the window: fewer times to convert.
+        .annotate(first=Case(When(before__isnull=True, then=F("start"))))
         .filter(
             Q(before__isnull=True)
             | Q(after__isnull=True)
             | Q(after__gte=ExpressionWrapper(F("end") + duration, output_field=DateTimeField()))
         )
         .order_by()
-        .values_list("accelerator", "start", "end", "before", "after")
+        .values_list("accelerator", "first", "end", "after")
     )
     busy = set()
-    for pk, start, end, before, after in held:
+    for pk, first, end, after in held:
         busy.add(pk)
         gaps = by_device[pk]
-        if before is None:  # the device's first allocation in the window
-            gaps.append((earliest, start))
+        if first is not None:  # the device's first allocation in the window
+            gaps.append((earliest, first))
         if after is None or after >= end + duration:
             gaps.append((end, after))
     for pk, gaps in by_device.items():
         if pk not in busy:
             gaps.append((earliest, None))
-    return devices
+    return found
 
 
 def _vetoes(
@@ -280,10 +300,14 @@ class _Calendar:
         for host_id, gaps_by_device in self.devices.items():
             if len(gaps_by_device) < count:
                 continue
+            # Only the devices that may start at all: a host with too few of them is skipped.
             events = [
-                _start_events(gaps, self.earliest, self.horizon, duration, step)
+                each
                 for gaps in gaps_by_device.values()
+                if (each := _start_events(gaps, self.earliest, self.horizon, duration, step))
             ]
+            if len(events) < count:
+                continue
             vetoes = _vetoes(self.windows.get(host_id, []), duration, step)
             found = _first_fit(events, vetoes, count)
             if found is not None:
@@ -336,8 +360,33 @@ def _first_possible(
 
 
 # The search looks this far first, then further only if fewer hosts than asked fit: a host found
-# within a window has its first slot there, and every host not found starts later.
-WINDOWS = (timedelta(days=1), timedelta(days=7))
+# within a window has its first slot there, and every host not found starts later, so each
+# wider look reads only the time after the last one, for the hosts not found yet.
+WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=14))
+# A narrower look is skipped while the next one reads at most this many device-days: a read
+# costs a round trip and its rows, and so few rows (about 7 allocations a device-day this week)
+# cost less than the round trip that looking a day ahead first might spare. 120 devices (a
+# fleet's ROCm hosts) look a week, then two, at once; 400 skip the day; 1,000 look a day first.
+SMALL = 3000
+# The day's look is skipped where its read (the day and the duration after it) is more than
+# this share of the horizon's: looking a day ahead first pays when it is a small bet (a long
+# duration over a week is not).
+SHARE = 0.2
+
+
+def _windows(
+    earliest: datetime, horizon: datetime, reach: timedelta, devices: int
+) -> list[tuple[datetime, datetime]]:
+    """The successive [since, stop) of the starts to look at: a day first, a week, two weeks
+    (WINDOWS), then as far as asked, each beginning where the last ended. The day is skipped
+    where it would read a large share of the horizon anyway (SHARE), and any narrower look where
+    the next one costs little more (a few devices, SMALL)."""
+    stops = sorted({min(horizon, earliest + window) for window in WINDOWS} | {horizon})
+    if len(stops) > 1 and stops[0] - earliest + reach > SHARE * (horizon - earliest + reach):
+        stops.pop(0)
+    while len(stops) > 1 and devices * (stops[1] - earliest) / timedelta(days=1) <= SMALL:
+        stops.pop(0)
+    return list(zip([earliest, *stops], stops, strict=False))
 
 
 def availability(
@@ -354,23 +403,28 @@ def availability(
     `earliest` must be on the booking grid; every slot starts on it, before the horizon.
     """
     horizon = earliest + timedelta(days=days)
-    matching = _matching(need)
-    windows = _maintenance(set(matching.values()), earliest, horizon + duration)
+    devices, windows = _devices(need, earliest, horizon + duration)
+    devices = _on_hosts_with(devices, need.count)
     first: dict[int, tuple[datetime, int]] = {}
-    for window in (*WINDOWS, None):
-        stop = horizon if window is None else min(horizon, earliest + window)
+    for since, stop in _windows(earliest, horizon, duration, len(devices)):
         # A host found in a narrower window has its first slot there: only the others go on.
-        left = {pk: host for pk, host in matching.items() if host not in first}
-        gaps = _gaps(left, earliest, stop, duration, duration)
-        first |= _Calendar(earliest, stop, gaps, windows).first_starts(need.count, duration, step)
-        if len(first) >= limit or stop == horizon:
+        left = {pk: host for pk, host in devices.items() if host not in first}
+        gaps = _gaps(left, since, stop, duration, duration)
+        first |= _Calendar(since, stop, gaps, windows).first_starts(need.count, duration, step)
+        if len(first) >= limit:
             break
-    hosts = Host.objects.in_bulk(list(first))
+    hosts = Host.objects.in_bulk(list(first)) if first else {}
     ordered = sorted(first.items(), key=lambda item: (item[1][0], hosts[item[0]].name))
     return [
         Slot(hosts[host_id], start, start + duration, free)
         for host_id, (start, free) in ordered[:limit]
     ]
+
+
+def _on_hosts_with(devices: dict[int, int], count: int) -> dict[int, int]:
+    """The devices (pk -> host) of the hosts that have at least `count` of them."""
+    per_host = Counter(devices.values())
+    return {pk: host for pk, host in devices.items() if per_host[host] >= count}
 
 
 def earliest_starts(
@@ -386,22 +440,22 @@ def earliest_starts(
     (per window: a day, a week, then as far as asked, while some are still unanswered), so the
     scheduler's estimates cost a few queries per kind of device, not a search per job."""
     horizon = earliest + timedelta(days=days)
-    pending, found = set(asks), {}
-    matching = _matching(need)
-    longest = max((duration for _, duration in pending), default=timedelta(0))
-    windows = _maintenance(set(matching.values()), earliest, horizon + longest)
-    for window in (*WINDOWS, None):
-        if not pending:
-            break
-        stop = horizon if window is None else min(horizon, earliest + window)
+    found: dict[tuple[int, timedelta], datetime | None] = dict.fromkeys(asks)
+    pending = set(asks)
+    if not pending:
+        return found
+    longest = max(duration for _, duration in pending)
+    devices, windows = _devices(need, earliest, horizon + longest)
+    devices = _on_hosts_with(devices, min(count for count, _ in pending))
+    for since, stop in _windows(earliest, horizon, longest, len(devices)) if devices else []:
         durations = [duration for _, duration in pending]
-        gaps = _gaps(matching, earliest, stop, min(durations), max(durations))
-        calendar = _Calendar(earliest, stop, gaps, windows)
+        gaps = _gaps(devices, since, stop, min(durations), max(durations))
+        calendar = _Calendar(since, stop, gaps, windows)
         for count, duration in sorted(pending):
             start = calendar.first_start(count, duration, step)
-            if start is not None or stop == horizon:
+            if start is not None:
                 found[(count, duration)] = start
                 pending.discard((count, duration))
-        if stop == horizon:
+        if not pending:
             break
     return found

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from portal.booking import availability as availability_module
 from portal.booking.availability import Need, availability, earliest_starts, free_accelerators
 from portal.booking.models import Allocation, Reservation
 from portal.booking.services import Conflict, reservation_create, reservation_create_for_need
@@ -14,6 +15,7 @@ from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory,
 from tests.helpers import NOW
 
 H = timedelta(hours=1)
+MIN = timedelta(minutes=1)
 STEP = timedelta(minutes=15)
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -142,6 +144,28 @@ def test_it_looks_no_further_than_the_days_asked(fleet, cuda):
     assert search(need(cuda, gb=80), days=2) == [("h100", START + 47 * H)]
 
 
+@pytest.mark.parametrize("read", ["at once", "a day first"])
+def test_it_finds_slots_across_the_end_of_the_first_day(read, fleet, cuda, monkeypatch):
+    """Read a day first and then from there on (a large fleet), or all at once (a few devices):
+    a gap that spans the end of the first day, a start the day's end vetoes, the same slots."""
+    if read == "a day first":
+        monkeypatch.setattr(availability_module, "SMALL", 0)
+        monkeypatch.setattr(availability_module, "SHARE", 1)
+    hold(fleet["h100"], [0, 1], START, START + 23 * H + 30 * MIN)
+    hold(fleet["h100"], [0, 1], START + 27 * H, START + 40 * H)
+    n = need(cuda, count=2, gb=80)
+    assert search(n, duration=2 * H) == [("h100", START + 23 * H + 30 * MIN)]
+    assert search(n, duration=4 * H) == [("h100", START + 40 * H)]  # 3.5 h are too few
+    MaintenanceWindow.objects.create(
+        host=fleet["h100"], start=START + 23 * H, end=START + 24 * H + 15 * MIN, reason="bios"
+    )
+    # The gap begins on the first day; its first start allowed is on the second.
+    assert search(n, duration=2 * H) == [("h100", START + 24 * H + 15 * MIN)]
+    assert earliest_starts(
+        need(cuda, gb=80), {(2, 2 * H), (2, 4 * H)}, earliest=START, days=2, step=STEP
+    ) == {(2, 2 * H): START + 24 * H + 15 * MIN, (2, 4 * H): START + 40 * H}
+
+
 def test_it_rounds_an_early_end_up_to_the_grid(member, fleet, cuda):
     from portal.booking.services import reservation_end_now
 
@@ -163,9 +187,15 @@ def _first_free_by_brute_force(n, earliest, horizon, duration, step):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_it_finds_what_asking_every_grid_point_finds(seed, cuda):
+@pytest.mark.parametrize("read", ["at once", "a day first"])
+def test_it_finds_what_asking_every_grid_point_finds(seed, read, cuda, monkeypatch):
     """Random calendars (ends off the grid, back-to-back allocations, maintenance windows):
-    the sweep's first slot per host and its free count are those of a walk over the grid."""
+    the sweep's first slot per host and its free count are those of a walk over the grid,
+    whether the calendar is read over the whole horizon at once (a few devices, as here) or a
+    day first and then from there on (a large fleet: SMALL and SHARE set to take that path)."""
+    if read == "a day first":
+        monkeypatch.setattr(availability_module, "SMALL", 0)
+        monkeypatch.setattr(availability_module, "SHARE", 1)
     rng = random.Random(seed)
     owner = UserFactory(debian_member_source="staff")
     for h in range(3):
