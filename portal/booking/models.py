@@ -171,10 +171,12 @@ class Allocation(models.Model):
             ),
         ]
         indexes = [
+            # By end first: a search from now on reads each device's allocations from the
+            # first that ends after now, not its whole history (which only grows).
             models.Index(
-                fields=["accelerator", "start", "end"],
+                fields=["accelerator", "end", "start"],
                 condition=Q(active=True),
-                name="allocation_active_idx",
+                name="allocation_active_end_idx",
             )
         ]
 
