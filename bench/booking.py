@@ -632,7 +632,8 @@ def run(args, scale: int, bench_url: str, var_dir: str) -> None:
     loaded = time.perf_counter() - t0
     print(
         f"Load: {8 * len(data['hosts'])} accelerators on {len(data['hosts'])} hosts,"
-        f" {data['allocations']} allocations (one reservation each): {loaded:.1f} s with VACUUM ANALYZE"
+        f" {data['allocations']} allocations (one reservation each):"
+        f" {loaded:.1f} s with VACUUM ANALYZE"
     )
     table_sizes()
     print("Availability search, in-process (slots: at most 10):")

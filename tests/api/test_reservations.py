@@ -187,9 +187,10 @@ def test_it_lists_accelerators(host):
 
 # -- What one booking costs (issue 16) ----------------------------------------------------------
 # The token; the host, the stack and whether the host offers it (one query, booking_refs); the
-# host's accelerators (once); the policy; in the transaction the user's and the devices' locks, maintenance, the
-# reservation, its allocations, the quotas (one read) and the audit entry. SQLite adds the
-# overlap check that PostgreSQL's exclusion constraint makes unneeded. Nothing is read back.
+# host's accelerators (once); the policy; in the transaction the user's and the devices' locks,
+# maintenance, the reservation, its allocations, the quotas (one read) and the audit entry.
+# SQLite adds the overlap check that PostgreSQL's exclusion constraint makes unneeded. Nothing
+# is read back.
 # The durable transaction's BEGIN and COMMIT are savepoints inside a test's transaction.
 TRANSACTION = 2
 
