@@ -20,10 +20,8 @@ each only of jobs still waiting, one at a time (`scheduler.queue_lock`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from django.db import connection
 from django.utils import timezone
 
 from portal.booking.availability import Need, ceil_to, earliest_starts
@@ -32,7 +30,13 @@ from portal.inventory.hwspec import Hwspec, InvalidHwspec
 from portal.inventory.models import DriverStack
 from portal.jobs import scheduler
 from portal.jobs.models import Job
-from portal.jobs.scheduler import WAITING_FIELDS, Waiting, queue_lock, stop_grace
+from portal.jobs.scheduler import (
+    WAITING_FIELDS,
+    Waiting,
+    queue_lock,
+    stop_grace,
+    write_waiting,
+)
 
 
 def first_turns() -> list[Waiting]:
@@ -91,29 +95,9 @@ def estimate_queue(now: datetime | None = None) -> int:
     estimates = estimate_starts(jobs, now) if jobs else {}
     changed = [(j.pk, estimates[j.pk]) for j in jobs if j.estimated_start != estimates[j.pk]]
     with queue_lock():
-        _write_estimates(changed)
+        # A job placed meanwhile keeps the none its claim wrote.
+        write_waiting([("estimated_start", "timestamptz")], changed)
         Job.objects.filter(estimated_start__isnull=False).exclude(
             pk__in=list(estimates), state__in=Job.WAITING
         ).update(estimated_start=None)
     return len(jobs)
-
-
-def _write_estimates(rows: Sequence[tuple[int, datetime | None]]) -> None:
-    """Write (pk, estimated_start) to the jobs still waiting: a job placed meanwhile keeps the
-    none its claim wrote."""
-    if not rows:
-        return
-    if connection.vendor == "postgresql":  # one UPDATE ... FROM unnest(arrays), as the pass's
-        pks, starts = zip(*rows, strict=True)
-        waiting = tuple(str(state) for state in Job.WAITING)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE jobs_job SET estimated_start = v.start "
-                "FROM unnest(%s::integer[], %s::timestamptz[]) AS v(id, start) "
-                "WHERE jobs_job.id = v.id AND jobs_job.state IN %s",
-                [list(pks), list(starts), waiting],
-            )
-        return
-    Job.objects.filter(state__in=Job.WAITING).bulk_update(
-        [Job(pk=pk, estimated_start=start) for pk, start in rows], ["estimated_start"]
-    )

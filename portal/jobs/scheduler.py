@@ -436,7 +436,7 @@ def store_queue(now: datetime, result: PassResult | None = None) -> None:
         wanted = (position.get(job.pk), result.waiting.get(job.pk, job.wait_reason))
         if (job.queue_position, job.wait_reason) != wanted:
             changed.append((job.pk, *wanted))
-    _write_queue(changed)
+    write_waiting([("queue_position", "integer"), ("wait_reason", "text")], changed)
     Job.objects.exclude(state__in=Job.WAITING).filter(queue_position__isnull=False).update(
         queue_position=None
     )
@@ -448,24 +448,29 @@ def store_queue(now: datetime, result: PassResult | None = None) -> None:
     result.estimates_stale = bool(result.placed) or first != [j.pk for j in ordered[:ESTIMATED]]
 
 
-def _write_queue(rows: Sequence[tuple[int, int | None, str]]) -> None:
-    """Write (pk, queue_position, wait_reason) to the jobs still waiting."""
+def write_waiting(columns: Sequence[tuple[str, str]], rows: Sequence[tuple]) -> None:
+    """Write `columns` ((name, PostgreSQL type) pairs) of the jobs still waiting, from rows of
+    (pk, *values): one UPDATE ... FROM unnest(arrays) on PostgreSQL for any number of rows, a
+    bulk update elsewhere. A job that stopped waiting meanwhile is left as it is. The pass writes
+    turns and wait reasons through it, the start estimates (estimates.py) their own column."""
     if not rows:
         return
-    if connection.vendor == "postgresql":  # one UPDATE ... FROM unnest(arrays) for any number
-        pks, positions, reasons = zip(*rows, strict=True)
+    names = [name for name, _ in columns]
+    if connection.vendor == "postgresql":
+        arrays = [list(values) for values in zip(*rows, strict=True)]
+        kinds = ", ".join(f"%s::{kind}[]" for kind in ("integer", *(k for _, k in columns)))
         waiting = tuple(str(state) for state in Job.WAITING)
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE jobs_job SET queue_position = v.position, wait_reason = v.reason "
-                "FROM unnest(%s::integer[], %s::integer[], %s::text[]) AS v(id, position, reason) "
+                f"UPDATE jobs_job SET {', '.join(f'{n} = v.{n}' for n in names)} "  # noqa: S608
+                f"FROM unnest({kinds}) AS v(id, {', '.join(names)}) "
                 "WHERE jobs_job.id = v.id AND jobs_job.state IN %s",
-                [list(pks), list(positions), list(reasons), waiting],
+                [*arrays, waiting],
             )
         return
     Job.objects.filter(state__in=Job.WAITING).bulk_update(
-        [Job(pk=pk, queue_position=p, wait_reason=r) for pk, p, r in rows],
-        ["queue_position", "wait_reason"],
+        [Job(pk=pk, **dict(zip(names, values, strict=True))) for pk, *values in rows],
+        names,
         batch_size=250,
     )
 
