@@ -201,15 +201,17 @@ def _gaps(
     scan: each allocation in [earliest, horizon + reach) (reach: the longest duration to be
     asked of the result) with the end of the one before it and the start of the one after it
     on the same device (LAG and LEAD), of which only those next to a long enough gap come back.
-    The devices are named by their keys: PostgreSQL then reads the allocation index in device
-    order (no sort of the whole window, which spills to disk for a large fleet)."""
+    The devices are named by their keys and the allocations taken in order of their ends (a
+    device's active allocations never overlap, so that is the order of their starts too):
+    PostgreSQL then reads the (device, end) index in its order, each device's from the first
+    allocation that ends after `earliest`, its history skipped and nothing sorted."""
     found: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
     by_device = {}
     for pk, host_id in devices.items():
         by_device[pk] = found.setdefault(host_id, {}).setdefault(pk, [])
     if not devices:
         return found
-    device, in_time = F("accelerator"), F("start").asc()
+    device, in_time = F("accelerator"), F("end").asc()
     held = (
         Allocation.objects.filter(
             active=True,
