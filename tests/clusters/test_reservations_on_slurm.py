@@ -20,6 +20,7 @@ from tests.factories import AcceleratorFactory, DriverStackFactory, HostFactory,
 
 pytestmark = pytest.mark.once
 MINUTE = timedelta(minutes=1)
+SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture
@@ -54,8 +55,9 @@ def test_a_booking_is_mirrored_extended_and_removed_and_slurm_jobs_run_around_it
     cluster, node_host, slurm_cluster
 ):
     user = UserFactory(debian_member_source="staff")
-    now = timezone.now()
-    start = now.replace(second=0, microsecond=0) + MINUTE
+    # On the minute, at least half a minute ahead: Slurm refuses to change a reservation that
+    # has started, and the extension below comes a second or so after the booking.
+    start = (timezone.now() + 90 * SECOND).replace(second=0, microsecond=0)
     stack = node_host.stacks.get()
     accelerator = node_host.accelerators.order_by("index").first()
     reservation = booking.reservation_create(
