@@ -47,3 +47,17 @@ def instance(model: type[M], values: Sequence) -> M | None:
             value = convert(value, column, connection)
         converted.append(value)
     return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
+def fetch_one(sql: str, params: Sequence, *models: type[Model]) -> tuple[list, tuple]:
+    """Run `sql`, whose one row holds each of `models`' columns in turn (as `columns` lists
+    them) and then other values: the instances (None where an outer join found nothing) and
+    the other values."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    found, at = [], 0
+    for model in models:
+        found.append(instance(model, row[at : at + width(model)]))
+        at += width(model)
+    return found, tuple(row[at:])

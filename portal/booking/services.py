@@ -295,15 +295,8 @@ def booking_refs(host_name: str | None, stack_name: str) -> Refs:
         f" LEFT JOIN {rows.table(Host)} h ON h.name = %s"
         f" LEFT JOIN {rows.table(DriverStack)} s ON s.name = %s"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [host_name, stack_name])
-        row = cursor.fetchone()
-    split = rows.width(Host)
-    return Refs(
-        host=rows.instance(Host, row[:split]),
-        stack=rows.instance(DriverStack, row[split : split + rows.width(DriverStack)]),
-        offered=bool(row[-1]),
-    )
+    (host, stack), (offered,) = rows.fetch_one(sql, [host_name, stack_name], Host, DriverStack)
+    return Refs(host=host, stack=stack, offered=bool(offered))
 
 
 def reservation_create(

@@ -146,20 +146,13 @@ def submission_refs(submitter: User, project_slug: str, stack_name: str) -> Refs
         f"EXISTS (SELECT 1 FROM {rows.table(through)} hs"
         f" JOIN {rows.table(Host)} h ON h.id = hs.host_id"
         " WHERE hs.driverstack_id = s.id AND h.state <> %s) "
-        f"FROM (SELECT 1 AS one) o"
+        "FROM (SELECT 1 AS one) o"
         f" LEFT JOIN {rows.table(PartnerProject)} p ON p.slug = %s"
         f" LEFT JOIN {rows.table(DriverStack)} s ON s.name = %s"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [submitter.pk, Host.State.RETIRED, project_slug, stack_name])
-        row = cursor.fetchone()
-    split = rows.width(PartnerProject)
-    return Refs(
-        project=rows.instance(PartnerProject, row[:split]),
-        stack=rows.instance(DriverStack, row[split : split + rows.width(DriverStack)]),
-        member=bool(row[-2]),
-        served=bool(row[-1]),
-    )
+    params = [submitter.pk, Host.State.RETIRED, project_slug, stack_name]
+    (project, stack), (member, served) = rows.fetch_one(sql, params, PartnerProject, DriverStack)
+    return Refs(project=project, stack=stack, member=bool(member), served=bool(served))
 
 
 def job_submit(**fields: Any) -> Job:
