@@ -301,7 +301,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def post(hook: Webhook, url: str, message: dict, event: str, delivery: int) -> None:
-    address = check_url(url, resolve=True)
+    addresses = check_url(url, resolve=True)
     body = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",
@@ -310,13 +310,13 @@ def post(hook: Webhook, url: str, message: dict, event: str, delivery: int) -> N
         "X-Porterbox-Delivery": str(delivery),
         "X-Porterbox-Signature": sign(hook.secret, int(time.time()), body),
     }
-    if address is None:  # private addresses allowed (tests, a bridge beside the portal)
+    if addresses is None:  # private addresses allowed (tests, a bridge beside the portal)
         status = requests.post(
             url, data=body, headers=headers, timeout=settings.NOTIFY_TIMEOUT_SECONDS,
             allow_redirects=False,
         ).status_code  # fmt: skip
     else:
-        status = pinned_post(url, address, body, headers)
+        status = pinned_post(url, addresses, body, headers)
     if 200 <= status < 300:
         return
     if status in (400, 401, 403, 404, 410):
@@ -324,12 +324,25 @@ def post(hook: Webhook, url: str, message: dict, event: str, delivery: int) -> N
     raise OSError(f"the receiver answered {status}")
 
 
-def pinned_post(url: str, address: str, body: bytes, headers: dict, ca_certs: str = "") -> int:
-    """POST `body` to an https `url` over a connection to `address`, the one `check_url`
+def pinned_post(
+    url: str, addresses: list[str], body: bytes, headers: dict, ca_certs: str = ""
+) -> int:
+    """POST `body` to an https `url` over a connection to one of `addresses`, those `check_url`
     resolved and checked, not to whatever the name resolves to a moment later (a DNS answer
     that changes between the check and the connection would otherwise turn the portal towards
-    its own network). TLS still names and verifies the URL's host (SNI, the certificate), and
-    the request's Host header is the URL's. Returns the status; redirects are not followed."""
+    its own network). Each is tried in turn until one connects, as a client of the name would
+    (an IPv6 address first on a machine without an IPv6 route, say). TLS still names and
+    verifies the URL's host (SNI, the certificate), and the request's Host header is the URL's.
+    Returns the status; redirects are not followed."""
+    for address in addresses[:-1]:
+        try:
+            return _post_to(url, address, body, headers, ca_certs)
+        except urllib3.exceptions.NewConnectionError:
+            continue  # nothing sent: the next address
+    return _post_to(url, addresses[-1], body, headers, ca_certs)
+
+
+def _post_to(url: str, address: str, body: bytes, headers: dict, ca_certs: str) -> int:
     parts = urlsplit(url)
     if not parts.hostname:
         raise Undeliverable("a webhook's URL needs a host name")
@@ -351,11 +364,11 @@ def pinned_post(url: str, address: str, body: bytes, headers: dict, ca_certs: st
         pool.close()
 
 
-def check_url(url: str, *, resolve: bool = False) -> str | None:
+def check_url(url: str, *, resolve: bool = False) -> list[str] | None:
     """Refuse a webhook URL the portal must not call: not https, or (resolved) an address of
     this machine or its private networks, unless NOTIFY_WEBHOOK_ALLOW_PRIVATE (tests, a
-    bridge on the portal's own network). Resolved, it returns the address to connect to (the
-    first of the name's, all of them checked); otherwise None."""
+    bridge on the portal's own network). Resolved, it returns the addresses to connect to (all
+    of the name's, each checked), in the resolver's order; otherwise None."""
     parts = urlsplit(url)
     private_ok = settings.NOTIFY_WEBHOOK_ALLOW_PRIVATE
     if parts.scheme != "https" and not (private_ok and parts.scheme == "http"):
@@ -374,4 +387,4 @@ def check_url(url: str, *, resolve: bool = False) -> str | None:
             raise Undeliverable(f"{parts.hostname} is a private address ({address})")
     if not addresses:
         raise OSError(f"{parts.hostname} has no address")
-    return str(addresses[0])
+    return [str(address) for address in addresses]

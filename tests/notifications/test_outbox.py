@@ -257,7 +257,10 @@ def test_a_public_address_is_the_one_connected_to_and_all_of_a_names_are_checked
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
     with pytest.raises(Undeliverable, match=r"private address \(192\.0\.2\.1\)"):
         check_url("https://hooks.example.org/x", resolve=True)
-    assert check_url("https://public.example.org/x", resolve=True) == "8.8.8.8"
+    assert check_url("https://public.example.org/x", resolve=True) == [
+        "8.8.8.8",
+        "2001:4860:4860::8888",
+    ]
     assert check_url("https://public.example.org/x") is None  # a form's check: not resolved
 
 
@@ -270,7 +273,9 @@ def test_a_pinned_post_names_and_verifies_the_urls_host(tmp_path):
     impostor = TlsReceiver(tmp_path / "bad", "other.example.org")
     try:
         url = f"https://hooks.example.org:{good.port}/hook?project=speech"
-        status = pinned_post(url, "127.0.0.1", b'{"a":1}', {"Content-Type": "application/json"},
+        # The first address takes no connection (nothing listens on 127.0.0.2): the next does.
+        json_type = {"Content-Type": "application/json"}
+        status = pinned_post(url, ["127.0.0.2", "127.0.0.1"], b'{"a":1}', json_type,
                              ca_certs=good.ca_file)  # fmt: skip
         assert status == 204
         assert good.server_names == ["hooks.example.org"]
@@ -281,7 +286,7 @@ def test_a_pinned_post_names_and_verifies_the_urls_host(tmp_path):
         # A server at the address whose certificate names another host is refused.
         url = f"https://hooks.example.org:{impostor.port}/hook"
         with pytest.raises(urllib3.exceptions.SSLError):
-            pinned_post(url, "127.0.0.1", b"{}", {}, ca_certs=impostor.ca_file)
+            pinned_post(url, ["127.0.0.1"], b"{}", {}, ca_certs=impostor.ca_file)
         assert impostor.received == []
     finally:
         good.close()
