@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from portal import errors, rows
@@ -150,30 +150,36 @@ def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) 
 
 
 def _check_quotas(policy: BookingPolicy, reservation: Reservation, now: datetime) -> None:
-    """The user's quotas, counted with `reservation` just written, from one light read: their
-    reservations that end after the week's start (or now, if earlier), with their allocations
-    (index user, end; a set that the quotas themselves keep small)."""
+    """The user's quotas, counted with `reservation` just written: one aggregate over their
+    reservations that end after the week's start (or now, if earlier) and their allocations
+    (index user, end). The database counts and sums; only two numbers come back, however
+    many reservations a user with raised quotas holds."""
     week_start = _week_of(reservation.start)
     week_end = week_start + timedelta(days=7)
-    rows = Reservation.objects.filter(
+    totals = Reservation.objects.filter(
         user=reservation.user_id, end__gt=min(now, week_start)
-    ).values_list(
-        "pk", "state", "end", "allocations__start", "allocations__end", "allocations__active"
+    ).aggregate(
+        open=Count(
+            "pk",
+            distinct=True,
+            filter=Q(state__in=Reservation.OPEN, end__gt=now) & ~Q(pk=reservation.pk),
+        ),
+        booked=Sum(
+            F("allocations__end") - F("allocations__start"),
+            filter=Q(
+                allocations__active=True,
+                allocations__start__gte=week_start,
+                allocations__start__lt=week_end,
+            ),
+        ),
     )
-    open_ids, booked = set(), timedelta()
-    for pk, state, reservation_end, start, end, active in rows:
-        if state in Reservation.OPEN and reservation_end > now and pk != reservation.pk:
-            open_ids.add(pk)
-        if active and week_start <= start < week_end:
-            booked += end - start
-    open_count = len(open_ids)
-    if open_count >= policy.max_concurrent_reservations:
+    if totals["open"] >= policy.max_concurrent_reservations:
         raise BookingError(
             "quota_concurrent",
-            f"You already have {open_count} upcoming or active reservations "
+            f"You already have {totals['open']} upcoming or active reservations "
             f"(at most {policy.max_concurrent_reservations}).",
         )
-    _refuse_week_hours(policy, week_start, booked)
+    _refuse_week_hours(policy, week_start, totals["booked"] or timedelta())
 
 
 def _describe(blockers: Sequence[Allocation], user: User) -> str:

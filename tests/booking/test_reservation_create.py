@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from portal.booking.models import Allocation, Reservation
-from portal.booking.services import BookingError, Conflict, reservation_create
+from portal.booking.services import (
+    BookingError,
+    Conflict,
+    reservation_cancel,
+    reservation_create,
+)
 from portal.http import status_of
 from portal.inventory.models import Host
 from tests.factories import AcceleratorFactory, DriverStackFactory, UserFactory
@@ -149,6 +154,29 @@ def test_it_limits_concurrent_reservations(member, host, stack, policy):
     with pytest.raises(BookingError) as exc:
         book(member, host, stack, start=START + 3 * H, end=START + 4 * H)
     assert exc.value.code == "quota_concurrent"
+
+
+def test_quotas_count_only_what_still_holds(member, host, stack, policy):
+    """A cancelled reservation counts for neither quota; one in another week counts as open but
+    not for this week's hours; a reservation of several devices is one reservation."""
+    policy.max_concurrent_reservations, policy.max_device_hours_per_week = 2, 10
+    policy.save()
+    every = list(host.accelerators.all())
+    cancelled = book(member, host, stack, accelerators=every, end=START + 2 * H)  # 8 h
+    reservation_cancel(reservation=cancelled, actor=member, now=NOW)
+    book(member, host, stack, accelerators=every, start=START + 7 * 24 * H,
+         end=START + 7 * 24 * H + 2 * H)  # fmt: skip
+    book(member, host, stack, accelerators=every[:2], end=START + 5 * H)  # 2 x 5 = 10 h
+    with pytest.raises(BookingError) as exc:
+        book(member, host, stack, start=START + 6 * H, end=START + 7 * H)
+    assert exc.value.code == "quota_concurrent"
+    assert "already have 2 upcoming or active" in exc.value.message
+    policy.max_concurrent_reservations = 3
+    policy.save()
+    with pytest.raises(BookingError) as exc:
+        book(member, host, stack, start=START + 6 * H, end=START + 7 * H)
+    assert exc.value.code == "quota_hours"
+    assert "11 device-hours in the week of 2026-11-23" in exc.value.message
 
 
 def test_it_limits_device_hours_per_week(member, host, stack, policy):
