@@ -9,7 +9,7 @@ that cannot be had in time becomes a retry, and exhausted retries a clear "busy"
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
@@ -709,23 +709,32 @@ class Hold:
 
 
 class _NotHeld(Exception):
-    """An owner allocate_many cannot hold after all; its savepoint is rolled back."""
+    """An owner allocate_many cannot hold after all."""
 
 
 def allocate_many(
-    *, owner_field: str, holds: Sequence[Hold], claim: Callable[[int, int], bool]
+    *,
+    owner_field: str,
+    holds: Sequence[Hold],
+    claim: Callable[[Sequence[tuple[int, int]]], Collection[int]],
 ) -> dict[int, str]:
-    """Hold devices for owners other than reservations, all in one short transaction with a
-    savepoint per owner; returns owner id -> why it was not held.
+    """Hold devices for owners other than reservations, all in one short transaction; returns
+    owner id -> why it was not held.
 
     `owner_field` names the Allocation field that points to the owner (`"job_id"`), so booking
     holds devices for the apps above it without importing them. The booking invariant as for a
     reservation, in bulk: the devices locked once, in pk order; the maintenance and overlap
     checks from one read each, a hold counting against the later ones; on PostgreSQL the
-    exclusion constraint has the last word and refuses only that owner's savepoint. The users'
-    rules (grid, quotas) do not apply: the owner's app applies its own. `claim(owner, host)`
-    runs in the owner's savepoint once its devices are free, the owner's own move (a job:
-    waiting -> scheduled); False refuses, so an owner never holds devices twice.
+    exclusion constraint has the last word. The users' rules (grid, quotas) do not apply: the
+    owner's app applies its own. `claim([(owner, host), ...])` is the owners' own move (a job:
+    waiting -> scheduled), in the same transaction before their allocations are written; it
+    returns the owners it moved, and the others are not held, so an owner never holds devices
+    twice.
+
+    The writes of all the holds that pass the checks are one batch: one claim, one INSERT of
+    their allocations, in a savepoint. Only if the exclusion constraint refuses that batch
+    (someone who does not lock the devices booked some meanwhile) is it rolled back and each
+    hold written again in a savepoint of its own, so that only the refused ones are left out.
     """
     if owner_field == "reservation_id" or owner_field not in {
         f.attname for f in Allocation._meta.fields
@@ -756,6 +765,7 @@ def allocate_many(
             ),
             "accelerator_id",
         )
+        checked: list[tuple[Hold, int]] = []  # (hold, its host), free as far as the reads say
         for hold in holds:
             try:
                 if any(pk not in locked or locked[pk][1] for pk in hold.accelerators):
@@ -765,21 +775,43 @@ def allocate_many(
                     raise _NotHeld("its host goes into maintenance")
                 if any(_overlaps(booked[pk], hold) for pk in hold.accelerators):
                     raise _NotHeld("booked meanwhile")
-                with transaction.atomic():  # the owner's savepoint
-                    if not claim(hold.owner, host_id):
-                        raise _NotHeld("no longer waiting")
-                    _insert_allocations(owner_field, hold)
-                for pk in hold.accelerators:  # held now: no later hold may take them
-                    booked[pk].append((hold.start, hold.end))
             except _NotHeld as exc:
                 refused[hold.owner] = str(exc)
-            except IntegrityError as exc:
-                if "allocation_no_overlap" not in str(exc):
-                    raise
-                refused[hold.owner] = "booked meanwhile"
+                continue
+            checked.append((hold, host_id))
+            for pk in hold.accelerators:  # no later hold may take them
+                booked[pk].append((hold.start, hold.end))
+        try:
+            with transaction.atomic():  # the batch's savepoint
+                refused |= _hold_all(owner_field, checked, claim)
+        except IntegrityError as exc:
+            if "allocation_no_overlap" not in str(exc):
+                raise
+            for hold, host_id in checked:  # one at a time, to find the refused ones
+                try:
+                    with transaction.atomic():  # the owner's savepoint
+                        refused |= _hold_all(owner_field, [(hold, host_id)], claim)
+                except IntegrityError as exc:
+                    if "allocation_no_overlap" not in str(exc):
+                        raise
+                    refused[hold.owner] = "booked meanwhile"
         return refused
 
     return _write(work)
+
+
+def _hold_all(
+    owner_field: str,
+    holds: Sequence[tuple[Hold, int]],
+    claim: Callable[[Sequence[tuple[int, int]]], Collection[int]],
+) -> dict[int, str]:
+    """Claim the owners of (hold, host) pairs, then write the allocations of those claimed, in
+    two statements (a few more on SQLite for many rows); returns the unclaimed -> why."""
+    if not holds:
+        return {}
+    claimed = set(claim([(hold.owner, host_id) for hold, host_id in holds]))
+    _insert_allocations(owner_field, [hold for hold, _ in holds if hold.owner in claimed])
+    return {hold.owner: "no longer waiting" for hold, _ in holds if hold.owner not in claimed}
 
 
 def _spans(rows, key: str) -> dict[int, list[tuple[datetime, datetime]]]:
@@ -794,18 +826,37 @@ def _overlaps(spans: list[tuple[datetime, datetime]], hold: Hold) -> bool:
     return any(start < hold.end and end > hold.start for start, end in spans)
 
 
-def _insert_allocations(owner_field: str, hold: Hold) -> None:
-    """Allocation.objects.bulk_create() of the hold's rows as one plain INSERT: the same
-    statement without building a model object per row (a scheduler pass writes hundreds)."""
+def _insert_allocations(owner_field: str, holds: Sequence[Hold]) -> None:
+    """Allocation.objects.bulk_create() of the holds' rows without a model object per row (a
+    scheduler pass writes a thousand): on PostgreSQL one INSERT ... SELECT FROM unnest() of
+    one array per column, whatever the number of rows; elsewhere multi-row INSERTs, as many
+    rows each as the database takes parameters."""
+    rows = [
+        (pk, hold.owner, hold.start, hold.end, True) for hold in holds for pk in hold.accelerators
+    ]
+    if not rows:
+        return
     meta = Allocation._meta
     column = {f.attname: f.column for f in meta.concrete_fields}
     names = ("accelerator_id", owner_field, "start", "end", "active")
     columns = ", ".join(connection.ops.quote_name(column[name]) for name in names)
-    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(hold.accelerators))
-    start, end = (connection.ops.adapt_datetimefield_value(t) for t in (hold.start, hold.end))
-    params = [v for pk in hold.accelerators for v in (pk, hold.owner, start, end, True)]
+    table = connection.ops.quote_name(meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {rows}",  # noqa: S608 (names from the model, values as parameters)
-            params,
-        )
+        if connection.vendor == "postgresql":
+            arrays = [list(values) for values in zip(*rows, strict=True)]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest("  # noqa: S608 (names from the model, values as parameters)
+                "%s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[], "
+                "%s::boolean[])",
+                arrays,
+            )
+            return
+        adapt = connection.ops.adapt_datetimefield_value
+        size = max(1, (connection.features.max_query_params or 999) // len(names))
+        for at in range(0, len(rows), size):
+            chunk = rows[at : at + size]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 (names from the model, values as parameters)
+                + ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk)),
+                [v for pk, owner, s, e, a in chunk for v in (pk, owner, adapt(s), adapt(e), a)],
+            )

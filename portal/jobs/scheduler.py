@@ -366,24 +366,56 @@ def plan(now: datetime) -> PassResult:
 
 def _write_placements(result: PassResult, now: datetime) -> None:
     """Hold each placed job's devices from now to its end through the booking service, in one
-    transaction with a savepoint per job; the job moves from waiting to scheduled in its
-    savepoint (a conditional UPDATE, so a job cancelled meanwhile is not held)."""
+    transaction (`booking.allocate_many`: all the jobs in one batch, each in a savepoint of its
+    own only if the exclusion constraint refuses the batch). The jobs move from waiting to
+    scheduled in the same transaction, in one conditional UPDATE (`claim`), so a job cancelled
+    meanwhile is not held."""
     jobs = {job.pk: job for job in result.jobs}
     holds = [
         booking.Hold(job_id, devices, now, now + jobs[job_id].walltime + stop_grace())
         for job_id, devices in result.placed.items()
     ]
-
-    def claim(job_id: int, host_id: int) -> bool:
-        return Job.move(
-            job_id, Job.State.SCHEDULED, from_=Job.WAITING, host_id=host_id,
-            wait_reason="", queue_position=None, estimated_start=None,
-        )  # fmt: skip
-
     refused = booking.allocate_many(owner_field="job_id", holds=holds, claim=claim)
     for job_id, why in refused.items():  # booked or changed since the plan was made
         del result.placed[job_id]
         result.waiting[job_id] = f"Its devices were taken a moment ago ({why})."
+
+
+def claim(placements: Sequence[tuple[int, int]]) -> set[int]:
+    """Move the jobs of (job, host) pairs that still wait to scheduled on their host, their
+    turn, reason and estimate cleared, in one UPDATE (a few on SQLite for many jobs); returns
+    the jobs moved. Those that stopped waiting meanwhile (cancelled) are left as they are."""
+    if not placements:
+        return set()
+    waiting = tuple(str(state) for state in Job.WAITING)
+    table = connection.ops.quote_name(Job._meta.db_table)
+    cleared = "wait_reason = '', queue_position = NULL, estimated_start = NULL"
+    moved: set[int] = set()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            ids, hosts = (list(values) for values in zip(*placements, strict=True))
+            cursor.execute(
+                f"UPDATE {table} SET state = %s, host_id = v.host, {cleared} "  # noqa: S608
+                "FROM unnest(%s::integer[], %s::integer[]) AS v(id, host) "
+                f"WHERE {table}.id = v.id AND {table}.state IN %s RETURNING {table}.id",
+                [str(Job.State.SCHEDULED), ids, hosts, waiting],
+            )
+            return {pk for (pk,) in cursor.fetchall()}
+        # SQLite (3.35 and later: UPDATE ... FROM, RETURNING), as many jobs a statement as it
+        # takes parameters.
+        size = (connection.features.max_query_params or 999) // 2 - len(waiting) - 1
+        for at in range(0, len(placements), size):
+            chunk = placements[at : at + size]
+            values = ", ".join(["(%s, %s)"] * len(chunk))
+            marks = ", ".join(["%s"] * len(waiting))
+            cursor.execute(
+                f"UPDATE {table} SET state = %s, host_id = v.column2, {cleared} "  # noqa: S608
+                f"FROM (VALUES {values}) AS v WHERE {table}.id = v.column1 "
+                f"AND {table}.state IN ({marks}) RETURNING {table}.id",
+                [str(Job.State.SCHEDULED), *(v for pair in chunk for v in pair), *waiting],
+            )
+            moved.update(pk for (pk,) in cursor.fetchall())
+    return moved
 
 
 def schedule(now: datetime | None = None) -> PassResult:
