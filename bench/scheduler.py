@@ -11,14 +11,18 @@ share), and 10,000 queued jobs of those projects in mixed shapes (1, 2, 4 or 8 d
 cuda:sm_90, rocm, sycl or any; 1-48 h). Then it times, in one run:
 - `plan()`: the pass without its writes (read the queue and the devices, order, place), N runs;
 - `schedule()`: one full pass, with its parts: the plan, the placements' transaction, and the
-  queue's turns and wait reasons stored for the /jobs/ page; then the next pass;
+  queue's turns and wait reasons stored for the /jobs/ page (the order, the write); then the
+  next pass. Before it, the queue as a previous pass that found nothing free stored it (every
+  job's turn and reason, timed too), so that the pass timed is one of many, not the first;
 - `estimate_queue()`, the start estimates' own task (portal/jobs/estimates.py, its own beat
   entry): the first 50 turns' estimated starts, after each of those passes;
 - the floor: the same placements' bare writes (each job's allocation INSERT and job UPDATE) as
-  raw SQL in one transaction, after the pass's writes were undone; and the ratios;
+  raw SQL in one transaction, after the pass's writes were undone; and the ratios; then the
+  batched floor, the same rows as two statements (one INSERT, one UPDATE, from unnest());
 - `GET /jobs/` (the Django test client, in-process) with the 10,000 waiting jobs after the
   pass, and with only 10 of them waiting (the others cancelled in a transaction rolled back).
-Printed: milliseconds (median, p95) and SQL queries of each. Nothing is asserted.
+Printed: milliseconds (median, p95) and SQL queries of each, and the 1-minute load average
+(other work on the machine slows every figure: compare the ratios). Nothing is asserted.
 """
 
 import argparse
@@ -170,6 +174,42 @@ def floor(placed: dict[int, list[int]], now) -> tuple[float, int]:
     return time.perf_counter() - t0, statements
 
 
+def floor_batched(placed: dict[int, list[int]], now) -> tuple[float, int]:
+    """The same writes as two statements in one transaction: one INSERT ... SELECT FROM
+    unnest() of all the allocations, one UPDATE ... FROM unnest() of all the jobs."""
+    from django.db import connection, transaction
+
+    from portal.inventory.models import Accelerator
+    from portal.jobs.models import Job
+    from portal.jobs.scheduler import stop_grace
+
+    hosts = dict(Accelerator.objects.values_list("pk", "host_id"))
+    ends = {pk: now + w + stop_grace() for pk, w in Job.objects.filter(pk__in=list(placed))
+            .values_list("pk", "walltime")}  # fmt: skip
+    rows = [(pk, job_id, ends[job_id]) for job_id, devices in placed.items() for pk in devices]
+    t0 = time.perf_counter()
+    with transaction.atomic():
+        cur = connection.connection.cursor()
+        cur.execute(
+            'INSERT INTO booking_allocation (accelerator_id, job_id, start, "end", active) '
+            "SELECT a, j, %s, e, true FROM unnest(%s::integer[], %s::integer[], "
+            "%s::timestamptz[]) AS v(a, j, e)",
+            [now, *(list(column) for column in zip(*rows, strict=True))],
+        )
+        cur.execute(
+            "UPDATE jobs_job SET state = 'scheduled', host_id = v.h, wait_reason = '' "
+            "FROM unnest(%s::integer[], %s::integer[]) AS v(id, h) "
+            "WHERE jobs_job.id = v.id AND state IN ('queued', 'requeued')",
+            [list(placed), [hosts[devices[0]] for devices in placed.values()]],
+        )
+    return time.perf_counter() - t0, 2
+
+
+def loadavg() -> str:
+    """The 1-minute load average, as `uptime` says it."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def page(repeat: int) -> tuple[list[float], int, str]:
     """GET /jobs/ as a staff user: (ms per run, queries of the last run, its body)."""
     from django.db import connection
@@ -208,6 +248,7 @@ def main() -> None:
         from portal.jobs.models import Job
 
         now = timezone.now()
+        print(f"load average at the start: {loadavg()}")
         t0 = time.perf_counter()
         load(now)
         print(f"load: {time.perf_counter() - t0:.1f} s")
@@ -225,7 +266,7 @@ def main() -> None:
             f"{len(planned.waiting)} wait; {len(plan_queries)} queries"
         )
         spent: dict[str, float] = {}
-        for name in ("plan", "_write_placements", "store_queue"):
+        for name in ("plan", "_write_placements", "store_queue", "turn_order", "write_waiting"):
             _timed(scheduler, name, spent)
         for name in ("estimate_starts", "earliest_starts"):
             _timed(estimates, name, spent)
@@ -240,7 +281,9 @@ def main() -> None:
                 f"{label}: {seconds:.2f} s, {len(result.placed)} jobs placed, {len(queries)} "
                 f"queries: plan {spent['plan']:.2f} s, placements' transaction "
                 f"{spent.get('_write_placements', 0):.2f} s, turns and wait reasons stored "
-                f"{spent['store_queue']:.2f} s; it asks for estimates: {result.estimates_stale}"
+                f"{spent['store_queue']:.2f} s (the turns' order {spent['turn_order']:.2f} s, "
+                f"their write {spent.get('write_waiting', 0):.2f} s); it asks for estimates: "
+                f"{result.estimates_stale} (load average {loadavg()})"
             )
             return result, seconds
 
@@ -259,6 +302,19 @@ def main() -> None:
             )
             return seconds
 
+        # The queue as a previous pass left it, which found nothing free (every job waits, with
+        # its reason and turn), so that the pass timed is one of many: it writes the turns that
+        # moved and the reasons that changed, not every reason of a queue never stored.
+        previous = scheduler.plan(now)
+        previous.placed = {}
+        with CaptureQueriesContext(connection):
+            t0 = time.perf_counter()
+            scheduler.store_queue(now, previous)
+            stored = time.perf_counter() - t0
+        print(
+            f"the queue stored by a previous pass (every job's turn and reason, "
+            f"{len(previous.jobs)} rows): {stored:.2f} s"
+        )
         done, seconds = one_pass("schedule(), one pass")
         writes = spent["_write_placements"]
         placing = spent["plan"] + writes
@@ -271,6 +327,8 @@ def main() -> None:
 
         undo(done.placed)
         bare, statements = floor(done.placed, now)
+        undo(done.placed)
+        batched, _ = floor_batched(done.placed, now)
         print(
             f"floor: {bare:.2f} s for the same {len(done.placed)} placements' bare writes "
             f"({statements} statements, one transaction, raw SQL). Ratios to the floor: the "
@@ -278,6 +336,11 @@ def main() -> None:
             f"{placing:.2f} s) {placing / bare:.1f}x, the pass {seconds / bare:.1f}x, the "
             f"estimates' task {estimating / bare:.1f}x, the pass and the task together "
             f"({seconds + estimating:.2f} s) {(seconds + estimating) / bare:.1f}x"
+        )
+        print(
+            f"floor, batched: {batched:.2f} s for the same writes as 2 statements (unnest). "
+            f"Ratios: the placements' transaction {writes / batched:.1f}x, the pass "
+            f"{seconds / batched:.1f}x (load average {loadavg()})"
         )
 
         ms, many, body = page(args.repeat)

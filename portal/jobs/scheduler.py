@@ -15,9 +15,11 @@ Speed. The waiting jobs are read as plain rows (`Waiting`), not model objects, a
 every device (free now? next busy when?) once per pass in three queries; placement then runs in
 memory. Resources only shrink within a pass, so a job that does not fit is not tried again, and
 neither is any job of the same shape with a walltime at least as long. The placements are
-written through the booking service in one transaction, a savepoint per job
-(`booking.allocate_many`): a job whose devices someone booked meanwhile rolls back its own
-savepoint and simply waits for the next pass.
+written through the booking service in one transaction (`booking.allocate_many`), all the jobs
+in one batch: one UPDATE claims the jobs still waiting, one INSERT writes their allocations. A
+job whose devices someone booked meanwhile is left out by the booking's check, or, if the
+exclusion constraint refuses the batch, when each job is written again in its own savepoint;
+it simply waits for the next pass.
 
 The queue. Each pass also stores every waiting job's turn (`Job.queue_position`) and why it
 waits, so the /jobs/ page reads them and searches nothing. Start estimates are not the pass's:
@@ -240,6 +242,8 @@ class _Placer:
             for pk in matching_accelerators(need).values_list("pk", flat=True):
                 if pk in self.devices:
                     by_host[self.devices[pk].host_id].append(self.devices[pk])
+            for candidates in by_host.values():  # tightest fit first: see place()
+                candidates.sort(key=lambda d: (d.free_until, d.memory_mib, d.pk))
             self._matching[job.shape] = by_host
         return self._matching[job.shape]
 
@@ -249,14 +253,15 @@ class _Placer:
             return None
         until = self.now + job.walltime + stop_grace()
         best: tuple | None = None
+        taken = self.taken
         for host_id, candidates in self._by_host(job).items():
-            fitting = [d for d in candidates if d.pk not in self.taken and d.free_until >= until]
+            # Tightest fit: the devices whose next booking is soonest, then the smallest (the
+            # order of the candidates).
+            fitting = [d for d in candidates if d.free_until >= until and d.pk not in taken]
             if len(fitting) < job.count:
                 continue
-            # Tightest fit: the devices whose next booking is soonest, then the smallest.
-            fitting.sort(key=lambda d: (d.free_until, d.memory_mib, d.pk))
             chosen = fitting[: job.count]
-            key = (max(d.free_until for d in chosen), host_id)
+            key = (chosen[-1].free_until, host_id)
             if best is None or key < best[0]:
                 best = (key, chosen)
         if best is None:
