@@ -34,9 +34,25 @@ def _show_job(state, job: dict) -> None:
         pairs.append(("Exit status", job["exit_status"]))
     if job.get("last_error"):
         pairs.append(("Last error", job["last_error"]))
-    if len(job.get("array_jobs", [])) > 1:
+    if job.get("array_size") is not None:
+        pairs.append(("Array", _array(job)))
+    elif len(job.get("array_jobs", [])) > 1:  # a portal from before array_size
         pairs.append(("Array jobs", ",".join(map(str, job["array_jobs"]))))
     fields(pairs)
+
+
+def _array(job: dict) -> str:
+    """Where the job is in its array; of the first task, how to list the tasks."""
+    size, index, first = job["array_size"], job["array_index"], job["array"]
+    if index != 0:
+        return f"task {index} of {size} of array #{first}"
+    said = f"{size} task{'s' if size != 1 else ''}"
+    if size == 1:
+        return said
+    pending = job.get("array_pending") or 0
+    if pending:  # as Slurm splits an array's tasks off its one record
+        said += f" ({pending} written at the scheduler's next pass)"
+    return f"{said}; list them: porterbox jobs list --array {first}"
 
 
 def _env(values: tuple[str, ...]) -> dict[str, str]:
@@ -107,10 +123,12 @@ def submit(state, project, name, script, stack, count, hwspec, min_memory_gb, wa
 @jobs.command(name="list")
 @click.option("--state", "job_state", help="Only jobs in this state (queued, running, ...).")
 @click.option("--project", help="Only this project's jobs.")
+@click.option("--array", type=click.IntRange(1), metavar="ID",
+              help="Only the tasks of this array (its first task's id), by index.")  # fmt: skip
 @click.pass_obj
-def list_(state, job_state, project) -> None:
-    """Jobs of your projects, newest first."""
-    found = state.api.all_pages("/api/jobs/", state=job_state, project=project)
+def list_(state, job_state, project, array) -> None:
+    """Jobs of your projects, newest first (an array's tasks: by index)."""
+    found = state.api.all_pages("/api/jobs/", state=job_state, project=project, array=array)
     if state.as_json:
         return emit_json(found)
     rows = [

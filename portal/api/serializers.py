@@ -362,6 +362,18 @@ class JobSerializer(FieldsOnce, serializers.ModelSerializer):
     array_index = serializers.IntegerField(
         read_only=True, allow_null=True, help_text="The task's index in its array, 0..N-1."
     )
+    array_size = serializers.IntegerField(
+        read_only=True, allow_null=True,
+        help_text="N, the number of tasks of the job's array; null for a job in no array.",
+    )  # fmt: skip
+    array_pending = serializers.IntegerField(
+        read_only=True,
+        help_text="Of an array's first task: its tasks not written yet (indices "
+        "N-array_pending..N-1). As Slurm splits an array's tasks off its one record, a "
+        "submission writes the first task and the scheduler's next pass writes the others; "
+        "0 once written (or the array cancelled), and for every other job. List the tasks "
+        "with GET /api/jobs/?array=<the first task's id>.",
+    )
     partition = serializers.SerializerMethodField()
 
     class Meta:
@@ -372,7 +384,7 @@ class JobSerializer(FieldsOnce, serializers.ModelSerializer):
             "input_archive", "code_licence", "data_licence", "model_freedom", "state",
             "wait_reason", "host", "queued_at", "started_at", "ended_at", "exit_status",
             "requeues", "last_error", "stop_requested", "created", "array", "array_index",
-            "partition",
+            "array_size", "array_pending", "partition",
         ]  # fmt: skip
 
     def get_partition(self, job) -> str:
@@ -391,19 +403,6 @@ class JobSerializer(FieldsOnce, serializers.ModelSerializer):
     def get_input_archive(self, job) -> bool:
         """Whether the job's input is an uploaded archive."""
         return bool(job.input_archive)
-
-
-class JobSubmittedSerializer(JobSerializer):
-    """What a submission answers: the job (an array's first), and every job it made."""
-
-    array_jobs = serializers.SerializerMethodField()
-
-    class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "array_jobs"]
-
-    def get_array_jobs(self, job) -> list[int]:
-        """The ids of the jobs made, by index: the array's tasks, or the one job."""
-        return self.context.get("array_jobs", [job.pk])
 
 
 class JobCreateSerializer(FieldsOnce, serializers.Serializer):
@@ -435,7 +434,10 @@ class JobCreateSerializer(FieldsOnce, serializers.Serializer):
     array = serializers.IntegerField(
         min_value=1, max_value=MAX_ARRAY, required=False, allow_null=True, default=None,
         help_text=f"Submit an array of this many tasks (1 to {MAX_ARRAY}), like sbatch --array: "
-        "N jobs alike, each with its `array_index` (0..N-1); the answer lists their ids.",
+        "N jobs alike, each with its `array_index` (0..N-1). The answer is the first task, "
+        "with `array_size` N and `array_pending` N-1: as Slurm splits an array's tasks, the "
+        "others are written by the scheduler's next pass, then listed by "
+        "GET /api/jobs/?array=<its id>. An array bound to a `partition` is written whole.",
     )  # fmt: skip
     partition = serializers.CharField(
         max_length=130, required=False, allow_blank=True, default="",

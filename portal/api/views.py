@@ -27,7 +27,6 @@ from portal.api.serializers import (
     JobCreateSerializer,
     JobLogSerializer,
     JobSerializer,
-    JobSubmittedSerializer,
     PackageSerializer,
     ReservationCreateSerializer,
     ReservationSerializer,
@@ -233,7 +232,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             host = data["host"]
             made = services.reservation_create(
                 host=host, stack=data["stack"], whole_host=data["whole_host"],
-                accelerators=_chosen(host, data.get("devices", [])), offered=data["offered"],
+                devices=data.get("devices", []), offered=data["offered"],
                 **common,
             )  # fmt: skip
         # Built from the objects in hand: the service gives the new reservation its
@@ -286,29 +285,6 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         return self._change(request, services.reservation_cancel)
-
-
-def _chosen(host: Host, devices: list[tuple[str | None, int]]) -> list[Accelerator]:
-    """The host's accelerators named by index, or by (vendor, index) where an index is two."""
-    accelerators = list(host.accelerators.all())
-    chosen = []
-    for vendor, index in devices:
-        found = [a for a in accelerators if a.index == index and vendor in (None, a.vendor)]
-        if not found:
-            name = f"{vendor} #{index}" if vendor else f"#{index}"
-            raise ValidationError({"devices": [f"{host.name} has no accelerator {name}."]})
-        if len(found) > 1:
-            vendors = ", ".join(sorted(a.vendor for a in found))
-            raise ValidationError(
-                {
-                    "devices": [
-                        f"{host.name} has two accelerators #{index} ({vendors}): give "
-                        f'{{"vendor": "{found[0].vendor}", "index": {index}}}.'
-                    ]
-                }
-            )
-        chosen.append(found[0])
-    return chosen
 
 
 @extend_schema(responses={200: dict})
@@ -388,8 +364,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     """Training jobs of the caller's partner projects (staff: every job).
 
     Submit with JSON, or multipart to upload an input archive (.tar.gz); `walltime` is hours or
-    an ISO 8601 duration. `?state=` and `?project=<slug>` filter the list. A job of a project the
-    caller does not belong to is not found.
+    an ISO 8601 duration. `?state=`, `?project=<slug>` and `?array=<id>` (the tasks of the array
+    whose first task is that job) filter the list. A job of a project the caller does not belong
+    to is not found.
     """
 
     service_fields = API_FIELD  # a refusal's field in the API's name (portal/api/errors.py)
@@ -414,28 +391,40 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
                 jobs = jobs.filter(state=state)
             if project := params.get("project"):
                 jobs = jobs.filter(project__slug=project)
+            if (array := params.get("array")) is not None:
+                if not (array.isascii() and array.isdigit() and len(array) <= 18):
+                    raise ValidationError({"array": ["Use the id of an array's first task."]})
+                # By index, for the tasks of an array: ?array=<id>&... reads them in order.
+                return jobs.filter(array=int(array)).order_by("array_index")
         return jobs.order_by("-queued_at", "-pk")
 
     @extend_schema(
         parameters=[
             OpenApiParameter("state", str, enum=Job.State.values),
             OpenApiParameter("project", str, description="A project's slug."),
+            OpenApiParameter(
+                "array",
+                int,
+                description="The id of an array's first task: its tasks, by index (those the "
+                "scheduler's pass has written; see `array_pending`).",
+            ),
         ]
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSubmittedSerializer})
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
     def create(self, request):
-        """Submit a job, or an array of jobs (`array`: N); the answer is the (first) job with
-        the ids of every job made in `array_jobs`."""
+        """Submit a job, or an array of jobs (`array`: N); the answer is the job, or the array's
+        first task: its `array_size` is N, its `array_pending` the tasks the scheduler's next
+        pass writes (as Slurm splits an array's tasks), listed then by `?array=<its id>`."""
         body = JobCreateSerializer(data=request.data, user=request.user)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         data["min_memory_mib"] = data.pop("min_memory_gb") * GB
         jobs = job_submit_tasks(submitter=request.user, **data)
         # Built from the objects in hand (project, stack, submitter are the body's).
-        answer = JobSubmittedSerializer(jobs[0], context={"array_jobs": [j.pk for j in jobs]})
+        answer = JobSerializer(jobs[0])
         return Response(answer.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

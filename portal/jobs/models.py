@@ -91,6 +91,12 @@ class Job(models.Model):
         "self", on_delete=models.CASCADE, null=True, blank=True, related_name="array_tasks"
     )
     array_index = models.PositiveIntegerField(null=True, blank=True)
+    # An array's size, N, on each of its tasks (null: a plain job). A fleet array is written as
+    # Slurm writes one: its first task at submission, with `array_pending` the tasks not yet
+    # written (indices N-pending..N-1); the scheduler's next pass writes them and sets it to 0
+    # (services.write_array_tasks), a cancel of the whole array sets it to 0 unwritten.
+    array_size = models.PositiveIntegerField(null=True, blank=True)
+    array_pending = models.PositiveIntegerField(default=0)
     # Of waiting jobs: the place in the queue (1 = next), written by each scheduler pass, and the
     # earliest start found for the job's need, written for the first turns by the estimate task
     # (portal/jobs/estimates.py); the /jobs/ page reads them, it does not search.
@@ -102,6 +108,12 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["state", "queued_at"]),
             models.Index(fields=["queue_position"], name="job_queue_position_idx"),
+            # The pass's writer looks for arrays with tasks pending: few rows, found at once.
+            models.Index(
+                fields=["array_pending"],
+                condition=models.Q(array_pending__gt=0),
+                name="job_array_pending_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

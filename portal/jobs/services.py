@@ -112,9 +112,9 @@ def _check_input(git_url: str, git_ref: str, archive) -> None:
             archive.seek(0)
 
 
-# At most this many tasks in one array: one submission's transaction and answer stay small
-# (1,000 rows, the ids list a few KB), and it is Slurm's default bound (MaxArraySize 1001,
-# indices 0-1000), so a script written for `sbatch --array` fits.
+# At most this many tasks in one array: Slurm's default bound (MaxArraySize 1001, indices
+# 0-1000), so a script written for `sbatch --array` fits, and one pass writes an array's tasks
+# in one statement of at most a thousand rows.
 MAX_ARRAY = 1000
 
 
@@ -184,9 +184,14 @@ def job_submit_tasks(
     checks: tuple[bool, bool] | None = None,
 ) -> list[Job]:
     """Queue a job, or an array of `array` tasks (like `sbatch --array=0-(N-1)`): N jobs alike,
-    written at once or not at all, each with `array` (the first job) and `array_index` 0..N-1.
-    Every rule holds for each task, and the scheduler counts each as a job of its own.
-    `partition` ("cluster/partition") sends the jobs to a Slurm cluster instead of the fleet.
+    each with `array` (the first job), `array_index` 0..N-1 and `array_size` N. Every rule
+    holds for each task, and the scheduler counts each as a job of its own.
+
+    As Slurm writes one job record for an array and splits its tasks off later, a fleet array
+    is written as its first task alone, with `array_pending` N-1: the scheduler's next pass
+    writes the others (`write_array_tasks`). The list returned is the jobs written: a fleet
+    array's first task. An array bound to a `partition` ("cluster/partition": a Slurm
+    cluster's, instead of the fleet) is written whole at once, its binding needs every task.
     `checks`: (member, served) as `submission_refs` read them with the project and stack."""
     # Membership and a host with the stack, asked at once (one round trip, not two).
     member, served = checks or (
@@ -273,15 +278,73 @@ def job_submit_tasks(
             if bind is not None:
                 bind(jobs)
             return jobs
-        first = Job.objects.create(**common, input_archive=input_archive, array_index=0)
+        # A fleet array: its first task, the others pending for the next pass (two statements
+        # whatever N: the row, then its pointer to itself, which its id is needed for).
+        first = Job.objects.create(
+            **common, input_archive=input_archive, array_index=0, array_size=array,
+            array_pending=array - 1 if bind is None else 0,
+        )  # fmt: skip
         first.array = first
         first.save(update_fields=["array"])
-        # The other tasks are copies of the first row made by the database, one statement
-        # (one archive file for all: the first job stored it, the others name it).
+        if bind is None:
+            return [first]
+        # Bound to a cluster: the other tasks are copies of the first row made by the
+        # database, one statement (one archive file for all: the first stored it).
         rest = _copy_tasks(first, array) if array > 1 else []
-        if bind is not None:
-            bind([first, *rest])
+        bind([first, *rest])
     return [first, *rest]
+
+
+# What a task of an array takes from its first row when the pass writes it: what was submitted.
+# Every other column gets its default (queued, no host, no log, ...): by then the first task
+# may be running, finished or cancelled alone.
+SUBMITTED = (
+    "project", "submitter", "name", "script", "autopkgtest", "stack", "count", "hwspec",
+    "min_memory_mib", "walltime", "env", "input_git_url", "input_git_ref", "input_archive",
+    "code_licence", "data_licence", "model_freedom", "queued_at", "created", "array",
+    "array_size",
+)  # fmt: skip
+
+
+def write_array_tasks() -> int:
+    """Write the pending tasks of every array (the scheduler pass's first step, as Slurm splits
+    an array's tasks off its one record): how many were written. Two statements whatever the
+    number of arrays and tasks, in one transaction. The claim (UPDATE ... WHERE array_pending >
+    0) takes each array once: a second writer at the same time waits for the first's row lock,
+    then finds nothing pending; a cancel of the whole array sets array_pending to 0 under the
+    same lock (`_cancel_array`), so a cancelled array's tasks are never written."""
+    quote = connection.ops.quote_name
+    table = quote(Job._meta.db_table)
+    pending, size, index = (quote(c) for c in ("array_pending", "array_size", "array_index"))
+    fields = Job._meta.concrete_fields
+    copied = [quote(f.column) for f in fields if f.name in SUBMITTED]
+    defaults = [f for f in fields if f.name not in (*SUBMITTED, "id", "array_index")]
+    values = [f.get_db_prep_save(f.get_default(), connection) for f in defaults]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Names from the model, values as parameters.
+        cursor.execute(
+            f"UPDATE {table} SET {pending} = 0 WHERE {pending} > 0 RETURNING id",  # noqa: S608
+        )
+        claimed = [row[0] for row in cursor.fetchall()]
+        if not claimed:
+            return 0
+        # Each array's tasks from the first not written (the written ones are 0..k-1) to N-1.
+        marks = ", ".join(["%s"] * len(claimed))
+        columns = ", ".join([*copied, *(quote(f.column) for f in defaults), index])
+        # INSERT first, the WITH in its SELECT: SQLite counts the rows of a statement that
+        # starts with INSERT only.
+        sql = (
+            f"INSERT INTO {table} ({columns}) "  # noqa: S608
+            "WITH RECURSIVE g(head, i, n) AS ("
+            f"SELECT j.id, (SELECT MAX(t.{index}) + 1 FROM {table} t WHERE t.{quote('array_id')}"
+            f" = j.id), j.{size} FROM {table} j WHERE j.id IN ({marks})"
+            " UNION ALL SELECT head, i + 1, n FROM g WHERE i + 1 < n) "
+            f"SELECT {', '.join('j.' + c for c in copied)}, {', '.join(['%s'] * len(values))},"
+            f" g.i FROM g JOIN {table} j ON j.id = g.head WHERE g.i < g.n"
+            " ORDER BY g.head, g.i"  # the ids in the tasks' order, as a list by id shows them
+        )
+        cursor.execute(sql, [*claimed, *values])
+        return cursor.rowcount
 
 
 def _copy_tasks(first: Job, array: int) -> list[Job]:
@@ -345,9 +408,14 @@ def job_cancel(*, job: Job, actor: User, whole_array: bool = False) -> Job:
 
 
 def _cancel_array(array_id: int, now) -> None:
-    """Cancel every task of an array that has not finished: one transaction, a few statements."""
+    """Cancel every task of an array that has not finished, and its tasks not written yet: one
+    transaction, a few statements."""
     tasks = Job.objects.filter(array=array_id)
     with transaction.atomic():
+        # The first row first: its tasks pending are dropped, under the lock the pass's writer
+        # claims them with (write_array_tasks), so none is written after the cancel; one the
+        # writer holds is waited for, and its tasks are cancelled below.
+        unwritten = Job.objects.filter(pk=array_id, array_pending__gt=0).update(array_pending=0)
         # Locked, so the scheduler cannot place one between the read and the move.
         waiting = list(
             tasks.select_for_update()
@@ -360,7 +428,7 @@ def _cancel_array(array_id: int, now) -> None:
         stopping = tasks.filter(state__in=(Job.State.STARTING, Job.State.RUNNING)).update(
             stop_requested=True
         )
-        if not waiting and not stopping:
+        if not waiting and not stopping and not unwritten:
             raise Conflict("finished", "Every task of the array has finished already.")
 
 

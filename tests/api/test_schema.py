@@ -64,6 +64,7 @@ def test_it_describes_the_error_body(schema):
         ("Job", "started_at"),
         ("Job", "ended_at"),
         ("Job", "exit_status"),
+        ("Job", "array_size"),  # a job in no array
         ("Reservation", "granted_at"),
         ("Reservation", "revoked_at"),
         ("SSHKey", "last_used"),

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from portal.jobs import estimates, scheduler
-from portal.jobs.services import job_submit_tasks
+from portal.jobs.models import Job
+from portal.jobs.services import job_submit_tasks, write_array_tasks
 from tests.browser.conftest import PHONE, login, overflow, screenshot
 from tests.factories import (
     PASSWORD,
@@ -43,11 +44,13 @@ def queue(db):
         )  # fmt: skip
 
     submit("warm-up", 4)
-    tasks = submit("sweep", 1, array=3)
+    first = submit("sweep", 1, array=3)[0]  # its first task; the pass writes the others
     too_big = submit("too-big", 5)
+    write_array_tasks()  # as the schedule task does before its pass
+    tasks = list(Job.objects.filter(array=first).order_by("array_index"))
     scheduler.schedule()
     estimates.estimate_queue()  # what the pass asks for once it has moved the queue
-    return {"tasks": tasks, "too_big": too_big[0]}
+    return {"tasks": tasks, "too_big": too_big[0], "submit": submit}
 
 
 def _waiting_rows(page) -> list[list[str]]:
@@ -95,7 +98,7 @@ def test_a_waiting_job_shows_its_turn_and_earliest_start(page, live_server, queu
     assert facts.locator("dt:text-is('Turn') + dd").inner_text() == "2 in the queue"
     first = queue["tasks"][0].pk
     assert facts.locator("dt:text-is('Array') + dd").inner_text() == (
-        f"task 1 of the array of #{first}"
+        f"task 1 of 3 of array #{first}"
     )
     estimate = facts.locator("dt:text-is('Earliest start') + dd").inner_text()
     assert "estimated for its turn after the scheduler's last pass" in estimate
@@ -111,6 +114,24 @@ def test_a_waiting_job_shows_its_turn_and_earliest_start(page, live_server, queu
     assert facts.locator("dt:text-is('Turn')").is_visible()
     assert overflow(page) == 0
     screenshot(page, "jobs-detail-390")
+
+
+def test_an_arrays_first_task_says_what_the_next_pass_writes(page, live_server, queue):
+    login(page, live_server, "alice", PASSWORD)
+    first = queue["submit"]("sweep-2", 1, array=8)[0]  # submitted after the pass
+    page.goto(f"{live_server.url}/jobs/{first.pk}/")
+
+    array = page.locator("dl.facts dt:text-is('Array') + dd")
+    assert array.inner_text() == (
+        f"task 0 of 8 of array #{first.pk}; the other 7 tasks are queued at the scheduler's "
+        "next pass"
+    )
+    assert overflow(page) == 0
+    screenshot(page, "jobs-detail-array-1280")
+    page.set_viewport_size(PHONE)
+    page.reload()
+    assert array.is_visible() and overflow(page) == 0
+    screenshot(page, "jobs-detail-array-390")
 
 
 def test_the_submit_form_offers_an_array_with_its_label_beside_the_field(page, live_server, queue):

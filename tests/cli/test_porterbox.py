@@ -20,6 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from portal.booking.models import Reservation
 from portal.jobs.models import Job
+from portal.jobs.services import write_array_tasks
 from tests.cli.conftest import PORTERBOX, ZONE
 from tests.factories import (
     AcceleratorFactory,
@@ -338,8 +339,18 @@ def test_it_uploads_an_input_archive_for_an_array_and_cancels_the_array(porterbo
     assert done.code == 0, done.err
     first = done.json()
     assert first["input_archive"] is True and first["env"] == {"LR": "0.1"}
-    assert len(first["array_jobs"]) == 2
+    assert (first["array_size"], first["array_pending"]) == (2, 1)
     assert Job.objects.get(pk=first["id"]).script == "python3 train.py\n"
+    shown = porterbox("jobs", "show", str(first["id"])).out
+    assert (
+        "2 tasks (1 written at the scheduler's next pass); "
+        f"list them: porterbox jobs list --array {first['id']}"
+    ) in shown
+    write_array_tasks()  # the scheduler's next pass
+    listed = porterbox("--json", "jobs", "list", "--array", str(first["id"])).json()
+    assert [(j["array"], j["array_index"]) for j in listed] == [(first["id"], i) for i in (0, 1)]
+    second = porterbox("jobs", "show", str(listed[1]["id"])).out
+    assert f"task 1 of 2 of array #{first['id']}" in second
 
     done = porterbox("--json", "jobs", "cancel", "--array", str(first["id"]))
     assert done.code == 0, done.err

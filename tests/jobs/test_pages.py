@@ -312,6 +312,25 @@ def test_it_shows_a_job_to_its_project_and_staff_only(client, member, stack, sta
     assert job.state == "queued"
 
 
+def test_an_arrays_task_says_where_it_is_and_what_the_next_pass_writes(alice, member, devices):
+    response = alice.post(reverse("jobs:submit"), form(member, array="4"))
+    first = Job.objects.get()
+    assert response.url == reverse("jobs:job_detail", args=[first.pk])
+    page = alice.get(response.url).content.decode()
+    link = f'<a href="{reverse("jobs:job_detail", args=[first.pk])}">#{first.pk}</a>'
+    assert (
+        f"task 0 of 4 of array {link}; the other 3 tasks are queued at the scheduler's next pass"
+    ) in page
+
+    tasks.schedule()  # the pass writes them, then places what fits
+
+    page = alice.get(response.url).content.decode()
+    assert f"task 0 of 4 of array {link}</dd>" in page  # nothing pending now
+    last = Job.objects.get(array=first, array_index=3)
+    page = alice.get(reverse("jobs:job_detail", args=[last.pk])).content.decode()
+    assert f"task 3 of 4 of array {link}</dd>" in page
+
+
 def test_it_shows_the_log_tail_in_the_users_zone_and_the_whole_log_as_text(alice, member, stack):
     log = "".join(f"line {i:04d}\n" for i in range(1, 301))
     job = JobFactory(project=member.project, stack=stack, state="running", log=log,

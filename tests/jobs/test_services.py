@@ -1,11 +1,14 @@
 """Submitting and cancelling jobs: members only, clear refusals, nothing half-written."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import DatabaseError, connection, transaction
 
 from portal.booking.models import Allocation
+from portal.inventory.models import Host
 from portal.jobs import scheduler, services
 from portal.jobs.models import Job
 from portal.jobs.services import JobError, job_cancel, job_submit
@@ -162,36 +165,216 @@ def test_it_refuses_a_hwspec_the_stack_does_not_serve_as_the_finder_does(member,
 
 
 def test_it_writes_an_array_whole_or_not_at_all(member, stack, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("the database went away mid-array")
+    real_save = Job.save
 
-    monkeypatch.setattr(services, "_copy_tasks", broken)
+    def broken(self, *args, **kwargs):  # the first task's pointer to itself fails
+        if kwargs.get("update_fields"):
+            raise RuntimeError("the database went away mid-array")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Job, "save", broken)
     with pytest.raises(RuntimeError):
         submit(member, stack, array=3)
-    assert not Job.objects.exists()  # the first task, written before, went with the rest
+    assert not Job.objects.exists()  # the first task, inserted before, went with it
 
 
-def test_an_arrays_tasks_are_the_first_one_copied_by_the_database(member, stack):
-    """The tasks after the first are made by one INSERT ... SELECT from its row: what the
-    service hands back is what a read gives, every field alike but the pk and index."""
-    tasks = services.job_submit_tasks(
-        project=member.project, submitter=member.user, name="sweep", script="echo $X\n",
-        stack=stack, walltime=2 * H, code_licence="MIT", data_licence="CC0-1.0",
-        model_freedom="free", env={"X": "1"}, input_git_url="https://example.org/x.git",
-        input_git_ref="main", count=2, hwspec="cuda", array=5,
+@pytest.mark.parametrize("size", [1, 5, 1000])
+def test_an_array_is_written_as_its_first_task_with_the_rest_pending(member, stack, size):
+    """As `sbatch --array` writes one job record: the tasks after the first wait for the pass."""
+    job = submit(member, stack, array=size)
+    assert list(Job.objects.values_list("pk", flat=True)) == [job.pk]
+    stored = Job.objects.get()
+    assert (stored.array_id, stored.array_index, stored.array_size, stored.array_pending) == (
+        job.pk, 0, size, size - 1,
     )  # fmt: skip
-    stored = list(Job.objects.order_by("array_index"))
-    assert [t.pk for t in tasks] == [j.pk for j in stored]
-    assert [j.array_index for j in stored] == [0, 1, 2, 3, 4]
-    names = [f.attname for f in Job._meta.concrete_fields if f.name not in ("id", "array_index")]
+    assert (job.array_size, job.array_pending) == (size, size - 1)  # what the caller holds
 
-    def fields(job):  # a file field's value is its name ("" and None alike: no archive)
-        return {f: getattr(job, f).name or "" if f == "input_archive" else getattr(job, f)
-                for f in names}  # fmt: skip
 
-    for given, read in zip(tasks, stored, strict=True):
-        assert (given.array_id, given.array_index) == (stored[0].pk, read.array_index)
-        assert fields(given) == fields(read) == fields(stored[0])
+def test_a_plain_job_has_no_array_size(member, stack):
+    job = Job.objects.get(pk=submit(member, stack).pk)
+    assert (job.array_id, job.array_size, job.array_pending) == (None, None, 0)
+
+
+def fields_of(job, names):  # a file field's value is its name ("" and None alike: none)
+    return {n: getattr(job, n).name or "" if n == "input_archive" else getattr(job, n)
+            for n in names}  # fmt: skip
+
+
+SUBMITTED = [f.attname for f in Job._meta.concrete_fields if f.name in services.SUBMITTED]
+OTHERS = [f.attname for f in Job._meta.concrete_fields
+          if f.name not in (*services.SUBMITTED, "id", "array_index")]  # fmt: skip
+
+
+def test_the_writer_makes_the_other_tasks_as_submitted_even_of_a_running_first(member, stack):
+    """The pass writes tasks 1..N-1 with what was submitted; the rest is a new job's, not what
+    has happened to the first task by then (it runs, has a log, was requeued ...)."""
+    first = submit(
+        member, stack, name="sweep", script="echo $X\n", env={"X": "1"}, count=2,
+        input_git_url="https://example.org/x.git", input_git_ref="main", hwspec="cuda",
+        array=5,
+    )  # fmt: skip
+    host = Host.objects.get()
+    Job.objects.filter(pk=first.pk).update(
+        state="running", host=host, started_at=datetime.now(UTC), log="epoch 1\n",
+        log_offset=8, requeues=1, wait_reason="waited", queue_position=1, last_error="x",
+    )  # fmt: skip
+    first = Job.objects.get(pk=first.pk)
+
+    assert services.write_array_tasks() == 4
+
+    tasks = list(Job.objects.exclude(pk=first.pk).order_by("array_index"))
+    assert [t.array_index for t in tasks] == [1, 2, 3, 4]
+    fresh = Job()  # a new job's defaults
+    for task in tasks:
+        assert fields_of(task, SUBMITTED) == fields_of(first, SUBMITTED)
+        assert (task.array_id, task.array_size, task.state) == (first.pk, 5, "queued")
+        assert fields_of(task, OTHERS) == fields_of(fresh, OTHERS)
+    assert Job.objects.get(pk=first.pk).array_pending == 0
+    assert Job.objects.get(pk=first.pk).state == "running"  # the first is left as it is
+    assert services.write_array_tasks() == 0  # written once
+    assert Job.objects.count() == 5
+
+
+def test_cancelling_the_first_task_alone_leaves_the_pending_ones(member, stack):
+    first = submit(member, stack, array=3)
+    assert job_cancel(job=first, actor=member.user).state == "cancelled"
+    assert Job.objects.get(pk=first.pk).array_pending == 2
+
+    assert services.write_array_tasks() == 2
+    states = dict(Job.objects.values_list("array_index", "state"))
+    assert states == {0: "cancelled", 1: "queued", 2: "queued"}
+
+
+def test_cancelling_the_whole_array_before_the_pass_writes_no_task(member, stack):
+    first = submit(member, stack, array=4)
+    job = job_cancel(job=first, actor=member.user, whole_array=True)
+    assert (job.state, job.array_pending) == ("cancelled", 0)
+
+    assert services.write_array_tasks() == 0
+    assert list(Job.objects.values_list("pk", flat=True)) == [first.pk]
+    with pytest.raises(JobError, match="finished"):
+        job_cancel(job=first, actor=member.user, whole_array=True)
+
+
+def test_the_whole_array_is_cancellable_while_tasks_are_pending_of_a_finished_first(member, stack):
+    first = submit(member, stack, array=3)
+    Job.objects.filter(pk=first.pk).update(state="succeeded")
+    job = job_cancel(job=first, actor=member.user, whole_array=True)  # not refused
+    assert (job.state, job.array_pending) == ("succeeded", 0)
+    assert services.write_array_tasks() == 0
+
+
+def test_cancelling_the_whole_array_after_the_pass_cancels_the_written_tasks(member, stack):
+    first = submit(member, stack, array=3)
+    services.write_array_tasks()
+    job_cancel(job=first, actor=member.user, whole_array=True)
+    assert set(Job.objects.values_list("state", flat=True)) == {"cancelled"}
+
+
+def test_one_pass_writes_every_pending_array(member, stack):
+    arrays = [submit(member, stack, array=n) for n in (2, 3, 1)]
+    plain = submit(member, stack)
+    assert services.write_array_tasks() == 1 + 2
+    made = {
+        first.pk: list(Job.objects.filter(array=first).order_by("array_index")
+                       .values_list("array_index", flat=True))
+        for first in arrays
+    }  # fmt: skip
+    assert made == {arrays[0].pk: [0, 1], arrays[1].pk: [0, 1, 2], arrays[2].pk: [0]}
+    assert Job.objects.count() == 2 + 3 + 1 + 1 and plain.array_id is None
+
+
+def test_a_failed_write_leaves_the_tasks_pending(member, stack):
+    first = submit(member, stack, array=3)
+
+    def fail_insert(execute, sql, params, many, context):
+        if sql.startswith("INSERT") and "WITH RECURSIVE" in sql:
+            raise DatabaseError("the database went away")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail_insert), pytest.raises(DatabaseError):
+        services.write_array_tasks()
+    assert Job.objects.get(pk=first.pk).array_pending == 2  # the claim went with the insert
+    assert services.write_array_tasks() == 2
+
+
+def test_the_schedule_task_writes_the_pending_tasks_before_the_pass(member, stack, monkeypatch):
+    from portal.jobs import tasks
+
+    first = submit(member, stack, array=3)
+    seen = []
+    real = scheduler.schedule
+
+    def schedule(*args, **kwargs):
+        seen.append(Job.objects.filter(array=first).count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "schedule", schedule)
+    tasks.schedule()
+    assert seen == [3]
+
+
+def _in_thread(work):
+    """Run `work` on its own connection; (started, finished, result list, failures)."""
+    started, finished = threading.Event(), threading.Event()
+    result, failed = [], []
+
+    def run():
+        try:
+            started.set()
+            result.append(work())
+        except Exception as exc:  # the test must show it
+            failed.append(exc)
+        finally:
+            connection.close()
+            finished.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started.wait()
+    return thread, finished, result, failed
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_at_once_write_the_tasks_once(member, stack):
+    first = submit(member, stack, array=50)
+    with transaction.atomic():
+        assert services.write_array_tasks() == 49  # holds its claim until it commits
+        thread, finished, result, failed = _in_thread(services.write_array_tasks)
+        assert not finished.wait(0.5)  # the second waits for the first's row lock
+    thread.join()
+    assert (failed, result) == ([], [0])
+    indices = list(Job.objects.filter(array=first).values_list("array_index", flat=True))
+    assert sorted(indices) == list(range(50))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_waits_for_a_cancel_of_the_whole_array_and_writes_nothing(member, stack):
+    first = submit(member, stack, array=5)
+    with transaction.atomic():
+        job_cancel(job=first, actor=member.user, whole_array=True)
+        thread, finished, result, failed = _in_thread(services.write_array_tasks)
+        assert not finished.wait(0.5)
+    thread.join()
+    assert (failed, result) == ([], [0])
+    assert list(Job.objects.values_list("pk", "state")) == [(first.pk, "cancelled")]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_of_the_whole_array_waits_for_a_writer_and_cancels_what_it_wrote(member, stack):
+    first = submit(member, stack, array=5)
+    with transaction.atomic():
+        assert services.write_array_tasks() == 4
+        thread, finished, _, failed = _in_thread(
+            lambda: job_cancel(job=first, actor=member.user, whole_array=True)
+        )
+        assert not finished.wait(0.5)
+    thread.join()
+    assert failed == []
+    assert list(Job.objects.values_list("state", flat=True)) == ["cancelled"] * 5
 
 
 def test_it_refuses_an_array_size_out_of_bounds(member, stack):
@@ -204,7 +387,8 @@ def test_it_refuses_an_array_size_out_of_bounds(member, stack):
 
 def test_an_array_of_one_is_an_array(member, stack):
     job = submit(member, stack, array=1)
-    assert (job.array_id, job.array_index) == (job.pk, 0)
+    assert (job.array_id, job.array_index, job.array_size) == (job.pk, 0, 1)
+    assert services.write_array_tasks() == 0  # nothing pending
     assert list(Job.objects.values_list("pk", flat=True)) == [job.pk]  # one task, no copy
 
 
@@ -219,6 +403,7 @@ def test_the_submit_form_passes_the_array_on(member, stack):
     form = JobForm(member.user, {**fields, "array": "3"})
     assert form.is_valid(), form.errors
     first = job_submit(submitter=member.user, **form.submit_kwargs())
+    services.write_array_tasks()
     assert list(Job.objects.filter(array=first).values_list("array_index", flat=True)) == [0, 1, 2]
     refused = JobForm(member.user, {**fields, "array": "1001"})
     assert not refused.is_valid() and "array" in refused.errors
