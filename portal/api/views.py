@@ -232,7 +232,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             host = data["host"]
             made = services.reservation_create(
                 host=host, stack=data["stack"], whole_host=data["whole_host"],
-                accelerators=_chosen(host, data.get("devices", [])), offered=data["offered"],
+                devices=data.get("devices", []), offered=data["offered"],
                 **common,
             )  # fmt: skip
         # Built from the objects in hand: the service gives the new reservation its
@@ -285,29 +285,6 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         return self._change(request, services.reservation_cancel)
-
-
-def _chosen(host: Host, devices: list[tuple[str | None, int]]) -> list[Accelerator]:
-    """The host's accelerators named by index, or by (vendor, index) where an index is two."""
-    accelerators = list(host.accelerators.all())
-    chosen = []
-    for vendor, index in devices:
-        found = [a for a in accelerators if a.index == index and vendor in (None, a.vendor)]
-        if not found:
-            name = f"{vendor} #{index}" if vendor else f"#{index}"
-            raise ValidationError({"devices": [f"{host.name} has no accelerator {name}."]})
-        if len(found) > 1:
-            vendors = ", ".join(sorted(a.vendor for a in found))
-            raise ValidationError(
-                {
-                    "devices": [
-                        f"{host.name} has two accelerators #{index} ({vendors}): give "
-                        f'{{"vendor": "{found[0].vendor}", "index": {index}}}.'
-                    ]
-                }
-            )
-        chosen.append(found[0])
-    return chosen
 
 
 @extend_schema(responses={200: dict})

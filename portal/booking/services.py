@@ -35,6 +35,8 @@ from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceW
 from portal.notifications.outbox import notify, notify_staff
 
 T = TypeVar("T")
+# Devices named as the API names them: (vendor or None, index) on one host.
+DeviceNames = Sequence[tuple[str | None, int]]
 
 RETRIES = 4
 
@@ -84,13 +86,11 @@ def check_times(policy: BookingPolicy, start: datetime, end: datetime, now: date
 
 
 def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host: bool):
-    """The devices to book, sorted by pk. Chosen ones are checked on the objects in hand (the
-    caller has just read them); the lock in the transaction checks again."""
-    if whole_host:
-        usable = list(host.accelerators.filter(retired=False).order_by("pk"))
-        if not usable:
-            raise BookingError("no_devices", f"{host.name} has no accelerator to book.")
-        return usable
+    """The chosen devices, checked on the objects in hand (the caller has just read them;
+    the lock in the transaction checks again). None where the locked read chooses them (the
+    whole host, or devices named by index: `_lock_devices`)."""
+    if whole_host or accelerators is None:
+        return None
     if not accelerators:
         raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
     ids = {a.pk for a in accelerators}
@@ -102,6 +102,53 @@ def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host:
         if acc.retired:
             raise BookingError("retired_device", f"Accelerator {acc} is retired.")
     return sorted(accelerators, key=lambda a: a.pk)
+
+
+def _pick(host: Host, found: Sequence[Accelerator], devices: DeviceNames) -> list[Accelerator]:
+    """The host's accelerators named by index, or by (vendor, index) where an index is two."""
+    chosen = []
+    for vendor, index in devices:
+        matching = [a for a in found if a.index == index and vendor in (None, a.vendor)]
+        if not matching:
+            name = f"{vendor} #{index}" if vendor else f"#{index}"
+            raise BookingError("no_device", f"{host.name} has no accelerator {name}.", "devices")
+        if len(matching) > 1:
+            vendors = ", ".join(sorted(a.vendor for a in matching))
+            raise BookingError(
+                "ambiguous_device",
+                f"{host.name} has two accelerators #{index} ({vendors}): give "
+                f'{{"vendor": "{matching[0].vendor}", "index": {index}}}.',
+                "devices",
+            )
+        chosen.append(matching[0])
+    if len({a.pk for a in chosen}) != len(chosen):
+        raise BookingError("duplicate_device", "The same accelerator is listed twice.", "devices")
+    return sorted(chosen, key=lambda a: a.pk)
+
+
+def _lock_devices(
+    host: Host, checked: list[Accelerator] | None, devices: DeviceNames | None
+) -> list[Accelerator]:
+    """The devices of a booking, locked in pk order: the one read of them where they are named
+    by index or are the whole host, a second look at devices the caller checked."""
+    mine = host.accelerators.select_for_update().order_by("pk")  # their .host is `host`
+    if checked is not None:
+        locked = list(mine.filter(pk__in=[a.pk for a in checked]))
+        if any(a.retired for a in locked):
+            raise BookingError("retired_device", "An accelerator was retired a moment ago.")
+        return locked
+    if devices is None:  # the whole host
+        locked = list(mine.filter(retired=False))
+        if not locked:
+            raise BookingError("no_devices", f"{host.name} has no accelerator to book.")
+        return locked
+    if not devices:
+        raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
+    chosen = _pick(host, list(mine.filter(index__in={i for _, i in devices})), devices)
+    for acc in chosen:
+        if acc.retired:
+            raise BookingError("retired_device", f"Accelerator {acc} is retired.", "devices")
+    return chosen
 
 
 def _week_of(start: datetime) -> datetime:
@@ -313,6 +360,7 @@ def reservation_create(
     start: datetime,
     end: datetime,
     accelerators: Sequence[Accelerator] | None = None,
+    devices: DeviceNames | None = None,
     whole_host: bool = False,
     purpose: str = "",
     ip: str | None = None,
@@ -320,7 +368,11 @@ def reservation_create(
     offered: bool | None = None,
 ) -> Reservation:
     """Book accelerators of one host for [start, end); raise BookingError (or Conflict).
-    `offered`: whether the host offers the stack, as `booking_refs` read it with them."""
+
+    The devices: `accelerators` (objects the caller read), or `devices` as (vendor or None,
+    index) pairs, which the transaction's locked read resolves (the API's path: the host's
+    accelerators are read once), or `whole_host`. `offered`: whether the host offers the
+    stack, as `booking_refs` read it with them."""
     now = now or timezone.now()
     policy = BookingPolicy.current()
     if not user.is_debian_member:
@@ -332,19 +384,20 @@ def reservation_create(
         offered = host.stacks.filter(pk=stack.pk).exists()
     if not offered:
         raise BookingError("stack_missing", f"{host.name} does not offer the stack {stack.name}.")
-    devices = _devices(host, accelerators, whole_host)
-    ids = [d.pk for d in devices]
+    checked = _devices(host, accelerators, whole_host)
+    if checked is None and devices is None and not whole_host:
+        raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
     state = (
         Reservation.State.PENDING_APPROVAL
         if host.access == Host.Access.APPROVAL
         else Reservation.State.SCHEDULED
     )
+    ids: list[int] = []  # the locked devices' pks, for the overlap's words after a refusal
 
     def work() -> Reservation:
         User.objects.select_for_update().filter(pk=user.pk).first()  # quota race (and extend)
-        locked = list(Accelerator.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
-        if any(a.retired for a in locked):  # retired while we were validating
-            raise BookingError("retired_device", "An accelerator was retired a moment ago.")
+        locked = _lock_devices(host, checked, None if whole_host else devices)
+        ids[:] = [d.pk for d in locked]
         _check_maintenance(host, start, end)
         if not _constraint_decides():
             _refuse_overlap(ids, start, end, user)
@@ -354,15 +407,13 @@ def reservation_create(
             user=user, host=host, stack=stack, whole_host=whole_host,
             purpose=purpose, start=start, end=end, state=state,
         )  # fmt: skip
-        by_pk = {d.pk: d for d in devices}
         allocations = Allocation.objects.bulk_create(
-            Allocation(accelerator=by_pk[i], reservation=reservation, start=start, end=end)
-            for i in ids
+            Allocation(accelerator=d, reservation=reservation, start=start, end=end) for d in locked
         )
         _check_quotas(policy, reservation, now)
         audit(
             user, ip, "create", reservation, host=host.name, start=start.isoformat(),
-            end=end.isoformat(), devices=sorted(d.index for d in devices), state=state,
+            end=end.isoformat(), devices=sorted(d.index for d in locked), state=state,
         )  # fmt: skip
         _hand_over(reservation, allocations)
         if state == Reservation.State.PENDING_APPROVAL:
