@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, DurationField, F, IntegerField, Subquery, Sum
 from django.utils import timezone
 
 from portal import errors, rows
@@ -197,36 +197,43 @@ def _check_week_hours(policy, user_id: int, start: datetime, wanted: timedelta) 
 
 
 def _check_quotas(policy: BookingPolicy, reservation: Reservation, now: datetime) -> None:
-    """The user's quotas, counted with `reservation` just written: one aggregate over their
-    reservations that end after the week's start (or now, if earlier) and their allocations
-    (index user, end). The database counts and sums; only two numbers come back, however
+    """The user's quotas, counted with `reservation` just written, in one statement of two
+    aggregates the database computes: their other open reservations (index user, end), and
+    the device-time of their active allocations that start in the reservation's week
+    (`_week_allocations`, bounded to the week's reservations). Two numbers come back, however
     many reservations a user with raised quotas holds."""
-    week_start = _week_of(reservation.start)
-    week_end = week_start + timedelta(days=7)
-    totals = Reservation.objects.filter(
-        user=reservation.user_id, end__gt=min(now, week_start)
-    ).aggregate(
-        open=Count(
-            "pk",
-            distinct=True,
-            filter=Q(state__in=Reservation.OPEN, end__gt=now) & ~Q(pk=reservation.pk),
-        ),
-        booked=Sum(
-            F("allocations__end") - F("allocations__start"),
-            filter=Q(
-                allocations__active=True,
-                allocations__start__gte=week_start,
-                allocations__start__lt=week_end,
-            ),
-        ),
+    user_id, week_start = reservation.user_id, _week_of(reservation.start)
+    others = Reservation.objects.filter(user=user_id, state__in=Reservation.OPEN, end__gt=now)
+    # One group (the user's), so each subquery yields one value, or none (no rows).
+    open_count = (
+        others.exclude(pk=reservation.pk)
+        .order_by()
+        .values("user")
+        .annotate(n=Count("pk"))
+        .values("n")
     )
-    if totals["open"] >= policy.max_concurrent_reservations:
+    booked = (
+        _week_allocations(user_id, week_start)
+        .order_by()
+        .values("reservation__user")
+        .annotate(total=Sum(F("end") - F("start")))
+        .values("total")
+    )
+    open_n, hours = (
+        Reservation.objects.filter(pk=reservation.pk)
+        .values_list(
+            Subquery(open_count, output_field=IntegerField()),
+            Subquery(booked, output_field=DurationField()),
+        )
+        .get()
+    )
+    if (open_n or 0) >= policy.max_concurrent_reservations:
         raise BookingError(
             "quota_concurrent",
-            f"You already have {totals['open']} upcoming or active reservations "
+            f"You already have {open_n} upcoming or active reservations "
             f"(at most {policy.max_concurrent_reservations}).",
         )
-    _refuse_week_hours(policy, week_start, totals["booked"] or timedelta())
+    _refuse_week_hours(policy, week_start, hours or timedelta())
 
 
 def _describe(blockers: Sequence[Allocation], user: User) -> str:
