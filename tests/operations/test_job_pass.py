@@ -18,7 +18,7 @@ from portal.booking.models import Allocation
 from portal.inventory.models import Host
 from portal.jobs import scheduler
 from portal.jobs.models import Job
-from portal.jobs.services import job_cancel, job_submit, job_submit_tasks
+from portal.jobs.services import job_cancel, job_submit, job_submit_tasks, write_array_tasks
 from portal.operations import services
 from provisioning.client import DeviceRef
 from tests.factories import (
@@ -110,11 +110,13 @@ def test_it_starts_a_placed_job_as_its_projects_account_on_its_devices(host, age
 
 
 def test_it_tells_each_task_of_an_array_its_array_and_index(host, agent, member):
-    first, second = job_submit_tasks(
+    (first,) = job_submit_tasks(
         project=member.project, submitter=member.user, name="sweep", script="true\n",
         stack=host.stacks.get(name="cuda-12"), walltime=timedelta(hours=1), code_licence="MIT",
         data_licence="CC0-1.0", model_freedom="free", array=2,
     )  # fmt: skip
+    assert write_array_tasks() == 1  # the schedule task's first step: the array's other task
+    second = Job.objects.get(array=first, array_index=1)
     assert {first.pk, second.pk} <= set(scheduler.schedule().placed)
 
     reconcile(host)
