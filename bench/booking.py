@@ -590,16 +590,24 @@ def database_urls(script: str, bench_db: str) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="10x less data: a smoke run")
-    parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    parser.add_argument(
+        "--database",
+        default=BENCH_DB,
+        metavar="NAME",
+        help=f"the throwaway database, dropped and recreated (default {BENCH_DB})",
+    )
     parser.add_argument("--repeat", type=int, default=20, help="availability runs per need")
     parser.add_argument("--budget", type=float, default=30, help="seconds per need (min 3 runs)")
     parser.add_argument(
         "--search-only", action="store_true", help="the availability search alone, no API phase"
     )
     args = parser.parse_args()
-    admin_url, bench_url = database_urls("booking.py", BENCH_DB)
+    if not args.database.isidentifier():
+        parser.error(f"--database {args.database!r}: a plain name (letters, digits, _)")
+    admin_url, bench_url = database_urls("booking.py", args.database)
     scale = 10 if args.quick else 1
-    create_database(admin_url)
+    create_database(admin_url, name=args.database)
     try:
         with tempfile.TemporaryDirectory(prefix="porterbox-bench-") as var_dir:
             run(args, scale, bench_url, var_dir)
@@ -611,7 +619,7 @@ def main() -> None:
 
             connections.close_all()
         if not args.keep:
-            create_database(admin_url, drop_only=True)
+            create_database(admin_url, drop_only=True, name=args.database)
 
 
 def run(args, scale: int, bench_url: str, var_dir: str) -> None:
