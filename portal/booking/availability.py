@@ -10,13 +10,21 @@ window, the hosts found; never a query per candidate start. It looks a day ahead
 from there to a week, then on to as far as asked (each window read once, for the hosts not found
 yet), and stops as soon as enough hosts fit; a few devices (the ROCm hosts of a fleet) are read
 over the whole horizon at once, as their round trips cost more than their rows.
+
+On PostgreSQL the reads are hand-written statements, and the devices, their maintenance windows
+and the first window's allocations are one (`_read_at_once`): a search of a few devices is then
+that statement and the hosts' read, where the ORM's work of building three queries cost more
+than PostgreSQL's of answering them (bench/README.md). Other databases (SQLite, the tests') take
+the same reads through the ORM.
 """
 
 import heapq
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from django.db import connection
 from django.db.models import (
     Case,
     DateTimeField,
@@ -32,6 +40,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Lag, Lead
 
+from portal import rows
 from portal.booking.models import Allocation
 from portal.inventory.hwspec import VENDORS_FOR_KIND, Hwspec
 from portal.inventory.models import Accelerator, DriverStack, Host, MaintenanceWindow
@@ -167,6 +176,74 @@ def _devices(
     """The need's devices (accelerator pk -> host pk) and their hosts' maintenance windows that
     overlap [earliest, until) (host pk -> windows), from one query: the windows are a LEFT JOIN,
     one row per device and window."""
+    if connection.vendor == "postgresql":
+        matching, params = _matching_sql(need)
+        params |= {"earliest": earliest, "until": until}
+        read: Iterable[tuple] = _raw(DEVICES_SQL.format(matching=matching), params)
+    else:
+        read = _devices_orm(need, earliest, until)
+    devices: dict[int, int] = {}
+    windows: dict[int, set[tuple[datetime, datetime]]] = {}
+    for pk, host_id, start, end in read:
+        devices[pk] = host_id
+        if start is not None:
+            windows.setdefault(host_id, set()).add((start, end))
+    return devices, {host_id: sorted(found) for host_id, found in windows.items()}
+
+
+def _raw(sql: str, params: dict) -> list[tuple]:
+    """Rows of a hand-written statement (PostgreSQL): no queryset to build, no model to make."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _matching_sql(need: Need) -> tuple[str, dict]:
+    """`matching_accelerators(need)` by hand for PostgreSQL, as (id, host_id) rows: the same
+    conditions (tests/booking/test_availability_sql.py holds them to it), and its text made
+    from them alone (no input in it; the values are parameters)."""
+    where = ["NOT a.retired", "h.state = %(active)s"]
+    params: dict = {"active": Host.State.ACTIVE}
+    if need.min_memory_mib:
+        where.append("a.memory_mib >= %(memory)s")
+        params["memory"] = need.min_memory_mib
+    spec = need.hwspec
+    if spec and spec.kind != "cpu":
+        where.append("a.vendor = ANY(%(vendors)s)")
+        params["vendors"] = list(VENDORS_FOR_KIND[spec.kind])
+        if spec.qualifier:
+            where.append("a.arch = %(qualifier)s")
+            params["qualifier"] = spec.qualifier
+        if spec.arch:
+            where.append("h.architecture = %(arch)s")
+            params["arch"] = spec.arch
+    if need.stack is not None:
+        where.append("a.vendor = ANY(%(stack_vendors)s)")
+        where.append(
+            "a.host_id IN (SELECT s.host_id FROM inventory_host_stacks s"
+            " WHERE s.driverstack_id = %(stack)s)"
+        )
+        params["stack_vendors"] = sorted(
+            {v for kind in need.stack.hwspecs for v in VENDORS_FOR_KIND.get(kind, ())}
+        )
+        params["stack"] = need.stack.pk
+    sql = (
+        "SELECT a.id, a.host_id FROM inventory_accelerator a"  # noqa: S608
+        f" JOIN inventory_host h ON h.id = a.host_id WHERE {' AND '.join(where)}"
+    )
+    return sql, params
+
+
+# `_devices`' statement on PostgreSQL: the matching devices (`_matching_sql`), each with its
+# host's maintenance windows that overlap [earliest, until).
+DEVICES_SQL = """
+SELECT d.id, d.host_id, m.start, m."end" FROM ({matching}) AS d
+LEFT JOIN inventory_maintenancewindow m ON m.host_id = d.host_id
+  AND m.start < %(until)s AND m."end" > %(earliest)s
+"""
+
+
+def _devices_orm(need: Need, earliest: datetime, until: datetime) -> QuerySet:
     downtime = FilteredRelation(
         "host__maintenance_windows",
         condition=Q(
@@ -174,19 +251,12 @@ def _devices(
             host__maintenance_windows__end__gt=earliest,
         ),
     )
-    rows = (
+    return (
         matching_accelerators(need)
         .annotate(downtime=downtime)
         .order_by()
         .values_list("pk", "host", "downtime__start", "downtime__end")
     )
-    devices: dict[int, int] = {}
-    windows: dict[int, set[tuple[datetime, datetime]]] = {}
-    for pk, host_id, start, end in rows:
-        devices[pk] = host_id
-        if start is not None:
-            windows.setdefault(host_id, set()).add((start, end))
-    return devices, {host_id: sorted(found) for host_id, found in windows.items()}
 
 
 def _gaps(
@@ -199,20 +269,71 @@ def _gaps(
     """Host -> device (of `devices`, pk -> host, the need's devices on some hosts) -> its free
     gaps of at least `duration` that may hold a start in [earliest, horizon), from one range
     scan: each allocation in [earliest, horizon + reach) (reach: the longest duration to be
-    asked of the result) with the end of the one before it and the start of the one after it
-    on the same device (LAG and LEAD), of which only those next to a long enough gap come back.
+    asked of the result) with the start of the one after it on the same device (LEAD), and the
+    start of each device's first one, of which only those next to a long enough gap come back.
     The devices are named by their keys and the allocations taken in order of their ends (a
     device's active allocations never overlap, so that is the order of their starts too):
     PostgreSQL then reads the (device, end) index in its order, each device's from the first
     allocation that ends after `earliest`, its history skipped and nothing sorted."""
+    if not devices:
+        return {}
+    if connection.vendor == "postgresql":
+        params = {
+            "devices": list(devices),
+            "since": earliest,
+            "stop": horizon + reach,
+            "duration": duration,
+        }
+        held: Iterable[tuple] = _raw(GAPS_SQL, params)
+    else:
+        held = _gaps_orm(devices, earliest, horizon, duration, reach)
+    return _gap_lists(devices, earliest, duration, held)
+
+
+def _gap_lists(
+    devices: dict[int, int], earliest: datetime, duration: timedelta, held: Iterable[tuple]
+) -> dict[int, dict[int, list[tuple[datetime, datetime | None]]]]:
+    """`_gaps`' answer from its rows (device, its first allocation's start or None, end, the
+    next allocation's start or None)."""
     found: dict[int, dict[int, list[tuple[datetime, datetime | None]]]] = {}
     by_device = {}
     for pk, host_id in devices.items():
         by_device[pk] = found.setdefault(host_id, {}).setdefault(pk, [])
-    if not devices:
-        return found
+    busy = set()
+    for pk, first, end, after in held:
+        busy.add(pk)
+        gaps = by_device[pk]
+        if first is not None:  # the device's first allocation in the window
+            gaps.append((earliest, first))
+        if after is None or after >= end + duration:
+            gaps.append((end, after))
+    for pk, gaps in by_device.items():
+        if pk not in busy:
+            gaps.append((earliest, None))
+    return found
+
+
+# `_gaps`' query by hand for PostgreSQL: a device's first allocation is its first row (numbering
+# the rows costs PostgreSQL less than LAG of the end, which the ORM's form takes).
+GAPS_SQL = """
+SELECT accelerator_id, CASE WHEN n = 1 THEN start END, "end", after FROM (
+  SELECT accelerator_id, start, "end", row_number() OVER w AS n, lead(start) OVER w AS after
+  FROM booking_allocation
+  WHERE active AND accelerator_id = ANY(%(devices)s) AND start < %(stop)s AND "end" > %(since)s
+  WINDOW w AS (PARTITION BY accelerator_id ORDER BY "end")) AS held
+WHERE n = 1 OR after IS NULL OR after >= "end" + %(duration)s
+"""
+
+
+def _gaps_orm(
+    devices: dict[int, int],
+    earliest: datetime,
+    horizon: datetime,
+    duration: timedelta,
+    reach: timedelta,
+) -> QuerySet:
     device, in_time = F("accelerator"), F("end").asc()
-    held = (
+    return (
         Allocation.objects.filter(
             active=True,
             accelerator__in=list(devices),
@@ -233,18 +354,6 @@ def _gaps(
         .order_by()
         .values_list("accelerator", "first", "end", "after")
     )
-    busy = set()
-    for pk, first, end, after in held:
-        busy.add(pk)
-        gaps = by_device[pk]
-        if first is not None:  # the device's first allocation in the window
-            gaps.append((earliest, first))
-        if after is None or after >= end + duration:
-            gaps.append((end, after))
-    for pk, gaps in by_device.items():
-        if pk not in busy:
-            gaps.append((earliest, None))
-    return found
 
 
 def _vetoes(
@@ -383,12 +492,25 @@ def _windows(
     (WINDOWS), then as far as asked, each beginning where the last ended. The day is skipped
     where it would read a large share of the horizon anyway (SHARE), and any narrower look where
     the next one costs little more (a few devices, SMALL)."""
-    stops = sorted({min(horizon, earliest + window) for window in WINDOWS} | {horizon})
-    if len(stops) > 1 and stops[0] - earliest + reach > SHARE * (horizon - earliest + reach):
-        stops.pop(0)
+    stops = _stops(earliest, horizon, reach)
     while len(stops) > 1 and devices * (stops[1] - earliest) / timedelta(days=1) <= SMALL:
         stops.pop(0)
     return list(zip([earliest, *stops], stops, strict=False))
+
+
+def _stops(earliest: datetime, horizon: datetime, reach: timedelta) -> list[datetime]:
+    """The ends of `_windows` before the few devices' skips."""
+    stops = sorted({min(horizon, earliest + window) for window in WINDOWS} | {horizon})
+    if len(stops) > 1 and stops[0] - earliest + reach > SHARE * (horizon - earliest + reach):
+        stops.pop(0)
+    return stops
+
+
+def _skip_limits(earliest: datetime, stops: list[datetime]) -> list[int]:
+    """For each stop after the first, the most devices for which `_windows` skips the stop
+    before it: n devices skip while n * (stop - earliest) / day <= SMALL, i.e. (times in
+    whole microseconds) n <= SMALL * day // (stop - earliest)."""
+    return [SMALL * timedelta(days=1) // (stop - earliest) for stop in stops[1:]]
 
 
 def availability(
@@ -405,22 +527,101 @@ def availability(
     `earliest` must be on the booking grid; every slot starts on it, before the horizon.
     """
     horizon = earliest + timedelta(days=days)
-    devices, windows = _devices(need, earliest, horizon + duration)
-    devices = _on_hosts_with(devices, need.count)
+    if connection.vendor == "postgresql":
+        devices, windows, read = _read_at_once(need, earliest, horizon, duration)
+    else:
+        devices, windows = _devices(need, earliest, horizon + duration)
+        devices, read = _on_hosts_with(devices, need.count), None
     first: dict[int, tuple[datetime, int]] = {}
     for since, stop in _windows(earliest, horizon, duration, len(devices)):
         # A host found in a narrower window has its first slot there: only the others go on.
         left = {pk: host for pk, host in devices.items() if host not in first}
-        gaps = _gaps(left, since, stop, duration, duration)
+        if read is not None and (since, stop) == (earliest, read[0]):
+            gaps = _gap_lists(left, since, duration, read[1])
+        else:
+            gaps = _gaps(left, since, stop, duration, duration)
         first |= _Calendar(since, stop, gaps, windows).first_starts(need.count, duration, step)
         if len(first) >= limit:
             break
-    hosts = Host.objects.in_bulk(list(first)) if first else {}
+    hosts = _hosts(list(first))
     ordered = sorted(first.items(), key=lambda item: (item[1][0], hosts[item[0]].name))
     return [
         Slot(hosts[host_id], start, start + duration, free)
         for host_id, (start, free) in ordered[:limit]
     ]
+
+
+def _hosts(pks: list[int]) -> dict[int, Host]:
+    """The hosts of these keys by key, from one hand-written query (no queryset to build)."""
+    if not pks:
+        return {}
+    marks = ", ".join(["%s"] * len(pks))
+    columns = rows.columns(Host, "h")
+    sql = f"SELECT {columns} FROM {rows.table(Host)} h WHERE h.id IN ({marks})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, pks)
+        found = [rows.instance(Host, row) for row in cursor.fetchall()]
+    return {host.pk: host for host in found if host is not None}
+
+
+def _read_at_once(
+    need: Need, earliest: datetime, horizon: datetime, duration: timedelta
+) -> tuple[dict[int, int], dict[int, list[tuple[datetime, datetime]]], tuple[datetime, list]]:
+    """`availability`'s first reads in one statement (PostgreSQL): the need's devices on hosts
+    with enough of them (`_on_hosts_with`), their hosts' maintenance windows (`_devices`), and
+    `_gaps`' rows for the first of `_windows`, which the statement picks from the devices'
+    count as `_windows` does (`_skip_limits`). Returns the devices, the windows, and the stop
+    of the window read with its rows."""
+    matching, params = _matching_sql(need)
+    stops = _stops(earliest, horizon, duration)
+    params |= {
+        "earliest": earliest,
+        "until": horizon + duration,
+        "count": need.count,
+        "stops": stops,
+        "limits": _skip_limits(earliest, stops),
+        "duration": duration,
+    }
+    devices: dict[int, int] = {}
+    windows: dict[int, set[tuple[datetime, datetime]]] = {}
+    held = []
+    read_until = stops[0]
+    for pk, host_id, start, end, last in _raw(AT_ONCE_SQL.format(matching=matching), params):
+        if host_id is None:  # an allocation's row: last is the start of the next one
+            held.append((pk, start, end, last))
+            continue
+        devices[pk], read_until = host_id, last
+        if start is not None:
+            windows.setdefault(host_id, set()).add((start, end))
+    found = {host_id: sorted(each) for host_id, each in windows.items()}
+    return devices, found, (read_until, held)
+
+
+# `_read_at_once`'s statement: the devices (the matching ones on hosts with `count` of them),
+# the stop of the first window (the `stops` it does not skip: one more than the `limits` the
+# device count is within), the devices' rows with their hosts' maintenance windows and that
+# stop, then `GAPS_SQL`'s rows for the window (their host NULL).
+AT_ONCE_SQL = """
+WITH matching AS MATERIALIZED ({matching}),
+kept AS MATERIALIZED (
+  SELECT id, host_id FROM (
+    SELECT id, host_id, count(*) OVER (PARTITION BY host_id) AS n FROM matching) AS counted
+  WHERE n >= %(count)s),
+stop AS MATERIALIZED (
+  SELECT (%(stops)s::timestamptz[])[1 + count(*)] AS at FROM unnest(%(limits)s::bigint[]) AS l
+  WHERE (SELECT count(*) FROM kept) <= l)
+SELECT kept.id, kept.host_id, m.start, m."end", (SELECT at FROM stop)
+FROM kept LEFT JOIN inventory_maintenancewindow m ON m.host_id = kept.host_id
+  AND m.start < %(until)s AND m."end" > %(earliest)s
+UNION ALL
+SELECT accelerator_id, NULL, CASE WHEN n = 1 THEN start END, "end", after FROM (
+  SELECT accelerator_id, start, "end", row_number() OVER w AS n, lead(start) OVER w AS after
+  FROM booking_allocation
+  WHERE active AND accelerator_id = ANY(ARRAY(SELECT id FROM kept))
+    AND start < (SELECT at FROM stop) + %(duration)s AND "end" > %(earliest)s
+  WINDOW w AS (PARTITION BY accelerator_id ORDER BY "end")) AS held
+WHERE n = 1 OR after IS NULL OR after >= "end" + %(duration)s
+"""
 
 
 def _on_hosts_with(devices: dict[int, int], count: int) -> dict[int, int]:
