@@ -6,6 +6,7 @@ job is refused at submission with a clear message rather than failing on a host 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -306,13 +307,33 @@ SUBMITTED = (
 )  # fmt: skip
 
 
-def write_array_tasks() -> int:
-    """Write the pending tasks of every array (the scheduler pass's first step, as Slurm splits
-    an array's tasks off its one record): how many were written. Two statements whatever the
-    number of arrays and tasks, in one transaction. The claim (UPDATE ... WHERE array_pending >
-    0) takes each array once: a second writer at the same time waits for the first's row lock,
-    then finds nothing pending; a cancel of the whole array sets array_pending to 0 under the
-    same lock (`_cancel_array`), so a cancelled array's tasks are never written."""
+# Arrays whose tasks one transaction of the writer takes: at most ~20,000 rows (about a second
+# on a small machine), so a pass is never one unbounded statement.
+ARRAYS_PER_BATCH = 20
+
+
+def write_array_tasks(*, seconds: float | None = None) -> int:
+    """Write the pending tasks of the arrays (the scheduler pass's first step, as Slurm splits
+    an array's tasks off its one record), oldest array first: how many were written. Batches
+    of ARRAYS_PER_BATCH arrays, each one transaction of two statements whatever its number of
+    tasks, until none is pending or `seconds` have passed (then the next pass goes on).
+
+    The claim (UPDATE ... SET array_pending = 0 WHERE array_pending > 0) takes each array once:
+    a second writer at the same time waits for the first's row locks, then finds nothing
+    pending there; a cancel of the whole array sets array_pending to 0 under the same lock
+    (`_cancel_array`), so a cancelled array's tasks are never written."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    written = 0
+    while True:
+        tasks, arrays = _write_array_batch()
+        written += tasks
+        if arrays < ARRAYS_PER_BATCH or (deadline is not None and time.monotonic() > deadline):
+            return written
+
+
+def _write_array_batch() -> tuple[int, int]:
+    """The tasks of at most ARRAYS_PER_BATCH pending arrays, claimed and written in one
+    transaction: (tasks written, arrays claimed)."""
     quote = connection.ops.quote_name
     table = quote(Job._meta.db_table)
     pending, size, index = (quote(c) for c in ("array_pending", "array_size", "array_index"))
@@ -321,13 +342,16 @@ def write_array_tasks() -> int:
     defaults = [f for f in fields if f.name not in (*SUBMITTED, "id", "array_index")]
     values = [f.get_db_prep_save(f.get_default(), connection) for f in defaults]
     with transaction.atomic(), connection.cursor() as cursor:
-        # Names from the model, values as parameters.
+        # Names from the model, values as parameters. The outer condition is checked again on
+        # a row another writer (or a cancel) held: what it claimed is skipped here.
         cursor.execute(
-            f"UPDATE {table} SET {pending} = 0 WHERE {pending} > 0 RETURNING id",  # noqa: S608
+            f"UPDATE {table} SET {pending} = 0 WHERE {pending} > 0 AND id IN ("  # noqa: S608
+            f"SELECT id FROM {table} WHERE {pending} > 0 ORDER BY id LIMIT %s) RETURNING id",
+            [ARRAYS_PER_BATCH],
         )
         claimed = [row[0] for row in cursor.fetchall()]
         if not claimed:
-            return 0
+            return 0, 0
         # Each array's tasks from the first not written (the written ones are 0..k-1) to N-1.
         marks = ", ".join(["%s"] * len(claimed))
         columns = ", ".join([*copied, *(quote(f.column) for f in defaults), index])
@@ -344,7 +368,7 @@ def write_array_tasks() -> int:
             " ORDER BY g.head, g.i"  # the ids in the tasks' order, as a list by id shows them
         )
         cursor.execute(sql, [*claimed, *values])
-        return cursor.rowcount
+        return cursor.rowcount, len(claimed)
 
 
 def _copy_tasks(first: Job, array: int) -> list[Job]:

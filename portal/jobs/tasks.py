@@ -10,6 +10,10 @@ from portal.jobs import estimates, scheduler, services
 
 log = logging.getLogger(__name__)
 
+# How long a pass writes arrays' tasks at most (in batches, each committed), of its 60 s: more
+# than ~100,000 tasks pending at once are written over the next passes.
+ARRAY_WRITE_SECONDS = 20
+
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
 def schedule(**_kwargs) -> int:
@@ -19,7 +23,7 @@ def schedule(**_kwargs) -> int:
     First the arrays' pending tasks are written, so the pass places them (Slurm splits an
     array's tasks off its one record as it schedules them)."""
     started = time.perf_counter()
-    written = services.write_array_tasks()
+    written = services.write_array_tasks(seconds=ARRAY_WRITE_SECONDS)
     if written:
         log.info(
             "wrote %d tasks of job arrays in %.1f ms", written,

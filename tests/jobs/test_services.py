@@ -284,6 +284,22 @@ def test_one_pass_writes_every_pending_array(member, stack):
     assert Job.objects.count() == 2 + 3 + 1 + 1 and plain.array_id is None
 
 
+def test_the_writer_goes_in_batches_oldest_array_first_and_stops_at_its_time(
+    member, stack, monkeypatch
+):
+    monkeypatch.setattr(services, "ARRAYS_PER_BATCH", 2)
+    arrays = [submit(member, stack, array=3) for _ in range(5)]
+
+    assert services.write_array_tasks(seconds=0) == 2 * 2  # one batch: the two oldest
+    pending = dict(
+        Job.objects.filter(pk__in=[a.pk for a in arrays]).values_list("pk", "array_pending")
+    )
+    assert [pending[a.pk] for a in arrays] == [0, 0, 2, 2, 2]
+
+    assert services.write_array_tasks() == 3 * 2  # the next pass: every batch left
+    assert Job.objects.count() == 5 * 3
+
+
 def test_a_failed_write_leaves_the_tasks_pending(member, stack):
     first = submit(member, stack, array=3)
 
