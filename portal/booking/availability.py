@@ -587,20 +587,22 @@ def _read_at_once(
     held = []
     read_until = stops[0]
     for pk, host_id, start, end, last in _raw(AT_ONCE_SQL.format(matching=matching), params):
-        if host_id is None:  # an allocation's row: last is the start of the next one
+        if pk is None:  # the window's row: last is its stop
+            read_until = last
+        elif host_id is None:  # an allocation's row: last is the start of the next one
             held.append((pk, start, end, last))
-            continue
-        devices[pk], read_until = host_id, last
-        if start is not None:
-            windows.setdefault(host_id, set()).add((start, end))
+        else:  # a device's row, with one of its host's maintenance windows or none
+            devices[pk] = host_id
+            if start is not None:
+                windows.setdefault(host_id, set()).add((start, end))
     found = {host_id: sorted(each) for host_id, each in windows.items()}
     return devices, found, (read_until, held)
 
 
 # `_read_at_once`'s statement: the devices (the matching ones on hosts with `count` of them),
 # the stop of the first window (the `stops` it does not skip: one more than the `limits` the
-# device count is within), the devices' rows with their hosts' maintenance windows and that
-# stop, then `GAPS_SQL`'s rows for the window (their host NULL).
+# device count is within) in a row of its own (no device), the devices' rows with their hosts'
+# maintenance windows, then `GAPS_SQL`'s rows for the window (their host NULL).
 AT_ONCE_SQL = """
 WITH matching AS MATERIALIZED ({matching}),
 kept AS MATERIALIZED (
@@ -610,7 +612,9 @@ kept AS MATERIALIZED (
 stop AS MATERIALIZED (
   SELECT (%(stops)s::timestamptz[])[1 + count(*)] AS at FROM unnest(%(limits)s::bigint[]) AS l
   WHERE (SELECT count(*) FROM kept) <= l)
-SELECT kept.id, kept.host_id, m.start, m."end", (SELECT at FROM stop)
+SELECT NULL, NULL, NULL, NULL, at FROM stop
+UNION ALL
+SELECT kept.id, kept.host_id, m.start, m."end", NULL
 FROM kept LEFT JOIN inventory_maintenancewindow m ON m.host_id = kept.host_id
   AND m.start < %(until)s AND m."end" > %(earliest)s
 UNION ALL
