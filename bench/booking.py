@@ -602,7 +602,12 @@ def main() -> None:
     parser.add_argument(
         "--search-only", action="store_true", help="the availability search alone, no API phase"
     )
+    parser.add_argument(
+        "--api-only", action="store_true", help="the booking API and its floor, no search phase"
+    )
     args = parser.parse_args()
+    if args.search_only and args.api_only:
+        parser.error("--search-only and --api-only exclude each other")
     if not args.database.isidentifier():
         parser.error(f"--database {args.database!r}: a plain name (letters, digits, _)")
     admin_url, bench_url = database_urls("booking.py", args.database)
@@ -644,8 +649,10 @@ def run(args, scale: int, bench_url: str, var_dir: str) -> None:
         f" {loaded:.1f} s with VACUUM ANALYZE"
     )
     table_sizes()
-    print("Availability search, in-process (slots: at most 10):")
-    search = measure_availability(args.repeat, args.budget)
+    search = {}
+    if not args.api_only:
+        print("Availability search, in-process (slots: at most 10):")
+        search = measure_availability(args.repeat, args.budget)
     if args.search_only:
         return
     BookingPolicy.current()  # quotas out of the way: this measures the booking path
