@@ -78,9 +78,11 @@ def test_a_booking_is_mirrored_extended_and_removed_and_slurm_jobs_run_around_it
     assert slurm_reservations(slurm_cluster)[name] == (start, start + 2 * MINUTE)
     assert mirror_cluster(cluster.pk).updated == []  # the same: nothing to do
 
-    # A one-minute job submitted now would overlap the booking; Slurm starts it after it.
+    # A three-minute job submitted now overlaps the booking (it starts at most 90 s from
+    # now), so Slurm starts it after it. (A one-minute job fitted before a booking more than a
+    # minute ahead, and Slurm rightly started it at once.)
     submitted = slurm_cluster.run(
-        "sbatch", "--parsable", "--partition=gpu", "--time=1", "--job-name=around-booking",
+        "sbatch", "--parsable", "--partition=gpu", "--time=3", "--job-name=around-booking",
         "--output=/dev/null", "--wrap=true",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
