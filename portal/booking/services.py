@@ -904,7 +904,7 @@ def _insert_allocations(owner_field: str, holds: Sequence[Hold]) -> None:
             arrays = [list(values) for values in zip(*rows, strict=True)]
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT * FROM unnest("  # noqa: S608 (names from the model, values as parameters)
-                "%s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[], "
+                "%s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], "
                 "%s::boolean[])",
                 arrays,
             )

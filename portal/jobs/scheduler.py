@@ -401,7 +401,7 @@ def claim(placements: Sequence[tuple[int, int]]) -> set[int]:
             ids, hosts = (list(values) for values in zip(*placements, strict=True))
             cursor.execute(
                 f"UPDATE {table} SET state = %s, host_id = v.host, {cleared} "  # noqa: S608
-                "FROM unnest(%s::integer[], %s::integer[]) AS v(id, host) "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, host) "
                 f"WHERE {table}.id = v.id AND {table}.state IN %s RETURNING {table}.id",
                 [str(Job.State.SCHEDULED), ids, hosts, waiting],
             )
@@ -495,7 +495,7 @@ def write_waiting(columns: Sequence[tuple[str, str]], rows: Sequence[tuple]) -> 
     names = [name for name, _ in columns]
     if connection.vendor == "postgresql":
         arrays = [list(values) for values in zip(*rows, strict=True)]
-        kinds = ", ".join(f"%s::{kind}[]" for kind in ("integer", *(k for _, k in columns)))
+        kinds = ", ".join(f"%s::{kind}[]" for kind in ("bigint", *(k for _, k in columns)))
         waiting = tuple(str(state) for state in Job.WAITING)
         with connection.cursor() as cursor:
             cursor.execute(

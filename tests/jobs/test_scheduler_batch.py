@@ -200,3 +200,27 @@ def test_a_booking_made_after_the_plan_is_seen_by_the_check_on_any_database(stac
     assert third.state == "queued" and "booked meanwhile" in third.wait_reason
     assert held(third) == set()
     assert_no_device_held_twice()
+
+
+@pytest.mark.postgres
+def test_a_pass_places_and_queues_jobs_whose_ids_pass_32_bits(stack):
+    """Ids are 64-bit (BigAutoField): the batch's arrays must be too, or a portal whose jobs or
+    devices passed 2^31 could place nothing."""
+    big = 2**31 + 10
+    host = HostFactory(name="gpu1", id=big)
+    host.stacks.add(stack)
+    AcceleratorFactory(host=host, index=0, id=big + 1)
+    project = PartnerProjectFactory(max_concurrent_devices=8)
+    placed, waiting = (
+        JobFactory(project=project, stack=stack, count=1, walltime=2 * H, id=big + 2 + i,
+                   queued_at=NOW - H + i * timedelta(seconds=1))
+        for i in range(2)
+    )  # fmt: skip
+
+    result = scheduler.schedule(NOW)
+
+    assert set(result.placed) == {placed.pk}
+    placed.refresh_from_db()
+    waiting.refresh_from_db()
+    assert placed.state == "scheduled" and held(placed) == {big + 1}
+    assert waiting.queue_position == 1 and waiting.wait_reason
