@@ -37,6 +37,7 @@ from portal.notifications.outbox import notify, notify_staff
 T = TypeVar("T")
 # Devices named as the API names them: (vendor or None, index) on one host.
 DeviceNames = Sequence[tuple[str | None, int]]
+NO_DEVICES = "Choose at least one accelerator, or the whole host."
 
 RETRIES = 4
 
@@ -92,7 +93,7 @@ def _devices(host: Host, accelerators: Sequence[Accelerator] | None, whole_host:
     if whole_host or accelerators is None:
         return None
     if not accelerators:
-        raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
+        raise BookingError("no_devices", NO_DEVICES)
     ids = {a.pk for a in accelerators}
     if len(ids) != len(accelerators):
         raise BookingError("duplicate_device", "The same accelerator is listed twice.")
@@ -127,7 +128,7 @@ def _pick(host: Host, found: Sequence[Accelerator], devices: DeviceNames) -> lis
 
 
 def _lock_devices(
-    host: Host, checked: list[Accelerator] | None, devices: DeviceNames | None
+    host: Host, *, checked: list[Accelerator] | None, devices: DeviceNames | None, whole_host: bool
 ) -> list[Accelerator]:
     """The devices of a booking, locked in pk order: the one read of them where they are named
     by index or are the whole host, a second look at devices the caller checked."""
@@ -137,13 +138,13 @@ def _lock_devices(
         if any(a.retired for a in locked):
             raise BookingError("retired_device", "An accelerator was retired a moment ago.")
         return locked
-    if devices is None:  # the whole host
+    if whole_host:
         locked = list(mine.filter(retired=False))
         if not locked:
             raise BookingError("no_devices", f"{host.name} has no accelerator to book.")
         return locked
     if not devices:
-        raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
+        raise BookingError("no_devices", NO_DEVICES)
     chosen = _pick(host, list(mine.filter(index__in={i for _, i in devices})), devices)
     for acc in chosen:
         if acc.retired:
@@ -392,8 +393,6 @@ def reservation_create(
     if not offered:
         raise BookingError("stack_missing", f"{host.name} does not offer the stack {stack.name}.")
     checked = _devices(host, accelerators, whole_host)
-    if checked is None and devices is None and not whole_host:
-        raise BookingError("no_devices", "Choose at least one accelerator, or the whole host.")
     state = (
         Reservation.State.PENDING_APPROVAL
         if host.access == Host.Access.APPROVAL
@@ -403,7 +402,7 @@ def reservation_create(
 
     def work() -> Reservation:
         User.objects.select_for_update().filter(pk=user.pk).first()  # quota race (and extend)
-        locked = _lock_devices(host, checked, None if whole_host else devices)
+        locked = _lock_devices(host, checked=checked, devices=devices, whole_host=whole_host)
         ids[:] = [d.pk for d in locked]
         _check_maintenance(host, start, end)
         if not _constraint_decides():
