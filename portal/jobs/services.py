@@ -7,7 +7,7 @@ job is refused at submission with a clear message rather than failing on a host 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
-from django.db.models.base import ModelState
 from django.urls import reverse
 from django.utils import timezone
 
@@ -283,17 +282,22 @@ def job_submit_tasks(
         # whatever N: the row, then its pointer to itself, which its id is needed for).
         first = Job.objects.create(
             **common, input_archive=input_archive, array_index=0, array_size=array,
-            array_pending=array - 1 if bind is None else 0,
+            array_pending=array - 1,
         )  # fmt: skip
         first.array = first
         first.save(update_fields=["array"])
         if bind is None:
             return [first]
-        # Bound to a cluster: the other tasks are copies of the first row made by the
-        # database, one statement (one archive file for all: the first stored it).
-        rest = _copy_tasks(first, array) if array > 1 else []
-        bind([first, *rest])
-    return [first, *rest]
+        # Bound to a cluster: the binding needs every task, so the pass's writer writes them
+        # now, in this transaction (one archive file for all: the first stored it).
+        _write_array_batch(only=[first.pk])
+        first.array_pending = 0
+        jobs = [
+            first,
+            *Job.objects.filter(array=first).exclude(pk=first.pk).order_by("array_index"),
+        ]
+        bind(jobs)
+    return jobs
 
 
 # What a task of an array takes from its first row when the pass writes it: what was submitted.
@@ -331,9 +335,9 @@ def write_array_tasks(*, seconds: float | None = None) -> int:
             return written
 
 
-def _write_array_batch() -> tuple[int, int]:
-    """The tasks of at most ARRAYS_PER_BATCH pending arrays, claimed and written in one
-    transaction: (tasks written, arrays claimed)."""
+def _write_array_batch(only: Sequence[int] = ()) -> tuple[int, int]:
+    """The tasks of at most ARRAYS_PER_BATCH pending arrays (or of the arrays `only` names),
+    claimed and written in one transaction: (tasks written, arrays claimed)."""
     quote = connection.ops.quote_name
     table = quote(Job._meta.db_table)
     pending, size, index = (quote(c) for c in ("array_pending", "array_size", "array_index"))
@@ -344,10 +348,15 @@ def _write_array_batch() -> tuple[int, int]:
     with transaction.atomic(), connection.cursor() as cursor:
         # Names from the model, values as parameters. The outer condition is checked again on
         # a row another writer (or a cancel) held: what it claimed is skipped here.
+        if only:
+            which, params = ", ".join(["%s"] * len(only)), list(only)
+        else:
+            which = f"SELECT id FROM {table} WHERE {pending} > 0 ORDER BY id LIMIT %s"  # noqa: S608
+            params = [ARRAYS_PER_BATCH]
         cursor.execute(
-            f"UPDATE {table} SET {pending} = 0 WHERE {pending} > 0 AND id IN ("  # noqa: S608
-            f"SELECT id FROM {table} WHERE {pending} > 0 ORDER BY id LIMIT %s) RETURNING id",
-            [ARRAYS_PER_BATCH],
+            f"UPDATE {table} SET {pending} = 0 WHERE {pending} > 0 AND id IN ({which}) "  # noqa: S608
+            "RETURNING id",
+            params,
         )
         claimed = [row[0] for row in cursor.fetchall()]
         if not claimed:
@@ -369,42 +378,6 @@ def _write_array_batch() -> tuple[int, int]:
         )
         cursor.execute(sql, [*claimed, *values])
         return cursor.rowcount, len(claimed)
-
-
-def _copy_tasks(first: Job, array: int) -> list[Job]:
-    """Tasks 1..array-1 of `first`'s array, copied from its row by one INSERT ... SELECT: a
-    thousand rows cost about one, where building and sending them costs a hundred times
-    that. Returned as copies of `first` with their own pk and index, as a read would give."""
-    quote = connection.ops.quote_name
-    table = quote(Job._meta.db_table)
-    copied = [
-        quote(f.column) for f in Job._meta.concrete_fields if f.name not in ("id", "array_index")
-    ]
-    columns = ", ".join(copied)
-    # Names from the model, values as parameters.
-    sql = (
-        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < %s) "  # noqa: S608
-        f"INSERT INTO {table} ({columns}, {quote('array_index')}) "
-        f"SELECT {', '.join('j.' + c for c in copied)}, g.i FROM {table} j, g WHERE j.id = %s "
-        f"RETURNING id, {quote('array_index')}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [array - 1, first.pk])
-        made = sorted(cursor.fetchall(), key=lambda row: row[1])
-    # Built as Django's copy.copy of a model would be (its own state and cache of related
-    # objects), in a tenth of the time.
-    values = {k: v for k, v in first.__dict__.items() if k != "_state"}
-    related = first._state.fields_cache
-    tasks = []
-    for pk, index in made:
-        task = Job.__new__(Job)
-        task.__dict__.update(values)
-        task._state = ModelState()
-        task._state.adding, task._state.db = False, first._state.db
-        task._state.fields_cache = dict(related)
-        task.pk, task.array_index = pk, index
-        tasks.append(task)
-    return tasks
 
 
 def job_cancel(*, job: Job, actor: User, whole_array: bool = False) -> Job:

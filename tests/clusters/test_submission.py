@@ -93,6 +93,9 @@ def test_it_binds_every_task_of_an_array(member, partition, stack):
 
     assert response.status_code == 201, response.json()
     assert ClusterJob.objects.filter(partition=partition).count() == 3
+    # Written whole at submission (the binding needs every task): nothing left for a pass.
+    assert (response.json()["array_size"], response.json()["array_pending"]) == (3, 0)
+    assert sorted(Job.objects.values_list("array_index", flat=True)) == [0, 1, 2]
 
 
 @pytest.mark.parametrize(
